@@ -1,0 +1,120 @@
+"""The `parrotlet` command: `generate` runs one prompt through the engine (serve/demo/bench later).
+
+Engine flags are derived from the config dataclasses, so the CLI and the configs cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+import types
+import typing
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"parrotlet: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from parrotlet.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+
+    parser = argparse.ArgumentParser(prog="parrotlet", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    gen = commands.add_parser("generate", help="generate a completion for one prompt")
+    gen.add_argument("--prompt", required=True, help="the user message (or raw text with --raw)")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    gen.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    gen.add_argument("-v", "--verbose", action="store_true")
+    add_config_flags(gen, EngineConfig, skip=("cache", "scheduler"))
+    add_config_flags(gen, CacheConfig)
+    add_config_flags(gen, SchedulerConfig)
+    gen.set_defaults(run=_generate)
+    return parser
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One `--field-name` flag per scalar field of the config dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        kind = _scalar_type(hints[field.name])
+        flag = "--" + field.name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            group.add_argument(flag, type=kind, default=field.default, dest=field.name)
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **nested: object) -> object:
+    """Build `cls` from the flags `add_config_flags` added (plus nested configs)."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(nested)
+    return cls(**{n: getattr(args, n) for n in names}, **nested)
+
+
+def _scalar_type(hint: object) -> type:
+    if isinstance(hint, types.UnionType):  # `X | None`
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    assert isinstance(hint, type), f"unsupported config field type {hint!r}"
+    return hint
+
+
+def _engine_config(args: argparse.Namespace):
+    from parrotlet.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+
+    return config_from_args(
+        EngineConfig,
+        args,
+        cache=config_from_args(CacheConfig, args),
+        scheduler=config_from_args(SchedulerConfig, args),
+    )
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from parrotlet.engine.engine import LLMEngine
+    from parrotlet.engine.sampling_params import SamplingParams
+    from parrotlet.engine.tokenizer import encode_prompt
+
+    started = time.perf_counter()
+    engine = LLMEngine.from_config(_engine_config(args))
+    loaded = time.perf_counter()
+    token_ids = encode_prompt(engine.tokenizer, args.prompt, chat=not args.raw)
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+    for out in _stream(engine, token_ids, params):
+        print(out.text_delta, end="", flush=True)
+    print()
+    done = time.perf_counter()
+    print(
+        f"[{len(out.token_ids)} tokens in {done - loaded:.2f} s; model loaded in "
+        f"{loaded - started:.1f} s; KV capacity {engine.capacity_tokens} tokens]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _stream(engine, token_ids, params):
+    rid = engine.add_request(token_ids, params)
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.request_id == rid:
+                yield out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

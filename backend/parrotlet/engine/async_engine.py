@@ -1,0 +1,116 @@
+"""AsyncEngine: drives an LLMEngine from asyncio and streams each request's outputs.
+
+The step runs in a worker thread (torch releases the GIL) while the event loop keeps serving.
+Adds and aborts are queued and applied by the loop between steps, so the engine needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from parrotlet.engine.engine import LLMEngine
+from parrotlet.engine.outputs import RequestOutput
+
+
+class AsyncEngine:
+    """Event-driven loop around one engine: it sleeps until work arrives, never polls."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._streams: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
+        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any] | None]] = []
+        self._wakeup = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    async def generate(
+        self, prompt: Any, params: Any = None, **kwargs: Any
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield a request's outputs step by step until it finishes (aborted if the caller leaves).
+
+        Takes LLMEngine.add_request's arguments; its validation errors are raised here.
+        """
+        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+
+        def add() -> str:
+            request_id = self.engine.add_request(prompt, params, **kwargs)
+            self._streams[request_id] = queue
+            return request_id
+
+        rid = await self.call(add)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    return
+        finally:
+            if self._streams.pop(rid, None) is not None:
+                self._submit(lambda: self.engine.abort(rid), None)
+
+    async def complete(self, prompt: Any, params: Any = None, **kwargs: Any) -> RequestOutput:
+        """Run a request to completion and return its final output."""
+        final = None
+        async for final in self.generate(prompt, params, **kwargs):  # noqa: B007
+            pass
+        assert final is not None
+        return final
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` against the engine between two steps and return its result."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._submit(fn, future)
+        return await future
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+
+    def _submit(self, fn: Callable[[], Any], future: asyncio.Future[Any] | None) -> None:
+        self._pending.append((fn, future))
+        self._wakeup.set()
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self._apply_pending()
+            if not self.engine.has_unfinished():
+                self._wakeup.clear()
+                if not self._pending:
+                    await self._wakeup.wait()
+                continue
+            try:
+                outputs = await asyncio.to_thread(self.engine.step)
+            except Exception as exc:  # a failed step fails its requests, not the server
+                self._fail_all(exc)
+                continue
+            for out in outputs:
+                queue = self._streams.get(out.request_id)
+                if queue is not None:
+                    queue.put_nowait(out)
+
+    def _apply_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for fn, future in pending:
+            try:
+                result = fn()
+            except Exception as exc:
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+                continue
+            if future is not None and not future.done():
+                future.set_result(result)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for rid, queue in list(self._streams.items()):
+            queue.put_nowait(RuntimeError(f"engine step failed: {exc!r}"))
+            self.engine.abort(rid)
+            self._streams.pop(rid)

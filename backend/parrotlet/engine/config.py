@@ -1,0 +1,90 @@
+"""Engine configuration: one frozen, validated dataclass per layer (cache, scheduler, engine).
+
+The CLI derives its flags from these; the server and benchmarks build them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The paged KV pool.
+
+    On CUDA the pool takes `gpu_memory_utilization` of the memory left free after loading the
+    model; on CPU it takes `cpu_kv_cache_bytes`. `num_blocks` overrides both (tests use it to force
+    preemption).
+    """
+
+    block_size: int = 16
+    cpu_kv_cache_bytes: int = 1 << 30
+    gpu_memory_utilization: float = 0.85
+    num_blocks: int | None = None
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.cpu_kv_cache_bytes < 1:
+            raise ValueError(f"cpu_kv_cache_bytes must be >= 1, got {self.cpu_kv_cache_bytes}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous batching: at most `max_num_seqs` sequences and `max_num_batched_tokens` per step.
+
+    A prompt longer than the token budget is prefilled in chunks over several steps.
+    """
+
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(
+                f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"
+            )
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One engine: which model, on which device, with which attention backend.
+
+    `model` is a local Hugging Face folder; None means the embedded default model.
+    `attention_backend` "auto" picks flashinfer on CUDA when installed, else the torch reference.
+    `shared_prefix_attention` attends a prefix shared by several running sequences once per step.
+    """
+
+    model: str | None = None
+    device: str = "cpu"
+    dtype: str = "auto"
+    attention_backend: str = "auto"
+    max_model_len: int | None = None
+    shared_prefix_attention: bool = True
+    seed: int = 0
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}"
+            )
+        if self.attention_backend not in ("auto", "reference", "flashinfer"):
+            raise ValueError(
+                "attention_backend must be auto, reference or flashinfer, "
+                f"got {self.attention_backend!r}"
+            )
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")

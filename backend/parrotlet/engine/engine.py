@@ -1,0 +1,373 @@
+"""LLMEngine: add / step / abort over the scheduler, the model runner and the KV pool.
+
+`step()` reads as schedule -> run -> postprocess. The app layer (ServeCore) drives it through the
+AsyncEngine and uses the prefix operations (`pin_prefix`, `cached_prefix_len`) to share prompts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+import torch
+
+from parrotlet.engine.block_manager import BlockManager
+from parrotlet.engine.config import EngineConfig
+from parrotlet.engine.detokenizer import IncrementalDetokenizer
+from parrotlet.engine.model_runner import ModelRunner
+from parrotlet.engine.models.config import ModelConfig
+from parrotlet.engine.models.llama import LlamaForCausalLM
+from parrotlet.engine.outputs import EngineStats, RequestOutput
+from parrotlet.engine.sampling_params import SamplingParams
+from parrotlet.engine.scheduler import Scheduler
+from parrotlet.engine.sequence import FinishReason, Sequence
+from parrotlet_kernels.interface import AttentionSpec
+from parrotlet_kernels.registry import get_attention_backend
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class PrefixPin:
+    """A prefix held in the KV cache until `LLMEngine.unpin`; `num_tokens` are block-aligned."""
+
+    pin_id: str
+    block_ids: tuple[int, ...]
+    num_tokens: int
+
+
+class LLMEngine:
+    """One model on one device, serving many requests by continuous batching.
+
+    Not thread-safe: one thread drives add/step/abort (the AsyncEngine serializes them).
+    """
+
+    def __init__(self, config: EngineConfig, model: LlamaForCausalLM, tokenizer=None) -> None:
+        self.config = config
+        self.model_config: ModelConfig = model.config
+        self.tokenizer = tokenizer
+        self.device = torch.device(config.device)
+        self.max_model_len = min(
+            config.max_model_len or self.model_config.max_position_embeddings,
+            self.model_config.max_position_embeddings,
+        )
+        spec = self._attention_spec(next(model.parameters()).dtype)
+        attention = get_attention_backend(_backend_name(config), spec, spec.allocate_kv_cache())
+        self.blocks = BlockManager(
+            spec.num_blocks, spec.block_size, config.cache.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(config.scheduler, self.blocks)
+        self.runner = ModelRunner(
+            model, attention, shared_prefix_attention=config.shared_prefix_attention
+        )
+        self._requests: dict[str, tuple[Sequence, IncrementalDetokenizer | None]] = {}
+        self._pins: dict[str, PrefixPin] = {}
+        self._ids = itertools.count()
+        self._counters = dict.fromkeys(("computed", "prompt", "cached", "preemptions", "steps"), 0)
+        logger.info(
+            "KV cache: %d blocks x %d tokens = %d tokens of capacity (%s, %s)",
+            spec.num_blocks,
+            spec.block_size,
+            self.capacity_tokens,
+            spec.dtype,
+            spec.device,
+        )
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLMEngine:
+        """Load the model and tokenizer named by `config.model` (None: the default model)."""
+        from parrotlet.engine.models.default_model import resolve_model_path
+        from parrotlet.engine.models.loader import load_model
+        from parrotlet.engine.tokenizer import load_tokenizer
+
+        path = resolve_model_path(config.model)
+        model, _ = load_model(path, dtype=resolve_dtype(config), device=torch.device(config.device))
+        return cls(config, model, load_tokenizer(path))
+
+    # ---- requests ------------------------------------------------------------------------
+    def add_request(
+        self,
+        prompt: str | Seq[int],
+        params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        priority: int = 0,
+        cache_namespace: str = "",
+    ) -> str:
+        """Queue a request (text is tokenized as is; chat templating is the caller's job)."""
+        params = params or SamplingParams()
+        token_ids = self._encode(prompt)
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self._requests:
+            raise ValueError(f"request_id {request_id!r} is already running")
+        self._check_fits(token_ids, params, request_id)
+        seq = Sequence(
+            request_id, list(token_ids), params, next(self._ids), priority, cache_namespace
+        )
+        detok = (
+            IncrementalDetokenizer(self.tokenizer, seq.token_ids, params, self._eos_ids(params))
+            if self.tokenizer is not None
+            else None
+        )
+        self._requests[request_id] = (seq, detok)
+        self.scheduler.add(seq)
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its blocks; unknown or finished ids are ignored."""
+        entry = self._requests.pop(request_id, None)
+        if entry is not None:
+            self.scheduler.abort(entry[0])
+            self.runner.release(entry[0])
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- the step ------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one batch: schedule -> run the model -> append tokens, detokenize, finish."""
+        batch = self.scheduler.schedule()
+        outputs = [self._fail(seq) for seq in batch.failed]
+        if not batch.seqs:
+            return outputs
+        for seq in batch.admitted:
+            self._counters["prompt"] += seq.num_prompt_tokens
+            self._counters["cached"] += seq.num_cached_tokens
+        sampled = self.runner.execute(batch)
+        self._counters["steps"] += 1
+        self._counters["computed"] += batch.num_tokens
+        self._counters["preemptions"] += len(batch.preempted)
+        for seq, num_new, token in zip(batch.seqs, batch.num_new_tokens, sampled, strict=True):
+            seq.num_computed_tokens += num_new
+            self.blocks.cache_full_blocks(seq)
+            output = self._postprocess(seq, token)
+            if output is not None:
+                outputs.append(output)
+        return outputs
+
+    def generate(
+        self, prompts: Seq[str | Seq[int]], params: SamplingParams | Seq[SamplingParams]
+    ) -> list[RequestOutput]:
+        """Run `prompts` to completion as one batch; outputs in prompt order."""
+        per_prompt = [params] * len(prompts) if isinstance(params, SamplingParams) else params
+        ids = [self.add_request(p, sp) for p, sp in zip(prompts, per_prompt, strict=True)]
+        final: dict[str, RequestOutput] = {}
+        while self.has_unfinished():
+            final.update((o.request_id, o) for o in self.step() if o.finished)
+        return [final[i] for i in ids]
+
+    # ---- prefix operations ---------------------------------------------------------------
+    def cached_prefix_len(self, prompt: str | Seq[int], cache_namespace: str = "") -> int:
+        """How many leading tokens of `prompt` are in the KV cache now (block-aligned)."""
+        token_ids = self._encode(prompt)
+        return len(self.blocks.match_prefix(token_ids, cache_namespace)) * self.blocks.block_size
+
+    def pin_prefix(self, prompt: str | Seq[int], cache_namespace: str = "") -> str:
+        """Queue a prefill of `prompt` whose full blocks stay cached until `unpin(pin_id)`.
+
+        The prefill runs in the normal steps; `pin(pin_id)` tells when it is done.
+        """
+        pin_id = self.add_request(
+            prompt, SamplingParams(max_tokens=0), cache_namespace=cache_namespace
+        )
+        seq = self._requests[pin_id][0]
+        seq.keep_prefix = True
+        return pin_id
+
+    def pin(self, pin_id: str) -> PrefixPin | None:
+        """The pinned prefix, once its prefill has finished (None before)."""
+        return self._pins.get(pin_id)
+
+    def unpin(self, pin_id: str) -> None:
+        """Release a pinned prefix (its blocks stay cached until evicted); cancels a queued pin."""
+        pin = self._pins.pop(pin_id, None)
+        if pin is not None:
+            self.blocks.release(pin.block_ids)
+        else:
+            self.abort(pin_id)
+
+    # ---- introspection -------------------------------------------------------------------
+    @property
+    def capacity_tokens(self) -> int:
+        return self.blocks.num_blocks * self.blocks.block_size
+
+    def stats(self) -> EngineStats:
+        c = self._counters
+        return EngineStats(
+            num_waiting=self.scheduler.num_waiting,
+            num_running=self.scheduler.num_running,
+            num_blocks=self.blocks.num_blocks,
+            num_used_blocks=self.blocks.num_used_blocks,
+            block_size=self.blocks.block_size,
+            num_computed_tokens=c["computed"],
+            num_prompt_tokens=c["prompt"],
+            num_cached_prompt_tokens=c["cached"],
+            num_preemptions=c["preemptions"],
+            num_steps=c["steps"],
+        )
+
+    # ---- internals -----------------------------------------------------------------------
+    def _postprocess(self, seq: Sequence, token: int | None) -> RequestOutput | None:
+        if token is None and seq.num_uncomputed_tokens > 0:
+            return None  # a prefill chunk: nothing to report yet
+        if seq.keep_prefix:
+            self._finish_pin(seq)
+            return None
+        detok = self._requests[seq.request_id][1]
+        if token is None:  # max_tokens == 0: the prefill was all there was to do
+            delta, reason, new = "", FinishReason.LENGTH, ()
+        else:
+            seq.token_ids.append(token)
+            delta, reason = self._check_stop(seq, token, detok)
+            new = (token,)
+        if reason is not None:
+            self._finish(seq, reason)
+            if detok is not None and reason is FinishReason.LENGTH:
+                delta += detok.finish("length").delta
+        return self._output(seq, new, delta, detok)
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        self.scheduler.finish(seq, reason)
+        self._requests.pop(seq.request_id)
+        self.runner.release(seq)
+
+    def _check_stop(
+        self, seq: Sequence, token: int, detok: IncrementalDetokenizer | None
+    ) -> tuple[str, FinishReason | None]:
+        if detok is not None:
+            step = detok.step(token)
+            if step.finished:
+                return step.delta, FinishReason.STOP
+            delta = step.delta
+        else:
+            delta = ""
+            if token in seq.params.stop_token_ids or token in self._eos_ids(seq.params):
+                return delta, FinishReason.STOP
+        if seq.num_output_tokens >= seq.params.max_tokens or seq.num_tokens >= self.max_model_len:
+            return delta, FinishReason.LENGTH
+        return delta, None
+
+    def _output(
+        self, seq: Sequence, new: tuple[int, ...], delta: str, detok: IncrementalDetokenizer | None
+    ) -> RequestOutput:
+        return RequestOutput(
+            request_id=seq.request_id,
+            new_token_ids=new,
+            text_delta=delta,
+            token_ids=tuple(seq.output_token_ids),
+            text=detok.text if detok is not None else "",
+            finished=seq.is_finished,
+            finish_reason=seq.finish_reason,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_cached_tokens=seq.num_cached_tokens,
+        )
+
+    def _finish_pin(self, seq: Sequence) -> None:
+        """Keep the pin's full blocks referenced; give back the partial tail block."""
+        num_full = seq.num_prompt_tokens // self.blocks.block_size
+        self.blocks.release(seq.block_ids[num_full:])
+        kept = tuple(seq.block_ids[:num_full])
+        seq.block_ids = []
+        self._finish(seq, FinishReason.STOP)
+        self._pins[seq.request_id] = PrefixPin(
+            seq.request_id, kept, num_full * self.blocks.block_size
+        )
+
+    def _fail(self, seq: Sequence) -> RequestOutput:
+        self._requests.pop(seq.request_id, None)
+        message = (
+            f"request {seq.request_id!r} needs more KV blocks than the pool can give "
+            f"({self.blocks.num_blocks} blocks, others pinned)"
+        )
+        return RequestOutput(
+            seq.request_id,
+            (),
+            "",
+            (),
+            "",
+            True,
+            FinishReason.ERROR,
+            seq.num_prompt_tokens,
+            0,
+            error=message,
+        )
+
+    def _encode(self, prompt: str | Seq[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("prompt is text but this engine has no tokenizer; pass token ids")
+            return self.tokenizer.encode(prompt, add_special_tokens=False)
+        token_ids = list(prompt)
+        vocab = self.model_config.vocab_size
+        bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids must be ints in [0, {vocab}), got {bad[:5]}")
+        return token_ids
+
+    def _check_fits(self, token_ids: list[int], params: SamplingParams, request_id: str) -> None:
+        if not token_ids:
+            raise ValueError(f"request {request_id!r}: prompt is empty")
+        total = len(token_ids) + params.max_tokens
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"request {request_id!r}: prompt has {len(token_ids)} tokens, the model's "
+                f"context is {self.max_model_len}"
+            )
+        if total > self.capacity_tokens:
+            raise ValueError(
+                f"request {request_id!r}: prompt + max_tokens = {total} tokens exceeds the KV "
+                f"cache capacity of {self.capacity_tokens} tokens"
+            )
+
+    def _eos_ids(self, params: SamplingParams) -> tuple[int, ...]:
+        return () if params.ignore_eos else self.model_config.eos_token_ids
+
+    def _attention_spec(self, dtype: torch.dtype) -> AttentionSpec:
+        mc, cc = self.model_config, self.config.cache
+        bytes_per_block = (
+            mc.num_layers * 2 * cc.block_size * mc.num_kv_heads * mc.head_dim * dtype.itemsize
+        )
+        num_blocks = cc.num_blocks or _pool_bytes(self.config, self.device) // bytes_per_block
+        if num_blocks < 1:
+            raise ValueError("the KV cache memory budget is smaller than one block")
+        return AttentionSpec(
+            mc.num_layers,
+            mc.num_heads,
+            mc.num_kv_heads,
+            mc.head_dim,
+            cc.block_size,
+            num_blocks,
+            dtype,
+            self.device,
+        )
+
+
+def resolve_dtype(config: EngineConfig) -> torch.dtype:
+    """ "auto" is float32 on CPU and bfloat16 on CUDA."""
+    if config.dtype == "auto":
+        return torch.float32 if config.device == "cpu" else torch.bfloat16
+    return _DTYPES[config.dtype]
+
+
+def _backend_name(config: EngineConfig) -> str:
+    if config.attention_backend != "auto":
+        return config.attention_backend
+    if config.device == "cpu":
+        return "reference"
+    try:
+        import flashinfer  # noqa: F401
+    except ImportError:
+        return "reference"
+    return "flashinfer"
+
+
+def _pool_bytes(config: EngineConfig, device: torch.device) -> int:
+    """The KV pool's memory budget: a fraction of free GPU memory, or the CPU setting."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * config.cache.gpu_memory_utilization)
+    return config.cache.cpu_kv_cache_bytes

@@ -1,0 +1,139 @@
+"""ModelRunner: turns a ScheduledBatch into one forward pass and the sampled next tokens.
+
+It builds the step's AttentionMetadata once (one host->device copy per tensor), finds groups of
+sequences that share a prefix of KV blocks for the shared-prefix attention path, runs the model and
+samples the sequences that caught up with their last token.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Sequence as Seq
+
+import torch
+
+from parrotlet.engine.models.llama import LlamaForCausalLM
+from parrotlet.engine.sampler import Sampler, make_generator
+from parrotlet.engine.scheduler import ScheduledBatch
+from parrotlet.engine.sequence import Sequence
+from parrotlet_kernels.interface import AttentionBackend, AttentionMetadata, PrefixGroup
+
+
+class ModelRunner:
+    """Runs one engine step on the model; owns the attention backend (and so the KV cache)."""
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        attention: AttentionBackend,
+        *,
+        shared_prefix_attention: bool = True,
+        min_prefix_group_size: int = 2,
+    ) -> None:
+        self.model = model
+        self.attention = attention
+        self.block_size = attention.spec.block_size
+        self.device = attention.spec.device
+        self.shared_prefix_attention = shared_prefix_attention
+        self.min_prefix_group_size = min_prefix_group_size
+        self.sampler = Sampler()
+        self._generators: dict[str, torch.Generator | None] = {}
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> list[int | None]:
+        """Compute the batch; return the sampled token of each sequence, None where none is due."""
+        input_ids, positions, metadata = self.prepare(batch)
+        self.attention.plan(metadata)
+        hidden = self.model(input_ids, positions, self.attention)  # [num_tokens, hidden]
+        samplers = [
+            i
+            for i, (s, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True))
+            if s.num_computed_tokens + n == s.num_tokens and s.params.max_tokens > 0
+        ]
+        sampled: list[int | None] = [None] * len(batch.seqs)
+        if not samplers:
+            return sampled
+        ends = list(itertools.accumulate(metadata.query_lens_host))
+        rows = torch.tensor([ends[i] - 1 for i in samplers], device=self.device)
+        logits = self.model.compute_logits(hidden[rows])  # [num_samplers, vocab] float32
+        seqs = [batch.seqs[i] for i in samplers]
+        tokens = self.sampler(logits, [s.params for s in seqs], [self._generator(s) for s in seqs])
+        for i, token in zip(samplers, tokens.tolist(), strict=True):
+            sampled[i] = token
+        return sampled
+
+    def release(self, seq: Sequence) -> None:
+        """Forget per-request state (the seeded generator) of a finished sequence."""
+        self._generators.pop(seq.request_id, None)
+
+    def prepare(
+        self, batch: ScheduledBatch
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """Flatten the batch into input ids, positions and the step's attention metadata."""
+        bs = self.block_size
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_lens: list[int] = []
+        seq_lens: list[int] = []
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
+            ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            slots.extend(seq.block_ids[p // bs] * bs + p % bs for p in range(start, end))
+            query_lens.append(n)
+            seq_lens.append(end)
+        width = max(len(s.block_ids) for s in batch.seqs)  # each holds exactly its seq_len
+        tables = [s.block_ids + [0] * (width - len(s.block_ids)) for s in batch.seqs]
+        query_start = [0, *itertools.accumulate(query_lens)]
+        metadata = AttentionMetadata(
+            query_start_loc=self._tensor(query_start, torch.int32),
+            seq_lens=self._tensor(seq_lens, torch.int32),
+            block_tables=self._tensor(tables, torch.int32),
+            slot_mapping=self._tensor(slots, torch.int64),
+            query_lens_host=tuple(query_lens),
+            seq_lens_host=tuple(seq_lens),
+            prefix_groups=self._prefix_groups(batch.seqs, query_lens, seq_lens),
+        )
+        return self._tensor(ids, torch.long), self._tensor(positions, torch.long), metadata
+
+    def _prefix_groups(
+        self, seqs: Seq[Sequence], query_lens: Seq[int], seq_lens: Seq[int]
+    ) -> tuple[PrefixGroup, ...]:
+        """Group sequences by their first KV block; each group shares its common leading blocks.
+
+        Only blocks wholly before every member's first query token are shared, so every query of
+        the group attends the whole shared prefix.
+        """
+        if not self.shared_prefix_attention:
+            return ()
+        by_first_block: dict[int, list[int]] = defaultdict(list)
+        for i, seq in enumerate(seqs):
+            if seq.block_ids:
+                by_first_block[seq.block_ids[0]].append(i)
+        groups = []
+        for members in by_first_block.values():
+            if len(members) < self.min_prefix_group_size:
+                continue
+            limit = min((seq_lens[i] - query_lens[i]) // self.block_size for i in members)
+            num_blocks = self._common_blocks([seqs[i].block_ids for i in members], limit)
+            if num_blocks > 0:
+                groups.append(PrefixGroup(tuple(members), num_blocks))
+        return tuple(groups)
+
+    @staticmethod
+    def _common_blocks(tables: Seq[Seq[int]], limit: int) -> int:
+        first = tables[0]
+        n = 0
+        while n < limit and all(n < len(t) and t[n] == first[n] for t in tables):
+            n += 1
+        return n
+
+    def _tensor(self, data: list, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
+
+    def _generator(self, seq: Sequence) -> torch.Generator | None:
+        if seq.request_id not in self._generators:
+            self._generators[seq.request_id] = make_generator(seq.params.seed, self.device)
+        return self._generators[seq.request_id]

@@ -1,0 +1,235 @@
+"""The Llama family (Llama, Mistral, Qwen2, Qwen3) in plain torch over a flat varlen batch.
+
+The model runner calls `forward` once per engine step; each layer hands q/k/v to the attention
+backend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from parrotlet.engine.models.config import ModelConfig, RopeScaling
+from parrotlet_kernels.interface import AttentionBackend
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 and cast back, exactly as Hugging Face's LlamaRMSNorm."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+    """Inverse frequencies `[head_dim // 2]` with linear or llama3 scaling, as transformers does."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    inv_freq = 1.0 / (theta**exponents)  # [head_dim // 2]
+    if scaling is None:
+        return inv_freq
+    if scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
+    old_len = scaling.original_max_position_embeddings
+    low_freq_wavelen = old_len / scaling.low_freq_factor
+    high_freq_wavelen = old_len / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_len / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin for every position up to max_position_embeddings, built lazily per device."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.theta = config.rope_theta
+        self.scaling = config.rope_scaling
+        self.max_positions = config.max_position_embeddings
+        self._cache: torch.Tensor | None = None  # [max_positions, 2, head_dim] float32
+
+    def _build(self, device: torch.device) -> torch.Tensor:
+        inv_freq = rope_inv_freq(self.head_dim, self.theta, self.scaling).to(device)
+        positions = torch.arange(self.max_positions, device=device, dtype=torch.float32)
+        freqs = torch.outer(positions, inv_freq)  # [max_positions, head_dim // 2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [max_positions, head_dim]
+        return torch.stack((emb.cos(), emb.sin()), dim=1)  # [max_positions, 2, head_dim]
+
+    def forward(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cache is None or self._cache.device != positions.device:
+            self._cache = self._build(positions.device)
+        cos_sin = self._cache[positions].to(dtype)  # [num_tokens, 2, head_dim]
+        return cos_sin[:, 0].unsqueeze(1), cos_sin[:, 1].unsqueeze(1)  # [num_tokens, 1, head_dim]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE (HF, non-interleaved) on `[num_tokens, heads, head_dim]`."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    """Fused qkv projection, optional q/k RMSNorm, RoPE, then the paged attention backend."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.sizes = [config.q_size, config.kv_size, config.kv_size]
+        qkv_size = config.q_size + 2 * config.kv_size
+        self.qkv_proj = nn.Linear(config.hidden_size, qkv_size, bias=config.attention_bias)
+        self.o_proj = nn.Linear(config.q_size, config.hidden_size, bias=config.o_proj_bias)
+        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionBackend
+    ) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)  # [num_tokens, num_heads, head_dim]
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [num_tokens, kv_heads, head_dim]
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [num_tokens, kv_heads, head_dim]
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = attn.forward(q, k, v, self.layer_idx)  # [num_tokens, num_heads, head_dim]
+        return self.o_proj(out.reshape(num_tokens, -1))  # [num_tokens, hidden]
+
+
+class MLP(nn.Module):
+    """SwiGLU with gate and up fused into one matmul."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [num_tokens, intermediate] each
+        return self.down_proj(F.silu(gate) * up)  # [num_tokens, hidden]
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionBackend
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
+        return x + self.mlp(self.post_attention_layernorm(x))  # [num_tokens, hidden]
+
+
+class LlamaForCausalLM(nn.Module):
+    """A decoder-only Llama-family model over a flat batch of tokens (no batch dimension).
+
+    Parameters mirror Hugging Face names except the fused `qkv_proj` and `gate_up_proj`; use
+    `load_weights` with Hugging Face names to fill them.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.rotary = RotaryEmbedding(config)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionBackend
+    ) -> torch.Tensor:
+        """Hidden states after the final norm, `[num_tokens, hidden]`; attn must be planned."""
+        hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden]
+        cos, sin = self.rotary(positions, hidden.dtype)  # [num_tokens, 1, head_dim] each
+        for layer in self.layers:
+            hidden = layer(hidden, cos, sin, attn)
+        return self.norm(hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits `[num_rows, vocab]` for the given hidden rows `[num_rows, hidden]`."""
+        return self.lm_head(hidden).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy Hugging Face-named tensors into the (possibly fused) parameters.
+
+        Raises ValueError on an unknown name, a shape mismatch, or a parameter left unfilled.
+        The output head is tied to the input embedding when the config says so or when the
+        checkpoint has no `lm_head.weight`.
+        """
+        targets = self._weight_targets()
+        seen: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name or (
+                name == "lm_head.weight" and self.config.tie_word_embeddings
+            ):
+                continue
+            if name not in targets:
+                raise ValueError(f"unexpected weight {name!r} for {self.config.architecture}")
+            param, rows = targets[name]
+            dest = param.data if rows is None else param.data[rows]
+            if dest.shape != tensor.shape:
+                raise ValueError(
+                    f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}"
+                )
+            dest.copy_(tensor)
+            seen.add(name)
+        self._finish_loading(set(targets) - seen)
+
+    def _finish_loading(self, missing: set[str]) -> None:
+        if self.config.tie_word_embeddings or missing == {"lm_head.weight"}:
+            self.lm_head.weight = self.embed_tokens.weight
+            missing.discard("lm_head.weight")
+        if missing:
+            raise ValueError(f"checkpoint is missing weights: {sorted(missing)[:8]}")
+
+    def _weight_targets(self) -> dict[str, tuple[nn.Parameter, slice | None]]:
+        """Hugging Face name -> (parameter, its rows inside a fused parameter or None)."""
+        cfg = self.config
+        targets: dict[str, tuple[nn.Parameter, slice | None]] = {
+            "model.embed_tokens.weight": (self.embed_tokens.weight, None),
+            "model.norm.weight": (self.norm.weight, None),
+        }
+        if not cfg.tie_word_embeddings:
+            targets["lm_head.weight"] = (self.lm_head.weight, None)
+        q, kv, inter = cfg.q_size, cfg.kv_size, cfg.intermediate_size
+        for i, layer in enumerate(self.layers):
+            prefix = f"model.layers.{i}."
+            for name, param in layer.named_parameters():
+                if "qkv_proj" not in name and "gate_up_proj" not in name:
+                    targets[prefix + name] = (param, None)
+            qkv = layer.self_attn.qkv_proj
+            for kind in ("weight", "bias") if cfg.attention_bias else ("weight",):
+                fused = getattr(qkv, kind)
+                targets[f"{prefix}self_attn.q_proj.{kind}"] = (fused, slice(0, q))
+                targets[f"{prefix}self_attn.k_proj.{kind}"] = (fused, slice(q, q + kv))
+                targets[f"{prefix}self_attn.v_proj.{kind}"] = (fused, slice(q + kv, q + 2 * kv))
+            gate_up = layer.mlp.gate_up_proj.weight
+            targets[f"{prefix}mlp.gate_proj.weight"] = (gate_up, slice(0, inter))
+            targets[f"{prefix}mlp.up_proj.weight"] = (gate_up, slice(inter, 2 * inter))
+        return targets

@@ -1,0 +1,55 @@
+"""RequestOutput: what the engine reports for a request after a step (new tokens, text, finish)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parrotlet.engine.sequence import FinishReason
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """A request's progress after one step.
+
+    `new_token_ids` / `text_delta` are what this step added (a streamed client concatenates
+    them); `token_ids` / `text` are the whole output so far.
+    """
+
+    request_id: str
+    new_token_ids: tuple[int, ...]
+    text_delta: str
+    token_ids: tuple[int, ...]
+    text: str
+    finished: bool
+    finish_reason: FinishReason | None
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Counters for /metrics and for tests that assert how much work the engine did."""
+
+    num_waiting: int
+    num_running: int
+    num_blocks: int
+    num_used_blocks: int
+    block_size: int
+    num_computed_tokens: int  # tokens run through the model (prompt chunks + decodes)
+    num_prompt_tokens: int  # prompt tokens of admitted requests
+    num_cached_prompt_tokens: int  # of those, found in the prefix cache
+    num_preemptions: int
+    num_steps: int
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def kv_usage(self) -> float:
+        return self.num_used_blocks / self.num_blocks
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.num_cached_prompt_tokens / max(1, self.num_prompt_tokens)

@@ -1,0 +1,101 @@
+"""Per-call sampling parameters: set by the app (Call), carried over HTTP, read by the engine's
+sampler and detokenizer. Must not import torch: the app-facing API imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+_MAX_SEED = 2**64
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one call samples its output tokens and when it stops.
+
+    Invariants (checked in ``__post_init__``, ValueError naming the field otherwise):
+    ``temperature >= 0`` (0 means greedy), ``0 < top_p <= 1``, ``top_k >= -1`` (-1 or 0 turn
+    top-k off), ``max_tokens >= 0`` (0: prefill only, e.g. to pin a prefix in the KV cache),
+    ``0 <= seed < 2**64``, stop strings non-empty, stop token ids ``>= 0``.
+    ``stop`` and ``stop_token_ids`` are always tuples (a str or list is normalized).
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: int | None = None
+    max_tokens: int = 16
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self) -> None:
+        self._normalize_sequences()
+        self._validate_numbers()
+        self._validate_stops()
+        for name in ("ignore_eos", "include_stop_str_in_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    def _normalize_sequences(self) -> None:
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (list, tuple)):
+            raise ValueError(f"stop must be a str or a list of str, got {self.stop!r}")
+        if not isinstance(self.stop_token_ids, (list, tuple)):
+            raise ValueError(f"stop_token_ids must be a list of int, got {self.stop_token_ids!r}")
+        object.__setattr__(self, "stop", tuple(stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+
+    def _validate_numbers(self) -> None:
+        t = self.temperature
+        if not _is_number(t) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not _is_int(self.top_k) or self.top_k < -1:
+            raise ValueError(f"top_k must be an int >= -1 (-1 or 0: off), got {self.top_k!r}")
+        if not _is_int(self.max_tokens) or self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be an int >= 0, got {self.max_tokens!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < _MAX_SEED):
+            raise ValueError(f"seed must be None or an int in [0, 2**64), got {self.seed!r}")
+
+    def _validate_stops(self) -> None:
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"stop must contain non-empty strings, got {s!r}")
+        for t in self.stop_token_ids:
+            if not _is_int(t) or t < 0:
+                raise ValueError(f"stop_token_ids must contain ints >= 0, got {t!r}")
+
+    @property
+    def greedy(self) -> bool:
+        """True when the sampler takes the argmax (temperature 0)."""
+        return self.temperature == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists); ``from_dict(p.to_dict()) == p``."""
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        d["stop_token_ids"] = list(self.stop_token_ids)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SamplingParams:
+        """Build from a (possibly partial) dict; unknown keys raise ValueError naming them."""
+        if not isinstance(d, dict):
+            raise ValueError(f"sampling params must be a dict, got {type(d).__name__}")
+        unknown = sorted(str(k) for k in set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown sampling params: {', '.join(unknown)}")
+        return cls(**d)

@@ -1,0 +1,149 @@
+"""Scheduler: continuous batching under a per-step token budget, by priority, with preemption.
+
+No prefill/decode phases: each step every scheduled sequence computes a chunk of its uncomputed
+tokens (a decode is a chunk of one). Running sequences go first, then waiting ones are admitted.
+When KV blocks run out, the lowest-priority running sequence is preempted by recompute.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from parrotlet.engine.block_manager import BlockManager
+from parrotlet.engine.config import SchedulerConfig
+from parrotlet.engine.sequence import FinishReason, Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledBatch:
+    """What one step computes: `num_new_tokens[i]` tokens of `seqs[i]`."""
+
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+    admitted: list[Sequence] = field(default_factory=list)  # first admissions, for accounting
+    preempted: list[Sequence] = field(default_factory=list)
+    failed: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def add(self, seq: Sequence, num_tokens: int) -> None:
+        self.seqs.append(seq)
+        self.num_new_tokens.append(num_tokens)
+
+
+class Scheduler:
+    """Orders sequences by (priority, arrival) and fits each step into the budget and the KV pool.
+
+    Invariants: every sequence is in exactly one of waiting / running until it finishes; a
+    sequence in `running` holds blocks for all its computed tokens; nothing is dropped silently —
+    a request the pool can never hold fails with FinishReason.ERROR.
+    """
+
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+        self.config = config
+        self.blocks = block_manager
+        self.waiting: list[tuple[tuple[int, int], Sequence]] = []  # heap by sort_key
+        self.running: list[Sequence] = []
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        heapq.heappush(self.waiting, (seq.sort_key(), seq))
+
+    def abort(self, seq: Sequence) -> None:
+        """Remove `seq` wherever it is and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        else:
+            self.waiting = [(k, s) for k, s in self.waiting if s is not seq]
+            heapq.heapify(self.waiting)
+        self.finish(seq, FinishReason.ABORT)
+
+    def finish(self, seq: Sequence, reason: FinishReason) -> None:
+        if seq.status is SequenceStatus.RUNNING and seq in self.running:
+            self.running.remove(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        self.blocks.free(seq)
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self._schedule_running(batch, self.config.max_num_batched_tokens)
+        if not batch.preempted:
+            self._admit_waiting(batch, budget)
+        return batch
+
+    # ---- steps of schedule() -------------------------------------------------------------
+    def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
+        """Give each running sequence its next chunk; preempt from the back when blocks run out."""
+        self.running.sort(key=Sequence.sort_key)
+        queue = list(self.running)
+        while queue and budget > 0:
+            seq = queue.pop(0)
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            while not self.blocks.allocate(seq, seq.num_computed_tokens + num_new):
+                victim = queue.pop() if queue else seq
+                self._preempt(victim, batch)
+                if victim is seq:
+                    break
+            else:
+                batch.add(seq, num_new)
+                budget -= num_new
+        return budget
+
+    def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+        """Admit waiting sequences in priority order while the budget, seq cap and pool allow."""
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0][1]
+            if not self._start(seq, budget, batch):
+                break
+            heapq.heappop(self.waiting)
+            self.running.append(seq)
+            seq.status = SequenceStatus.RUNNING
+            budget -= batch.num_new_tokens[-1]
+
+    def _start(self, seq: Sequence, budget: int, batch: ScheduledBatch) -> bool:
+        """Reuse the cached prefix of `seq` and allocate its first chunk; False if it must wait."""
+        # The last token is always computed, so its logits exist to sample from.
+        cached = self.blocks.match_prefix(seq.token_ids[: seq.num_tokens - 1], seq.cache_namespace)
+        self.blocks.acquire_prefix(seq, cached)
+        num_new = min(seq.num_uncomputed_tokens, budget)
+        if self.blocks.allocate(seq, seq.num_computed_tokens + num_new):
+            batch.add(seq, num_new)
+            if seq.num_preemptions == 0:
+                seq.num_cached_tokens = seq.num_computed_tokens
+                batch.admitted.append(seq)
+            return True
+        self.blocks.free(seq)
+        seq.num_computed_tokens = 0
+        if not self.running and not batch.seqs:
+            self._fail_unfittable(seq, batch)
+        return False
+
+    def _fail_unfittable(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        """Nothing else runs and `seq` still does not fit: it never will (pins hold the rest)."""
+        heapq.heappop(self.waiting)
+        self.finish(seq, FinishReason.ERROR)
+        batch.failed.append(seq)
+
+    def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        """Preemption by recompute: drop the KV, keep the tokens, queue it again."""
+        self.running.remove(seq)
+        self.blocks.free(seq)
+        seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
+        batch.preempted.append(seq)
+        self.add(seq)

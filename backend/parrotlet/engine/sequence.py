@@ -1,0 +1,78 @@
+"""Sequence: the engine's unit of execution for one request (one call of an application graph).
+
+The scheduler moves it between waiting and running; the BlockManager gives it KV blocks; the
+ModelRunner computes its tokens `[num_computed_tokens, num_tokens)` a chunk per step.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from parrotlet.engine.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens reached
+    ABORT = "abort"  # aborted by the caller
+    ERROR = "error"  # could not run (e.g. the KV pool cannot hold it)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request's tokens and progress.
+
+    `token_ids` is the prompt followed by the generated tokens. After a preemption by recompute,
+    `num_computed_tokens` drops to 0 and the generated tokens are recomputed like prompt tokens;
+    a new token is sampled only in a step where the sequence catches up with `num_tokens`.
+    """
+
+    request_id: str
+    token_ids: list[int]
+    params: SamplingParams
+    arrival: int
+    priority: int = 0  # lower runs first; the app layer sets it from the call's objective
+    cache_namespace: str = ""  # prefix sharing happens only within one namespace (tenant)
+    keep_prefix: bool = False  # a pin: keep the prompt's full blocks cached after finishing
+    num_prompt_tokens: int = 0
+    num_computed_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
+    block_ids: list[int] = field(default_factory=list)
+    num_cached_blocks: int = 0  # leading blocks already recorded in the prefix tree
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: FinishReason | None = None
+    num_preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        self.num_prompt_tokens = len(self.token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def sort_key(self) -> tuple[int, int]:
+        """Scheduling order: priority first, then arrival."""
+        return (self.priority, self.arrival)

@@ -1,0 +1,1 @@
+"""Attention backends behind one interface: the torch reference (CPU, the oracle) and flashinfer."""
