@@ -16,3 +16,18 @@ def default_model_dir() -> Path:
     from parrotlet.engine.models.default_model import default_model_path
 
     return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """One asyncio runner for the whole session, so session-scoped servers keep their loop."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def default_core(default_model_dir: Path):
+    """ONE ServeCore on the real default model for every test that needs real text."""
+    from parrotlet.engine.config import EngineConfig
+    from parrotlet.serve.core import ServeCore
+
+    return ServeCore.from_config(EngineConfig())

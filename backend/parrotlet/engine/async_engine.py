@@ -75,9 +75,12 @@ class AsyncEngine:
 
     def _submit(self, fn: Callable[[], Any], future: asyncio.Future[Any] | None) -> None:
         self._pending.append((fn, future))
+        loop = asyncio.get_running_loop()
+        task = self._loop_task
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._wakeup = asyncio.Event()  # events bind to the loop that first waits on them
+            self._loop_task = loop.create_task(self._run())
         self._wakeup.set()
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         while True:

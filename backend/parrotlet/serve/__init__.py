@@ -1,0 +1,1 @@
+"""ServeCore: sessions, validation, the graph executor, and the HTTP server around engines."""

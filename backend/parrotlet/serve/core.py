@@ -1,0 +1,291 @@
+"""ServeCore: the serving layer's entry point — tenants' sessions, graph submission, fetches.
+
+The HTTP app and the in-process client call these methods on the server's event loop. ServeCore
+validates (GraphIndex), hands nodes to the GraphExecutor and answers gets when values are set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from parrotlet.engine.outputs import EngineStats
+from parrotlet.engine.sampling_params import SamplingParams
+from parrotlet.graph.index import GraphIndex
+from parrotlet.graph.ir import Call, Graph, Input, Output, PerfCriterion, Text, Variable
+from parrotlet.serve.config import ServeConfig
+from parrotlet.serve.errors import GraphError, NotFoundError, ServeTimeoutError
+from parrotlet.serve.executor import GraphExecutor
+from parrotlet.serve.prompt import PromptAssembler
+from parrotlet.serve.session import Session, VarState
+
+if TYPE_CHECKING:
+    from parrotlet.engine.async_engine import AsyncEngine
+    from parrotlet.engine.config import EngineConfig
+
+
+@dataclass(frozen=True)
+class VariableInfo:
+    name: str
+    value: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class CompletionChunk:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ServeStats:
+    num_sessions: int
+    client_requests: dict[str, int]
+    calls_started: int
+    calls_finished: int
+    calls_started_by_server: int
+    call_latency: dict[str, tuple[int, float]]  # objective -> (count, total seconds)
+    engines: list[EngineStats]
+
+
+class ServeCore:
+    """Sessions of many tenants over one or more engines.
+
+    Every method must run on the event loop that runs the engines' AsyncEngine loops. Sessions are
+    visible only to the tenant that created them; an unknown session or variable is NotFoundError.
+    """
+
+    def __init__(
+        self, engines: list[AsyncEngine], config: ServeConfig | None = None, model_name: str = ""
+    ) -> None:
+        if not engines:
+            raise ValueError("ServeCore needs at least one engine")
+        self.engines = engines
+        self.config = config or ServeConfig()
+        first = engines[0].engine
+        self.tokenizer = first.tokenizer
+        self.max_model_len = first.max_model_len
+        self.model_name = model_name or "parrotlet"
+        stop_ids = first.model_config.eos_token_ids
+        self.assembler = PromptAssembler(self.tokenizer, stop_ids)
+        self.executor = GraphExecutor(self.config, self.assembler, self._place, self.max_model_len)
+        self._sessions: dict[str, Session] = {}
+        self._requests: Counter[str] = Counter()
+
+    @classmethod
+    def from_config(
+        cls, engine_config: EngineConfig, config: ServeConfig | None = None
+    ) -> ServeCore:
+        """Load the model of `engine_config` (None: the default model) into one engine."""
+        from parrotlet.engine.async_engine import AsyncEngine
+        from parrotlet.engine.engine import LLMEngine
+        from parrotlet.engine.models.default_model import resolve_model_path
+
+        engine = LLMEngine.from_config(engine_config)
+        name = resolve_model_path(engine_config.model).name
+        return cls([AsyncEngine(engine)], config, model_name=name)
+
+    async def start(self) -> None:
+        """Nothing to start eagerly: engine loops start with their first request."""
+
+    async def close(self) -> None:
+        for session in list(self._sessions.values()):
+            self._drop(session)
+        for engine in self.engines:
+            await engine.close()
+
+    # ---- sessions ------------------------------------------------------------------------
+    def create_session(self, tenant: str, *, eager: bool = False) -> str:
+        self._requests["create_session"] += 1
+        return self._create_session(tenant, eager).id
+
+    def _create_session(self, tenant: str, eager: bool = False) -> Session:
+        if len(self._sessions) >= self.config.max_sessions:
+            raise ValueError(f"too many sessions (limit {self.config.max_sessions})")
+        session_id = "s-" + secrets.token_hex(8)
+        index = GraphIndex(self.config.max_graph_calls, self.config.max_variable_chars)
+        session = self._sessions[session_id] = Session(session_id, tenant, index, eager)
+        return session
+
+    def delete_session(self, tenant: str, session_id: str) -> None:
+        """Cancel the session's running calls and free what it holds."""
+        self._requests["delete_session"] += 1
+        self._drop(self._session(tenant, session_id))
+
+    # ---- graphs and variables ------------------------------------------------------------
+    def submit(self, tenant: str, session_id: str, graph: Graph, *, eager: bool = False) -> dict:
+        """Validate and add a graph increment; with `eager` its calls start without a fetch."""
+        self._requests["submit"] += 1
+        self._submit(self._session(tenant, session_id), graph, eager)
+        return {
+            "calls": [c.id for c in graph.calls],
+            "variables": [v.name for v in graph.variables],
+        }
+
+    def _submit(self, session: Session, graph: Graph, eager: bool = False) -> None:
+        for call in graph.calls:
+            self._check_prompt_fits(session, graph, call)
+        session.index.add(graph)
+        for var in graph.variables:
+            state = session.var(var.name)
+            if var.value is not None:
+                state.set(var.value)
+        self.executor.submitted(session, [*graph.calls, *graph.transforms], eager)
+
+    def set_variable(self, tenant: str, session_id: str, name: str, value: str) -> None:
+        self._requests["set"] += 1
+        session = self._session(tenant, session_id)
+        self._known(session, name)
+        if len(value) > self.config.max_variable_chars:
+            raise GraphError(
+                f"variable {name!r} has {len(value)} chars, limit {self.config.max_variable_chars}"
+            )
+        session.index.claim_for_client(name)
+        session.var(name).set(value)
+        self.executor.value_set(session, name, by_server=False)
+
+    async def get_variable(
+        self,
+        tenant: str,
+        session_id: str,
+        name: str,
+        *,
+        criterion: PerfCriterion = PerfCriterion.LATENCY,
+        timeout: float | None = None,
+    ) -> VariableInfo:
+        """Wait for the value of `name` (running what it depends on); ServeTimeoutError after
+        `timeout` seconds; GraphError if the call that produces it failed."""
+        self._requests["get"] += 1
+        session = self._session(tenant, session_id)
+        state = self._demand(session, name, criterion)
+        wait = timeout if timeout is not None else self.config.default_get_timeout_s
+        try:
+            await asyncio.wait_for(state.done.wait(), wait)
+        except TimeoutError:
+            raise ServeTimeoutError(f"variable {name!r} was not set within {wait:g} s") from None
+        return _info(state)
+
+    def stream_variable(
+        self,
+        tenant: str,
+        session_id: str,
+        name: str,
+        *,
+        criterion: PerfCriterion = PerfCriterion.LATENCY,
+    ) -> AsyncIterator[str]:
+        """Text deltas of `name` as they are generated (the whole value at once if not a call's)."""
+        self._requests["stream"] += 1
+        state = self._demand(self._session(tenant, session_id), name, criterion)
+        return _stream(state)
+
+    async def complete(
+        self, tenant: str, prompt: str | list[int], params: SamplingParams
+    ) -> AsyncIterator[CompletionChunk]:
+        """One call as a one-call graph in a throwaway session (the OpenAI endpoints)."""
+        self._requests["complete"] += 1
+        session = self._create_session(tenant)
+        try:
+            self._submit_completion(session, prompt, params)
+            state = self._demand(session, "completion", PerfCriterion.LATENCY)
+            async for delta in _stream(state):
+                yield CompletionChunk(delta, None, state.prompt_tokens, state.completion_tokens)
+            yield CompletionChunk(
+                "", state.finish_reason, state.prompt_tokens, state.completion_tokens
+            )
+        finally:
+            self._drop(session)
+
+    def stats(self) -> ServeStats:
+        c = self.executor.counters
+        return ServeStats(
+            num_sessions=len(self._sessions),
+            client_requests=dict(self._requests),
+            calls_started=c.calls_started,
+            calls_finished=c.calls_finished,
+            calls_started_by_server=c.calls_started_by_server,
+            call_latency={k: (int(v[0]), float(v[1])) for k, v in c.latency.items()},
+            engines=[e.engine.stats() for e in self.engines],
+        )
+
+    # ---- internals -----------------------------------------------------------------------
+    def _session(self, tenant: str, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None or session.tenant != tenant:
+            raise NotFoundError(f"session {session_id!r} not found")
+        return session
+
+    def _known(self, session: Session, name: str) -> None:
+        if name not in session.index.producers:
+            raise NotFoundError(f"variable {name!r} not found in session {session.id!r}")
+
+    def _demand(self, session: Session, name: str, criterion: PerfCriterion) -> VarState:
+        self._known(session, name)
+        self.executor.demand(session, name, PerfCriterion(criterion))
+        return session.var(name)
+
+    def _submit_completion(
+        self, session: Session, prompt: str | list[int], params: SamplingParams
+    ) -> None:
+        call = Call("completion", (Input("prompt"), Output("completion", params)), chat=False)
+        if isinstance(prompt, str):
+            self._submit(session, Graph((Variable("prompt", prompt),), (call,)))
+            return
+        self._submit(session, Graph((Variable("prompt"),), (call,)))
+        session.index.claim_for_client("prompt")
+        session.var("prompt").set(self.tokenizer.decode(prompt), list(prompt))
+        self.executor.value_set(session, "prompt", by_server=False)
+
+    def _check_prompt_fits(self, session: Session, graph: Graph, call: Call) -> None:
+        """Reject at submit a call whose known text alone exceeds the model's context."""
+        known = {v.name: v.value for v in graph.variables if v.value is not None}
+        for name, state in session.variables.items():
+            if state.value is not None:
+                known[name] = state.value
+        num = len(self.assembler.chat_head) + len(self.assembler.chat_tail) if call.chat else 0
+        for seg in call.segments:
+            if isinstance(seg, Text):
+                num += len(self.assembler.encode(seg.text))
+            elif isinstance(seg, Input) and seg.var in known:
+                num += len(self.assembler.encode(known[seg.var] or ""))
+        if num >= self.max_model_len:
+            raise GraphError(
+                f"call {call.id!r}: prompt has at least {num} tokens, "
+                f"the model's context is {self.max_model_len}"
+            )
+
+    def _place(self, session: Session, call: Call) -> AsyncEngine:
+        """Which engine runs `call`: the least loaded one (prefix affinity comes with issue 4)."""
+        if len(self.engines) == 1:
+            return self.engines[0]
+        return min(self.engines, key=lambda e: e.engine.scheduler.num_waiting)
+
+    def _drop(self, session: Session) -> None:
+        for task in list(session.tasks):
+            task.cancel()
+        for state in session.variables.values():
+            state.fail("session deleted")
+        self._sessions.pop(session.id, None)
+
+
+def _info(state: VarState) -> VariableInfo:
+    if state.error is not None:
+        raise GraphError(f"variable {state.name!r} could not be produced: {state.error}")
+    assert state.value is not None
+    return VariableInfo(
+        state.name, state.value, state.finish_reason, state.prompt_tokens, state.completion_tokens
+    )
+
+
+async def _stream(state: VarState) -> AsyncIterator[str]:
+    queue = state.listen()
+    while (delta := await queue.get()) is not None:
+        yield delta
+    _info(state)  # raise if it failed
