@@ -1,4 +1,4 @@
-"""ServeCore on the real default model: dependent calls run server-side and equal one-by-one runs."""
+"""ServeCore on the real default model: dependent calls run server-side, equal one-by-one runs."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ async def test_isolation_and_errors(default_core):
     with pytest.raises(NotFoundError, match="variable 'secret' not found"):
         await core.get_variable("tenant-a", b, "secret")
     core.submit("tenant-a", b, Graph((Variable("q"),), (Call("c", (Input("q"), Output("o"))),)))
-    with pytest.raises(ServeTimeoutError, match="'o' was not set within 0.05 s"):
+    with pytest.raises(ServeTimeoutError, match=r"'o' was not set within 0\.05 s"):
         await core.get_variable("tenant-a", b, "o", timeout=0.05)
     long_text = "word " * 9000
     with pytest.raises(GraphError, match="the model's context is 8192"):
