@@ -46,7 +46,9 @@ def test_shared_cached_prefix_matches_transformers(checkpoint, shared_prefix_att
     folder, hf_model = checkpoint
     prefix = make_prompts([48], seed=7)[0]
     prompts = [prefix + s for s in make_prompts([5, 9, 20, 1], seed=8)]
-    engine = make_engine(folder, shared_prefix_attention=shared_prefix_attention)
+    engine = make_engine(
+        folder, shared_prefix_attention=shared_prefix_attention, shared_prefix_min_tokens=0
+    )
     first = outputs(engine, prompts[:1])
     rest = outputs(engine, prompts[1:])  # reuse the first's 48 cached prefix tokens
     assert first + rest == expected(hf_model, prompts)
@@ -125,3 +127,18 @@ def test_stop_token_ids_and_abort(checkpoint):
     engine.abort(rid)
     assert not engine.has_unfinished()
     assert all(c == 0 for c in engine.blocks.ref_counts)
+
+
+def test_prefix_groups_cover_exactly_the_shared_blocks(checkpoint):
+    folder, _ = checkpoint
+    engine = make_engine(folder, block_size=4, shared_prefix_min_tokens=8)
+    prefix = make_prompts([13], seed=21)[0]  # 3 full blocks of 4 + 1 token
+    engine.generate([prefix + [1]], SamplingParams(max_tokens=1))  # cache the prefix blocks
+    for tail in ([2, 3], [4, 5, 6], [7]):
+        engine.add_request(prefix + tail, GREEDY)
+    engine.add_request(make_prompts([9], seed=22)[0], GREEDY)  # shares nothing
+    batch = engine.scheduler.schedule()
+    _, _, metadata = engine.runner.prepare(batch)
+    shared = batch.seqs[0].block_ids[:3]
+    assert [s.block_ids[:3] for s in batch.seqs[:3]] == [shared] * 3
+    assert [(g.seq_indices, g.num_blocks) for g in metadata.prefix_groups] == [((0, 1, 2), 3)]

@@ -61,7 +61,9 @@ class EngineConfig:
 
     `model` is a local Hugging Face folder; None means the embedded default model.
     `attention_backend` "auto" picks flashinfer on CUDA when installed, else the torch reference.
-    `shared_prefix_attention` attends a prefix shared by several running sequences once per step.
+    `shared_prefix_attention` attends a prefix shared by several running sequences once per step,
+    for shared prefixes of at least `shared_prefix_min_tokens` tokens (below that, per-sequence
+    attention is cheaper on CPU: the split-and-merge overhead outweighs the prefix read).
     """
 
     model: str | None = None
@@ -70,6 +72,7 @@ class EngineConfig:
     attention_backend: str = "auto"
     max_model_len: int | None = None
     shared_prefix_attention: bool = True
+    shared_prefix_min_tokens: int = 256
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -86,5 +89,9 @@ class EngineConfig:
             )
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.shared_prefix_min_tokens < 0:
+            raise ValueError(
+                f"shared_prefix_min_tokens must be >= 0, got {self.shared_prefix_min_tokens}"
+            )
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")

@@ -62,7 +62,10 @@ class LLMEngine:
         )
         self.scheduler = Scheduler(config.scheduler, self.blocks)
         self.runner = ModelRunner(
-            model, attention, shared_prefix_attention=config.shared_prefix_attention
+            model,
+            attention,
+            shared_prefix_attention=config.shared_prefix_attention,
+            min_shared_prefix_tokens=config.shared_prefix_min_tokens,
         )
         self._requests: dict[str, tuple[Sequence, IncrementalDetokenizer | None]] = {}
         self._pins: dict[str, PrefixPin] = {}

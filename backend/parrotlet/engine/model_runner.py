@@ -29,14 +29,14 @@ class ModelRunner:
         attention: AttentionBackend,
         *,
         shared_prefix_attention: bool = True,
-        min_prefix_group_size: int = 2,
+        min_shared_prefix_tokens: int = 0,
     ) -> None:
         self.model = model
         self.attention = attention
         self.block_size = attention.spec.block_size
         self.device = attention.spec.device
         self.shared_prefix_attention = shared_prefix_attention
-        self.min_prefix_group_size = min_prefix_group_size
+        self.min_shared_blocks = max(1, -(-min_shared_prefix_tokens // self.block_size))
         self.sampler = Sampler()
         self._generators: dict[str, torch.Generator | None] = {}
 
@@ -114,11 +114,11 @@ class ModelRunner:
                 by_first_block[seq.block_ids[0]].append(i)
         groups = []
         for members in by_first_block.values():
-            if len(members) < self.min_prefix_group_size:
+            if len(members) < 2:
                 continue
             limit = min((seq_lens[i] - query_lens[i]) // self.block_size for i in members)
             num_blocks = self._common_blocks([seqs[i].block_ids for i in members], limit)
-            if num_blocks > 0:
+            if num_blocks >= self.min_shared_blocks:
                 groups.append(PrefixGroup(tuple(members), num_blocks))
         return tuple(groups)
 
