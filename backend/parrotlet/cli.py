@@ -30,8 +30,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from parrotlet.engine.config import CacheConfig, EngineConfig, SchedulerConfig
-
     parser = argparse.ArgumentParser(prog="parrotlet", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     gen = commands.add_parser("generate", help="generate a completion for one prompt")
@@ -40,11 +38,35 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     gen.add_argument("--raw", action="store_true", help="do not apply the chat template")
     gen.add_argument("-v", "--verbose", action="store_true")
-    add_config_flags(gen, EngineConfig, skip=("cache", "scheduler"))
-    add_config_flags(gen, CacheConfig)
-    add_config_flags(gen, SchedulerConfig)
+    _add_engine_flags(gen)
     gen.set_defaults(run=_generate)
+    _add_serve_parser(commands)
+    demo = commands.add_parser(
+        "demo", help="run a chain and a map-reduce summary app-level vs request-level"
+    )
+    demo.add_argument(
+        "--network-delay-ms",
+        type=float,
+        default=0.0,
+        help="simulated network delay per request of the request-level runs",
+    )
+    demo.add_argument("-v", "--verbose", action="store_true")
+    demo.set_defaults(run=_demo)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from parrotlet.demo import run_demo
+
+    return run_demo(args.network_delay_ms)
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    from parrotlet.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+
+    add_config_flags(parser, EngineConfig, skip=("cache", "scheduler"))
+    add_config_flags(parser, CacheConfig)
+    add_config_flags(parser, SchedulerConfig)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
@@ -114,6 +136,57 @@ def _stream(engine, token_ids, params):
         for out in engine.step():
             if out.request_id == rid:
                 yield out
+
+
+# ---- serve -----------------------------------------------------------------------------------
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    from parrotlet.serve.config import ServeConfig
+
+    serve = commands.add_parser("serve", help="serve the HTTP API (sessions + OpenAI-compatible)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="accepted API key (repeatable; default: comma-separated $PARROTLET_API_KEYS)",
+    )
+    serve.add_argument("-v", "--verbose", action="store_true")
+    _add_engine_flags(serve)
+    add_config_flags(serve, ServeConfig)
+    serve.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from parrotlet.serve.app import create_app
+    from parrotlet.serve.auth import ENV_VAR, ApiKeys
+    from parrotlet.serve.config import ServeConfig
+    from parrotlet.serve.core import ServeCore
+
+    api_keys = ApiKeys.from_sources(args.api_key)
+    serve_config = config_from_args(ServeConfig, args)
+    core = ServeCore.from_config(_engine_config(args), serve_config)
+    capacity = sum(e.capacity_tokens for e in core.stats().engines)
+    print(
+        f"parrotlet: serving {core.model_name} (context {core.max_model_len} tokens, "
+        f"KV capacity {capacity} tokens) on http://{args.host}:{args.port}",
+        file=sys.stderr,
+    )
+    if not api_keys.enabled:
+        logging.getLogger("parrotlet.serve").warning(
+            "no API keys configured (--api-key or $%s): authentication is DISABLED and every "
+            "request is tenant 'default'",
+            ENV_VAR,
+        )
+    uvicorn.run(
+        create_app(core, api_keys),
+        host=args.host,
+        port=args.port,
+        log_level="info" if args.verbose else "warning",
+    )
+    return 0
 
 
 if __name__ == "__main__":

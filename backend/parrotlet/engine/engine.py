@@ -56,7 +56,9 @@ class LLMEngine:
             self.model_config.max_position_embeddings,
         )
         spec = self._attention_spec(next(model.parameters()).dtype)
-        attention = get_attention_backend(_backend_name(config), spec, spec.allocate_kv_cache())
+        attention = get_attention_backend(
+            _backend_name(config, spec), spec, spec.allocate_kv_cache()
+        )
         self.blocks = BlockManager(
             spec.num_blocks, spec.block_size, config.cache.enable_prefix_caching
         )
@@ -356,10 +358,16 @@ def resolve_dtype(config: EngineConfig) -> torch.dtype:
     return _DTYPES[config.dtype]
 
 
-def _backend_name(config: EngineConfig) -> str:
+def _backend_name(config: EngineConfig, spec: AttentionSpec) -> str:
+    """The configured backend; "auto" is flashinfer where it is installed and has kernels for
+    the spec (CUDA, float16 / bfloat16, head_dim 64 / 128 / 256), else the torch reference."""
     if config.attention_backend != "auto":
         return config.attention_backend
-    if config.device == "cpu":
+    if (
+        config.device == "cpu"
+        or spec.dtype not in (torch.float16, torch.bfloat16)
+        or spec.head_dim not in (64, 128, 256)
+    ):
         return "reference"
     try:
         import flashinfer  # noqa: F401

@@ -1,6 +1,6 @@
 """ModelRunner: turns a ScheduledBatch into one forward pass and the sampled next tokens.
 
-It builds the step's AttentionMetadata once (one host->device copy per tensor), finds groups of
+It builds the step's AttentionMetadata once (one host->device copy per step), finds groups of
 sequences that share a prefix of KV blocks for the shared-prefix attention path, runs the model and
 samples the sequences that caught up with their last token.
 """
@@ -54,8 +54,11 @@ class ModelRunner:
         sampled: list[int | None] = [None] * len(batch.seqs)
         if not samplers:
             return sampled
-        ends = list(itertools.accumulate(metadata.query_lens_host))
-        rows = torch.tensor([ends[i] - 1 for i in samplers], device=self.device)
+        if len(samplers) == len(batch.seqs):  # every sequence's last row, already on the device
+            rows = metadata.query_start_loc[1:].long() - 1  # [num_seqs]
+        else:
+            ends = list(itertools.accumulate(metadata.query_lens_host))
+            rows = torch.tensor([ends[i] - 1 for i in samplers], device=self.device)
         logits = self.model.compute_logits(hidden[rows])  # [num_samplers, vocab] float32
         seqs = [batch.seqs[i] for i in samplers]
         tokens = self.sampler(logits, [s.params for s in seqs], [self._generator(s) for s in seqs])
@@ -87,16 +90,20 @@ class ModelRunner:
         width = max(len(s.block_ids) for s in batch.seqs)  # each holds exactly its seq_len
         tables = [s.block_ids + [0] * (width - len(s.block_ids)) for s in batch.seqs]
         query_start = [0, *itertools.accumulate(query_lens)]
+        host = [ids, positions, slots, query_start, seq_lens, [b for t in tables for b in t]]
+        sizes = [len(part) for part in host]
+        packed = torch.tensor(list(itertools.chain(*host)), dtype=torch.long)
+        parts = packed.to(self.device, non_blocking=True).split(sizes)  # the one host->device copy
         metadata = AttentionMetadata(
-            query_start_loc=self._tensor(query_start, torch.int32),
-            seq_lens=self._tensor(seq_lens, torch.int32),
-            block_tables=self._tensor(tables, torch.int32),
-            slot_mapping=self._tensor(slots, torch.int64),
+            query_start_loc=parts[3].to(torch.int32),
+            seq_lens=parts[4].to(torch.int32),
+            block_tables=parts[5].to(torch.int32).view(len(tables), width),
+            slot_mapping=parts[2],
             query_lens_host=tuple(query_lens),
             seq_lens_host=tuple(seq_lens),
             prefix_groups=self._prefix_groups(batch.seqs, query_lens, seq_lens),
         )
-        return self._tensor(ids, torch.long), self._tensor(positions, torch.long), metadata
+        return parts[0], parts[1], metadata
 
     def _prefix_groups(
         self, seqs: Seq[Sequence], query_lens: Seq[int], seq_lens: Seq[int]
@@ -129,9 +136,6 @@ class ModelRunner:
         while n < limit and all(n < len(t) and t[n] == first[n] for t in tables):
             n += 1
         return n
-
-    def _tensor(self, data: list, dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
 
     def _generator(self, seq: Sequence) -> torch.Generator | None:
         if seq.request_id not in self._generators:

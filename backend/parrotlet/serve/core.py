@@ -10,10 +10,8 @@ import asyncio
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from parrotlet.engine.outputs import EngineStats
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.graph.index import GraphIndex
 from parrotlet.graph.ir import Call, Graph, Input, Output, PerfCriterion, Text, Variable
@@ -21,39 +19,12 @@ from parrotlet.serve.config import ServeConfig
 from parrotlet.serve.errors import GraphError, NotFoundError, ServeTimeoutError
 from parrotlet.serve.executor import GraphExecutor
 from parrotlet.serve.prompt import PromptAssembler
+from parrotlet.serve.results import CompletionChunk, ServeStats, VariableResult
 from parrotlet.serve.session import Session, VarState
 
 if TYPE_CHECKING:
     from parrotlet.engine.async_engine import AsyncEngine
     from parrotlet.engine.config import EngineConfig
-
-
-@dataclass(frozen=True)
-class VariableInfo:
-    name: str
-    value: str
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class CompletionChunk:
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class ServeStats:
-    num_sessions: int
-    client_requests: dict[str, int]
-    calls_started: int
-    calls_finished: int
-    calls_started_by_server: int
-    call_latency: dict[str, tuple[int, float]]  # objective -> (count, total seconds)
-    engines: list[EngineStats]
 
 
 class ServeCore:
@@ -64,11 +35,17 @@ class ServeCore:
     """
 
     def __init__(
-        self, engines: list[AsyncEngine], config: ServeConfig | None = None, model_name: str = ""
+        self,
+        engines: list[AsyncEngine],
+        config: ServeConfig | None = None,
+        model_name: str = "",
+        *,
+        owns_engines: bool = True,
     ) -> None:
         if not engines:
             raise ValueError("ServeCore needs at least one engine")
         self.engines = engines
+        self.owns_engines = owns_engines
         self.config = config or ServeConfig()
         first = engines[0].engine
         self.tokenizer = first.tokenizer
@@ -99,8 +76,14 @@ class ServeCore:
     async def close(self) -> None:
         for session in list(self._sessions.values()):
             self._drop(session)
-        for engine in self.engines:
-            await engine.close()
+        if self.owns_engines:
+            for engine in self.engines:
+                await engine.close()
+
+    def sibling(self, config: ServeConfig) -> ServeCore:
+        """A ServeCore with other flags over the same engines (closing it leaves them running):
+        benchmarks compare app-level and request-level serving on one engine."""
+        return ServeCore(self.engines, config, self.model_name, owns_engines=False)
 
     # ---- sessions ------------------------------------------------------------------------
     def create_session(self, tenant: str, *, eager: bool = False) -> str:
@@ -160,7 +143,7 @@ class ServeCore:
         *,
         criterion: PerfCriterion = PerfCriterion.LATENCY,
         timeout: float | None = None,
-    ) -> VariableInfo:
+    ) -> VariableResult:
         """Wait for the value of `name` (running what it depends on); ServeTimeoutError after
         `timeout` seconds; GraphError if the call that produces it failed."""
         self._requests["get"] += 1
@@ -275,11 +258,11 @@ class ServeCore:
         self._sessions.pop(session.id, None)
 
 
-def _info(state: VarState) -> VariableInfo:
+def _info(state: VarState) -> VariableResult:
     if state.error is not None:
         raise GraphError(f"variable {state.name!r} could not be produced: {state.error}")
     assert state.value is not None
-    return VariableInfo(
+    return VariableResult(
         state.name, state.value, state.finish_reason, state.prompt_tokens, state.completion_tokens
     )
 

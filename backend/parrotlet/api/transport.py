@@ -1,0 +1,83 @@
+"""Transports: how a client Session reaches ServeCore — the Transport protocol, the result of a
+fetch, and LocalTransport (an in-process ServeCore, no HTTP). HttpTransport lives in http.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from parrotlet.graph.ir import Graph, PerfCriterion
+from parrotlet.serve.results import VariableResult
+
+if TYPE_CHECKING:
+    from parrotlet.serve.core import ServeCore
+
+LOCAL_TENANT = "local"
+
+
+class Transport(Protocol):
+    """The six session operations of the serving API, as coroutines on the Client's portal loop.
+
+    Implementations raise the parrotlet.serve.errors types (GraphError/ValueError for bad input,
+    NotFoundError, AuthError, ServeTimeoutError) with the server's message.
+    """
+
+    async def create_session(self) -> str: ...
+
+    async def delete_session(self, session_id: str) -> None: ...
+
+    async def submit(self, session_id: str, graph: Graph, *, eager: bool) -> dict[str, Any]: ...
+
+    async def set_variable(self, session_id: str, name: str, value: str) -> None: ...
+
+    async def get_variable(
+        self, session_id: str, name: str, *, criterion: PerfCriterion, timeout: float | None
+    ) -> VariableResult: ...
+
+    def stream_variable(
+        self, session_id: str, name: str, *, criterion: PerfCriterion
+    ) -> AsyncIterator[str]: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalTransport:
+    """Calls a ServeCore that lives on the same event loop, as one fixed tenant.
+
+    Owns the core: `close()` closes it.
+    """
+
+    def __init__(self, core: ServeCore, tenant: str = LOCAL_TENANT) -> None:
+        self.core = core
+        self.tenant = tenant
+
+    async def create_session(self) -> str:
+        return self.core.create_session(self.tenant)
+
+    async def delete_session(self, session_id: str) -> None:
+        self.core.delete_session(self.tenant, session_id)
+
+    async def submit(self, session_id: str, graph: Graph, *, eager: bool) -> dict[str, Any]:
+        return self.core.submit(self.tenant, session_id, graph, eager=eager)
+
+    async def set_variable(self, session_id: str, name: str, value: str) -> None:
+        self.core.set_variable(self.tenant, session_id, name, value)
+
+    async def get_variable(
+        self, session_id: str, name: str, *, criterion: PerfCriterion, timeout: float | None
+    ) -> VariableResult:
+        return await self.core.get_variable(
+            self.tenant, session_id, name, criterion=criterion, timeout=timeout
+        )
+
+    async def stream_variable(
+        self, session_id: str, name: str, *, criterion: PerfCriterion
+    ) -> AsyncIterator[str]:
+        async for delta in self.core.stream_variable(
+            self.tenant, session_id, name, criterion=criterion
+        ):
+            yield delta
+
+    async def close(self) -> None:
+        await self.core.close()

@@ -1,0 +1,357 @@
+"""OpenAI-compatible routes (/v1/completions, /v1/chat/completions, /v1/models) over ServeCore.
+
+Each prompt becomes one `core.complete` call (a one-call graph in a throwaway session); the
+request's OpenAI parameters become SamplingParams, the chunks become OpenAI-shaped bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from parrotlet.engine.sampling_params import SamplingParams
+from parrotlet.serve.auth import request_tenant
+from parrotlet.serve.errors import NotFoundError
+from parrotlet.serve.wire import sse_response
+
+if TYPE_CHECKING:
+    from parrotlet.serve.core import ServeCore
+    from parrotlet.serve.results import CompletionChunk
+
+router = APIRouter()
+_STARTED = int(time.time())
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+# Known OpenAI parameters accepted only at their default (values that change nothing).
+_ONLY_DEFAULT: dict[str, tuple[Any, ...]] = {
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+    "logit_bias": (None, {}),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "suffix": (None,),
+}
+
+
+class ModelNotFoundError(NotFoundError):
+    """A request named a model this server does not serve (OpenAI's code: model_not_found)."""
+
+    code = "model_not_found"
+
+
+# ---- request bodies ------------------------------------------------------------------------
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+
+
+class _CommonRequest(BaseModel):
+    """Fields shared by both endpoints; `stop` is checked by SamplingParams (clearer errors)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stream: bool = False
+    stream_options: _Options | None = None
+    stop: Any = None
+    seed: int | None = None
+    user: str | None = None
+    top_k: int | None = None  # vLLM extension
+    ignore_eos: bool = False  # vLLM extension
+    stop_token_ids: list[int] | None = None  # vLLM extension
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+
+class CompletionRequest(_CommonRequest):
+    prompt: Any
+    logprobs: int | None = None
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class ChatRequest(_CommonRequest):
+    messages: list[Any]
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+# ---- routes --------------------------------------------------------------------------------
+@router.post("/v1/completions")
+async def completions(
+    body: CompletionRequest, request: Request, tenant: str = Depends(request_tenant)
+) -> Any:
+    core = _core(request)
+    _check_common(core, body)
+    prompts = _prompts(body.prompt, len(core.tokenizer))
+    params = _sampling(body, 16 if body.max_tokens is None else body.max_tokens)
+    return await _respond(core, tenant, prompts, params, _Responder(core.model_name, False, body))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(
+    body: ChatRequest, request: Request, tenant: str = Depends(request_tenant)
+) -> Any:
+    core = _core(request)
+    _check_common(core, body)
+    prompt = _chat_prompt(core.tokenizer, body.messages)
+    max_tokens = body.max_completion_tokens
+    if max_tokens is None:
+        max_tokens = body.max_tokens
+    if max_tokens is None:  # OpenAI: up to the context; the executor clips to what is left
+        max_tokens = core.max_model_len
+    params = _sampling(body, max_tokens)
+    return await _respond(core, tenant, [prompt], params, _Responder(core.model_name, True, body))
+
+
+@router.get("/v1/models")
+async def models(request: Request, tenant: str = Depends(request_tenant)) -> dict[str, Any]:
+    core = _core(request)
+    card = {"id": core.model_name, "object": "model", "created": _STARTED, "owned_by": "parrotlet",
+            "max_model_len": core.max_model_len}  # fmt: skip
+    return {"object": "list", "data": [card]}
+
+
+def _core(request: Request) -> ServeCore:
+    return request.app.state.core
+
+
+# ---- request → core ------------------------------------------------------------------------
+def _check_common(core: ServeCore, body: _CommonRequest) -> None:
+    if body.model is not None and body.model != core.model_name:
+        raise ModelNotFoundError(f"The model `{body.model}` does not exist")
+    if body.n not in (None, 1):
+        raise ValueError(f"n must be 1 (one choice per prompt), got {body.n}")
+    for name in sorted(body.model_fields_set & _ONLY_DEFAULT.keys()):
+        if getattr(body, name) not in _ONLY_DEFAULT[name]:
+            raise ValueError(f"{name} is not supported (only its default is accepted)")
+
+
+def _sampling(body: _CommonRequest, max_tokens: int) -> SamplingParams:
+    """OpenAI parameters → SamplingParams; its ValueError names the offending field."""
+    return SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=-1 if body.top_k is None else body.top_k,
+        seed=body.seed,
+        max_tokens=max_tokens,
+        stop=() if body.stop is None else body.stop,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
+        ignore_eos=body.ignore_eos,
+    )
+
+
+def _prompts(prompt: Any, vocab_size: int) -> list[str | list[int]]:
+    """A prompt (text or token ids) or a batch of them, as a list of single prompts."""
+    if isinstance(prompt, str) or (isinstance(prompt, list) and _all_ints(prompt)):
+        batch = [prompt]
+    elif isinstance(prompt, list) and prompt:
+        batch = list(prompt)
+    else:
+        raise ValueError("prompt must be a string, a list of token ids, or a list of those")
+    for i, p in enumerate(batch):
+        where = "prompt" if len(batch) == 1 else f"prompt[{i}]"
+        if not isinstance(p, str) and not (isinstance(p, list) and _all_ints(p)):
+            raise ValueError(f"{where} must be a string or a list of token ids")
+        if not p:
+            raise ValueError(f"{where} must not be empty")
+        bad = [t for t in p if not 0 <= t < vocab_size] if isinstance(p, list) else []
+        if bad:
+            raise ValueError(f"{where} has token ids outside [0, {vocab_size}): {bad[:5]}")
+    return batch
+
+
+def _all_ints(items: list[Any]) -> bool:
+    return bool(items) and all(isinstance(t, int) and not isinstance(t, bool) for t in items)
+
+
+def _chat_prompt(tokenizer: Any, messages: list[Any]) -> str:
+    """The prompt text of `messages` under the model's chat template, ready for the reply."""
+    if not messages:
+        raise ValueError("messages must be a non-empty list")
+    clean = [_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this model has no chat template; use /v1/completions")
+    try:
+        return tokenizer.apply_chat_template(clean, add_generation_prompt=True, tokenize=False)
+    except Exception as exc:  # a Jinja template error: the messages do not fit the template
+        raise ValueError(f"messages: the model's chat template rejected them: {exc}") from None
+
+
+def _message(message: Any, where: str) -> dict[str, str]:
+    if not isinstance(message, dict):
+        raise ValueError(f"{where} must be an object with 'role' and 'content'")
+    unknown = sorted(set(message) - {"role", "content", "name"})
+    if unknown:
+        raise ValueError(f"{where} has unsupported fields {unknown}")
+    role = message.get("role")
+    if role not in _ROLES:
+        raise ValueError(f"{where}.role must be one of {list(_ROLES)}, got {role!r}")
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(_text_part(p, f"{where}.content[{j}]") for j, p in enumerate(content))
+    if not isinstance(content, str):
+        raise ValueError(f"{where}.content must be a string or a list of text parts")
+    return {"role": "system" if role == "developer" else role, "content": content}
+
+
+def _text_part(part: Any, where: str) -> str:
+    if (
+        not isinstance(part, dict)
+        or part.get("type") != "text"
+        or not isinstance(part.get("text"), str)
+    ):
+        raise ValueError(f"{where} must be {{'type': 'text', 'text': str}} (text only)")
+    return part["text"]
+
+
+# ---- core → response -----------------------------------------------------------------------
+class _Responder:
+    """Builds OpenAI-shaped bodies and chunks for one request (one id, one `created`)."""
+
+    def __init__(self, model: str, chat: bool, body: _CommonRequest) -> None:
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.model, self.chat, self.stream = model, chat, body.stream
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": choices}  # fmt: skip
+
+    def chunk(self, index: int, delta: dict[str, str] | str, finish: str | None) -> dict[str, Any]:
+        key = "delta" if self.chat else "text"
+        choice = {"index": index, key: delta, "logprobs": None, "finish_reason": finish}
+        body = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
+    def usage_chunk(self, finals: Sequence[CompletionChunk]) -> dict[str, Any]:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return {**self._envelope(obj, []), "usage": _usage(finals)}
+
+    def response(self, results: Sequence[tuple[str, CompletionChunk]]) -> dict[str, Any]:
+        choices = []
+        for i, (text, final) in enumerate(results):
+            content = {"message": {"role": "assistant", "content": text}} if self.chat else {
+                "text": text}  # fmt: skip
+            choices.append({"index": i, **content, "logprobs": None,
+                            "finish_reason": final.finish_reason})  # fmt: skip
+        body = self._envelope("chat.completion" if self.chat else "text_completion", choices)
+        return {**body, "usage": _usage([final for _, final in results])}
+
+
+def _usage(finals: Sequence[CompletionChunk]) -> dict[str, int]:
+    prompt = sum(f.prompt_tokens for f in finals)
+    completion = sum(f.completion_tokens for f in finals)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}  # fmt: skip
+
+
+async def _respond(
+    core: ServeCore,
+    tenant: str,
+    prompts: list[str | list[int]],
+    params: SamplingParams,
+    out: _Responder,
+) -> Any:
+    streams = await _open(core, tenant, prompts, params)
+    if out.stream:
+        return sse_response(_stream_events(streams, out))
+    results = [await _collect(s) for s in streams]  # all run concurrently in the engine
+    return JSONResponse(out.response(results))
+
+
+async def _open(
+    core: ServeCore, tenant: str, prompts: list[str | list[int]], params: SamplingParams
+) -> list[AsyncIterator[CompletionChunk]]:
+    """Start one completion per prompt and wait for each first chunk, so that a bad request
+    fails with its status code before a streamed response has started."""
+    streams = [core.complete(tenant, p, params) for p in prompts]
+    firsts = await asyncio.gather(*(anext(s) for s in streams), return_exceptions=True)
+    failed = [f for f in firsts if isinstance(f, BaseException)]
+    if failed:
+        for s in streams:
+            await s.aclose()
+        raise failed[0]
+    return [_prepend(first, s) for first, s in zip(firsts, streams, strict=True)]
+
+
+async def _prepend(
+    first: CompletionChunk, rest: AsyncIterator[CompletionChunk]
+) -> AsyncIterator[CompletionChunk]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
+
+
+async def _collect(stream: AsyncIterator[CompletionChunk]) -> tuple[str, CompletionChunk]:
+    parts: list[str] = []
+    async for chunk in stream:
+        parts.append(chunk.text)
+    return "".join(parts), chunk
+
+
+async def _stream_events(
+    streams: list[AsyncIterator[CompletionChunk]], out: _Responder
+) -> AsyncIterator[dict[str, Any]]:
+    finals: list[CompletionChunk] = []
+    if out.chat:
+        for i in range(len(streams)):
+            yield out.chunk(i, {"role": "assistant", "content": ""}, None)
+    async for i, chunk in _merge(streams):
+        if chunk.text or chunk.finish_reason is not None:
+            delta = ({"content": chunk.text} if chunk.text else {}) if out.chat else chunk.text
+            yield out.chunk(i, delta, chunk.finish_reason)
+        if chunk.finish_reason is not None:
+            finals.append(chunk)
+    if out.include_usage:
+        yield out.usage_chunk(finals)
+
+
+async def _merge(
+    streams: list[AsyncIterator[CompletionChunk]],
+) -> AsyncIterator[tuple[int, CompletionChunk]]:
+    """Chunks of several streams as they come, tagged with the stream's index."""
+    queue: asyncio.Queue[tuple[int, CompletionChunk | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[CompletionChunk]) -> None:
+        try:
+            async for chunk in stream:
+                queue.put_nowait((i, chunk))
+        except Exception as exc:
+            queue.put_nowait((i, exc))
+        queue.put_nowait((i, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            i, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,433 @@
+"""The flashinfer attention backend: the engine's GPU path behind the AttentionBackend interface.
+
+plan() turns one step's AttentionMetadata into flashinfer paged decode / prefill / shared-prefix
+calls; each model layer's forward() writes its k/v into the paged cache and runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any, Literal
+
+import torch
+
+from parrotlet_kernels.interface import AttentionMetadata, AttentionSpec, PrefixGroup
+from parrotlet_kernels.validation import validate_metadata
+
+WORKSPACE_BYTES = 128 << 20  # flashinfer's recommended float workspace (split-KV partials)
+
+
+@dataclass(frozen=True)
+class CascadePolicy:
+    """When a PrefixGroup's shared prefix is attended once for the group instead of per sequence.
+
+    "auto" cascades a group iff its prefix KV per layer is >= `min_prefix_bytes` AND the KV bytes
+    it saves per layer, (members - 1) * prefix bytes, are >= `min_saved_bytes`. Why: on an H100
+    (issue 5, flashinfer 0.5.3, bf16, 8 KV heads x 128) the cascade was 1.2x faster than paged
+    decode at batch 64 / 8K prefix (32 MiB per layer, 2 GiB saved) and 1.9x at 128 / 8K, but 3-7x
+    slower at a 1K prefix (4 MiB: it stays in the 50 MB L2, so rereading it per sequence is nearly
+    free). The extra launch and merge only pay when they save DRAM traffic. "always" / "never"
+    force the choice (tests, benchmarks).
+    """
+
+    mode: Literal["auto", "always", "never"] = "auto"
+    min_prefix_bytes: int = 16 << 20
+    min_saved_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "always", "never"):
+            raise ValueError(f"mode must be auto, always or never, got {self.mode!r}")
+
+    def use_cascade(self, members: int, prefix_bytes: int) -> bool:
+        """Whether `members` sequences sharing `prefix_bytes` of KV per layer should cascade."""
+        if self.mode != "auto":
+            return self.mode == "always"
+        saved = (members - 1) * prefix_bytes
+        return prefix_bytes >= self.min_prefix_bytes and saved >= self.min_saved_bytes
+
+
+@dataclass(frozen=True)
+class PagedCall:
+    """One flashinfer paged-attention call over the work-order query rows [row_start, row_end).
+
+    Request r owns rows `qo_indptr[r]:qo_indptr[r+1]` (relative to row_start) and the pages
+    `page_indices[page_start + kv_indptr[r] : page_start + kv_indptr[r+1]]`, whose last holds
+    `last_page_len[r]` tokens.
+    """
+
+    row_start: int
+    row_end: int
+    qo_indptr: tuple[int, ...]  # [num_requests + 1]
+    kv_indptr: tuple[int, ...]  # [num_requests + 1]
+    last_page_len: tuple[int, ...]  # [num_requests]
+    page_start: int
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """Host plan of one step: the query rows in work order and the paged calls over them.
+
+    Work order: ungrouped decodes, grouped decodes, grouped prefills, ungrouped prefills (groups
+    in cascade order), so the decode call, the prefill call and the shared-prefix call each read
+    one contiguous run of rows. Every request over all calls reads pages
+    `block_tables[req_row, req_first_page : req_first_page + req_num_pages]`, concatenated in
+    call order into the step's page list.
+    """
+
+    order: tuple[int, ...] | None  # work-order row -> token index; None when identity
+    decode: PagedCall | None  # query_len 1, over each sequence's own KV (after a cascaded prefix)
+    prefill: PagedCall | None  # query_len > 1, causal, over each sequence's own KV
+    shared: PagedCall | None  # cascaded groups' tokens over their shared prefix, not causal
+    req_row: tuple[int, ...]
+    req_first_page: tuple[int, ...]
+    req_num_pages: tuple[int, ...]
+
+
+def plan_step(
+    query_lens: Sequence[int],
+    seq_lens: Sequence[int],
+    groups: Sequence[PrefixGroup],
+    block_size: int,
+) -> StepLayout:
+    """Lay out one step for flashinfer; `groups` are the prefix groups chosen for cascade."""
+    own_first_page = [0] * len(seq_lens)
+    for group in groups:
+        for i in group.seq_indices:
+            own_first_page[i] = group.num_blocks
+    grouped = [i for group in groups for i in group.seq_indices]
+    ungrouped = sorted(set(range(len(seq_lens))) - set(grouped))
+    dec_u = [i for i in ungrouped if query_lens[i] == 1]
+    dec_g = [i for i in grouped if query_lens[i] == 1]
+    pre_g = [i for i in grouped if query_lens[i] > 1]
+    pre_u = [i for i in ungrouped if query_lens[i] > 1]
+    calls = _CallBuilder(query_lens, seq_lens, block_size)
+    decode = calls.own_kv(dec_u + dec_g, 0, own_first_page)
+    prefill = calls.own_kv(pre_g + pre_u, len(dec_u) + len(dec_g), own_first_page)
+    shared_reqs = [
+        [i for i in group.seq_indices if (query_lens[i] == 1) == is_decode]
+        for is_decode in (True, False)
+        for group in groups
+    ]
+    shared = calls.shared_prefix(shared_reqs, groups * 2, len(dec_u))
+    starts = list(accumulate(query_lens, initial=0))
+    order = [t for i in dec_u + dec_g + pre_g + pre_u for t in range(starts[i], starts[i + 1])]
+    return StepLayout(
+        order=None if order == list(range(len(order))) else tuple(order),
+        decode=decode,
+        prefill=prefill,
+        shared=shared,
+        req_row=tuple(calls.req_row),
+        req_first_page=tuple(calls.req_first_page),
+        req_num_pages=tuple(calls.req_num_pages),
+    )
+
+
+class _CallBuilder:
+    """Accumulates the requests of a step's paged calls (their pages are gathered on device)."""
+
+    def __init__(self, query_lens: Sequence[int], seq_lens: Sequence[int], block_size: int):
+        self.query_lens, self.seq_lens, self.block_size = query_lens, seq_lens, block_size
+        self.req_row: list[int] = []
+        self.req_first_page: list[int] = []
+        self.req_num_pages: list[int] = []
+
+    def own_kv(self, seqs: list[int], row_start: int, first_page: list[int]) -> PagedCall | None:
+        """One request per sequence over its KV from `first_page[i]` to its last token."""
+        if not seqs:
+            return None
+        bs = self.block_size
+        num_pages = [-(-self.seq_lens[i] // bs) - first_page[i] for i in seqs]
+        last = [(self.seq_lens[i] - 1) % bs + 1 for i in seqs]
+        return self._call(seqs, [first_page[i] for i in seqs], num_pages, last, seqs, row_start)
+
+    def shared_prefix(
+        self, members: list[list[int]], groups: Sequence[PrefixGroup], row_start: int
+    ) -> PagedCall | None:
+        """One request per non-empty member list: all its query rows over the group's prefix."""
+        reqs = [(m, g) for m, g in zip(members, groups, strict=True) if m]
+        if not reqs:
+            return None
+        return self._call(
+            rows=[m[0] for m, _ in reqs],
+            first_page=[0] * len(reqs),
+            num_pages=[g.num_blocks for _, g in reqs],
+            last=[self.block_size] * len(reqs),
+            qo_seqs=[m for m, _ in reqs],
+            row_start=row_start,
+        )
+
+    def _call(
+        self,
+        rows: list[int],
+        first_page: list[int],
+        num_pages: list[int],
+        last: list[int],
+        qo_seqs: Sequence[int | list[int]],
+        row_start: int,
+    ) -> PagedCall:
+        qo_lens = [
+            sum(self.query_lens[i] for i in s) if isinstance(s, list) else self.query_lens[s]
+            for s in qo_seqs
+        ]
+        qo_indptr = tuple(accumulate(qo_lens, initial=0))
+        call = PagedCall(
+            row_start=row_start,
+            row_end=row_start + qo_indptr[-1],
+            qo_indptr=qo_indptr,
+            kv_indptr=tuple(accumulate(num_pages, initial=0)),
+            last_page_len=tuple(last),
+            page_start=sum(self.req_num_pages),
+        )
+        self.req_row += rows
+        self.req_first_page += first_page
+        self.req_num_pages += num_pages
+        return call
+
+
+def gather_page_indices(
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks] int32
+    req_row: torch.Tensor,  # [num_requests] int
+    req_first_page: torch.Tensor,  # [num_requests] int
+    req_num_pages: torch.Tensor,  # [num_requests] int
+    total_pages: int,
+) -> torch.Tensor:  # [total_pages] int32
+    """The requests' page ids, concatenated, computed on the tables' device without a sync."""
+    device = block_tables.device
+    counts = req_num_pages.long()
+    req = torch.repeat_interleave(
+        torch.arange(counts.numel(), device=device), counts, output_size=total_pages
+    )  # [total_pages], the request of each page
+    first_of_req = torch.cumsum(counts, 0) - counts  # [num_requests]
+    page = req_first_page.long()[req] + torch.arange(total_pages, device=device) - first_of_req[req]
+    return block_tables[req_row.long()[req], page]  # [total_pages]
+
+
+@dataclass(frozen=True)
+class FlashInferOps:
+    """The flashinfer entry points the backend needs; CPU tests substitute torch fakes.
+
+    `make_decode()` returns an object with BatchDecodeWithPagedKVCacheWrapper's plan/run,
+    `make_prefill()` one with BatchPrefillWithPagedKVCacheWrapper's; `merge_state_in_place`
+    merges states whose LSEs are base 2, as flashinfer returns them.
+    """
+
+    make_decode: Callable[[], Any]
+    make_prefill: Callable[[], Any]
+    merge_state_in_place: Callable[..., None]
+
+
+def flashinfer_ops(device: torch.device, prefill_backend: str = "fa2") -> FlashInferOps:
+    """Real flashinfer wrappers sharing one float workspace on `device`.
+
+    Decode uses tensor cores (flashinfer's fa2 prefill kernel at query length 1), so decode and
+    prefill share one JIT-compiled module per dtype and head size.
+    """
+    from parrotlet_kernels.registry import BackendUnavailableError
+
+    try:
+        import flashinfer
+    except ImportError as exc:
+        raise BackendUnavailableError(f"flashinfer backend is not available: {exc}") from exc
+    workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+    return FlashInferOps(
+        make_decode=lambda: flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            workspace, "NHD", use_tensor_cores=True
+        ),
+        make_prefill=lambda: flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+            workspace, "NHD", backend=prefill_backend
+        ),
+        merge_state_in_place=flashinfer.merge_state_in_place,
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What forward() needs for one step, built once by plan()."""
+
+    num_tokens: int
+    key_rows: torch.Tensor  # [num_tokens] int64, cache rows of this step's keys (values: + bs)
+    value_rows: torch.Tensor  # [num_tokens] int64
+    order: torch.Tensor | None  # [num_tokens] int32, work-order row -> token
+    inverse: torch.Tensor | None  # [num_tokens] int32, token -> work-order row
+    own: tuple[tuple[slice, Any], ...]  # (rows, planned decode / prefill wrapper)
+    shared: tuple[slice, Any] | None  # (rows, planned shared-prefix wrapper)
+
+
+class FlashInferBackend:
+    """Paged attention with flashinfer kernels on CUDA, float16 / bfloat16; see AttentionBackend.
+
+    plan() does host work proportional to the number of sequences plus one host->device copy of
+    the request table and token order (flashinfer's own plan copies its small indptr arrays);
+    page ids are gathered from `block_tables` on the device, so nothing waits on the GPU.
+    Sequences with one query token go to the decode wrapper, the rest to the causal paged prefill
+    wrapper (chunked prefill over cached KV included). Prefix groups that `cascade` accepts are
+    attended in a third, non-causal call over their shared prefix, one request per group, and
+    merged by log-sum-exp into their members' suffix attention; any number of groups per batch.
+    """
+
+    def __init__(
+        self,
+        spec: AttentionSpec,
+        kv_caches: Sequence[torch.Tensor],
+        *,
+        cascade: CascadePolicy | None = None,
+        ops: FlashInferOps | None = None,
+    ) -> None:
+        _check_caches(spec, kv_caches)
+        if ops is None:
+            _check_supported(spec)
+            ops = flashinfer_ops(spec.device)
+        self.spec = spec
+        self.kv_caches = kv_caches
+        self.cascade = cascade or CascadePolicy()
+        self._ops = ops
+        self._decode, self._prefill, self._shared = (
+            ops.make_decode(),
+            ops.make_prefill(),
+            ops.make_prefill(),
+        )
+        self._rows = [c.view(-1, spec.num_kv_heads, spec.head_dim) for c in kv_caches]
+        self._plan: _Plan | None = None
+
+    def plan(self, metadata: AttentionMetadata) -> None:
+        """Check the host side of `metadata` (ValueError) and plan this step's kernels."""
+        validate_metadata(metadata, self.spec, device=False)
+        spec = self.spec
+        prefix_bytes_per_block = spec.block_size * 2 * spec.num_kv_heads * spec.head_dim
+        prefix_bytes_per_block *= spec.dtype.itemsize
+        groups = [
+            g
+            for g in metadata.prefix_groups
+            if self.cascade.use_cascade(len(g.seq_indices), g.num_blocks * prefix_bytes_per_block)
+        ]
+        layout = plan_step(
+            metadata.query_lens_host, metadata.seq_lens_host, groups, spec.block_size
+        )
+        pages, order, inverse = self._to_device(layout, metadata.block_tables)
+        slots = metadata.slot_mapping.long()  # [num_tokens]
+        key_rows = (slots // spec.block_size) * (2 * spec.block_size) + slots % spec.block_size
+        own = tuple(
+            (slice(call.row_start, call.row_end), self._plan_call(wrapper, call, pages, causal))
+            for call, wrapper, causal in (
+                (layout.decode, self._decode, None),
+                (layout.prefill, self._prefill, True),
+            )
+            if call is not None
+        )
+        shared = None
+        if layout.shared is not None:
+            call = layout.shared
+            wrapper = self._plan_call(self._shared, call, pages, False)
+            shared = (slice(call.row_start, call.row_end), wrapper)
+        self._plan = _Plan(
+            metadata.num_tokens, key_rows, key_rows + spec.block_size, order, inverse, own, shared
+        )
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        v: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        layer: int,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        """Write k/v at the planned slots of `layer`'s cache, then attend every query causally."""
+        plan = self._checked_plan(q)
+        rows = self._rows[layer]  # [num_blocks * 2 * block_size, num_kv_heads, head_dim]
+        rows.index_copy_(0, plan.key_rows, k.to(rows.dtype))
+        rows.index_copy_(0, plan.value_rows, v.to(rows.dtype))
+        cache = self.kv_caches[layer]
+        work_q = q.contiguous() if plan.order is None else q.index_select(0, plan.order)
+        out = torch.empty_like(work_q)  # [num_tokens, num_heads, head_dim], work order
+        lse = None
+        if plan.shared is not None:  # base-2 LSE, [num_tokens, num_heads]
+            lse = torch.empty(work_q.shape[:2], dtype=torch.float32, device=q.device)
+        for rows_slice, wrapper in plan.own:
+            wrapper.run(
+                work_q[rows_slice],
+                cache,
+                out=out[rows_slice],
+                lse=None if lse is None else lse[rows_slice],
+                return_lse=lse is not None,
+            )
+        if plan.shared is not None and lse is not None:
+            rows_slice, wrapper = plan.shared
+            prefix_out, prefix_lse = wrapper.run(work_q[rows_slice], cache, return_lse=True)
+            self._ops.merge_state_in_place(out[rows_slice], lse[rows_slice], prefix_out, prefix_lse)
+        return out if plan.inverse is None else out.index_select(0, plan.inverse)
+
+    def _checked_plan(self, q: torch.Tensor) -> _Plan:
+        if self._plan is None:
+            raise RuntimeError("forward() called before plan()")
+        if q.shape[0] != self._plan.num_tokens:
+            raise ValueError(f"q has {q.shape[0]} tokens, the plan has {self._plan.num_tokens}")
+        return self._plan
+
+    def _to_device(
+        self, layout: StepLayout, block_tables: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """One host->device copy; returns page ids, token order and its inverse (device)."""
+        num_reqs, order = len(layout.req_row), layout.order or ()
+        inverse = [0] * len(order)
+        for row, token in enumerate(order):
+            inverse[token] = row
+        host = torch.tensor(
+            [*layout.req_row, *layout.req_first_page, *layout.req_num_pages, *order, *inverse],
+            dtype=torch.int32,
+        )
+        packed = host.to(block_tables.device, non_blocking=True)
+        reqs = packed[: 3 * num_reqs].view(3, num_reqs)
+        pages = gather_page_indices(
+            block_tables, reqs[0], reqs[1], reqs[2], sum(layout.req_num_pages)
+        )  # [total_pages] int32
+        if not order:
+            return pages, None, None
+        tokens = packed[3 * num_reqs :].view(2, len(order))
+        return pages, tokens[0], tokens[1]
+
+    def _plan_call(
+        self, wrapper: Any, call: PagedCall, pages: torch.Tensor, causal: bool | None
+    ) -> Any:
+        """Plan `wrapper` for `call`; causal None means the decode wrapper's signature."""
+        spec = self.spec
+        host = torch.tensor
+        indices = pages[call.page_start : call.page_start + call.kv_indptr[-1]]
+        kv_indptr = host(call.kv_indptr, dtype=torch.int32)
+        last = host(call.last_page_len, dtype=torch.int32)
+        heads = (spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.block_size)
+        kwargs = dict(q_data_type=spec.dtype, kv_data_type=spec.dtype, sm_scale=spec.scale)
+        if causal is None:
+            wrapper.plan(kv_indptr, indices, last, *heads, **kwargs)
+        else:
+            qo_indptr = host(call.qo_indptr, dtype=torch.int32)
+            wrapper.plan(qo_indptr, kv_indptr, indices, last, *heads, causal=causal, **kwargs)
+        return wrapper
+
+
+def _check_caches(spec: AttentionSpec, kv_caches: Sequence[torch.Tensor]) -> None:
+    if len(kv_caches) != spec.num_layers:
+        raise ValueError(f"got {len(kv_caches)} kv_caches, spec has {spec.num_layers} layers")
+    for layer, cache in enumerate(kv_caches):
+        if tuple(cache.shape) != spec.kv_cache_shape or cache.dtype != spec.dtype:
+            raise ValueError(
+                f"kv_caches[{layer}] is {tuple(cache.shape)} {cache.dtype}, "
+                f"expected {spec.kv_cache_shape} {spec.dtype}"
+            )
+        if not cache.is_contiguous():
+            raise ValueError(f"kv_caches[{layer}] must be contiguous")
+
+
+def _check_supported(spec: AttentionSpec) -> None:
+    """flashinfer's kernels: CUDA only, 16-bit floats, head sizes 64 / 128 / 256."""
+    if spec.device.type != "cuda":
+        raise ValueError(f"the flashinfer backend needs a CUDA device, spec has {spec.device}")
+    if spec.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"the flashinfer backend needs float16 or bfloat16, spec has {spec.dtype} "
+            "(use the reference backend)"
+        )
+    if spec.head_dim not in (64, 128, 256):
+        raise ValueError(
+            f"the flashinfer backend needs head_dim 64, 128 or 256, got {spec.head_dim}"
+        )

@@ -1,0 +1,328 @@
+"""FlashInferBackend against the torch reference: its planning on CPU (torch fakes of flashinfer's
+wrappers), and the real kernels on the GPU (`-m gpu`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from parrotlet_kernels.attention_math import attention_with_lse, merge_attention_states
+from parrotlet_kernels.flashinfer_backend import (
+    CascadePolicy,
+    FlashInferBackend,
+    FlashInferOps,
+    PagedCall,
+    gather_page_indices,
+    plan_step,
+)
+from parrotlet_kernels.interface import AttentionMetadata, AttentionSpec, PrefixGroup
+from parrotlet_kernels.reference import TorchReferenceBackend
+
+from .attention_helpers import make_batch, make_spec
+
+# (seq_len, query_len) per sequence; groups as (members, shared prefix in tokens)
+Case = tuple[list[tuple[int, int]], list[tuple[list[int], int]]]
+CASES: dict[str, Case] = {
+    "decode": ([(37, 1), (1, 1), (160, 1), (16, 1), (65, 1)], []),
+    "prefill": ([(50, 50), (7, 7), (129, 129)], []),
+    "chunked": ([(100, 30), (64, 16), (33, 33), (200, 1)], []),
+    "mixed": ([(40, 1), (100, 30), (33, 33), (17, 1), (2, 1), (90, 7)], []),
+    "groups": (
+        [(70, 1), (90, 1), (75, 6), (200, 1), (50, 50), (81, 1), (100, 1), (40, 8), (66, 1)],
+        [([0, 1, 2], 64), ([5, 6, 7], 32), ([3, 8], 48)],
+    ),
+    "group_only": ([(40, 1), (41, 1), (50, 3)], [([0, 1, 2], 32)]),
+}
+HEADS = [(4, 4), (32, 8), (16, 2)]  # GQA ratios 1, 4, 8
+LN2 = math.log(2.0)
+
+
+# ---- torch fakes of the flashinfer wrappers (the CPU tests' stand-in) ------------------------
+class TorchPagedWrapper:
+    """flashinfer's paged decode / prefill wrapper plan+run in torch; LSE in base 2 like it."""
+
+    def __init__(self, decode: bool) -> None:
+        self.decode = decode
+        self.planned: dict | None = None
+
+    def plan(self, *args, causal: bool = False, sm_scale: float, **_: object) -> None:
+        if self.decode:
+            kv_indptr, indices, last, *_, page_size = args
+            qo_indptr = torch.arange(len(last) + 1)
+        else:
+            qo_indptr, kv_indptr, indices, last, *_, page_size = args
+        assert not causal or not self.decode
+        self.planned = dict(
+            qo=qo_indptr.tolist(),
+            kv=kv_indptr.tolist(),
+            pages=indices.tolist(),
+            last=last.tolist(),
+            page_size=page_size,
+            causal=causal,
+            scale=sm_scale,
+        )
+
+    def run(self, q, cache, out=None, lse=None, return_lse=False):
+        p = self.planned
+        assert p is not None and q.shape[0] == p["qo"][-1]
+        out = torch.empty_like(q) if out is None else out
+        lse = torch.empty(q.shape[:2]) if lse is None else lse
+        for r in range(len(p["last"])):
+            pages = p["pages"][p["kv"][r] : p["kv"][r + 1]]
+            kv_len = (len(pages) - 1) * p["page_size"] + p["last"][r]
+            kv = cache[pages]  # [pages, 2, page_size, kv_heads, head_dim]
+            keys = kv[:, 0].flatten(0, 1)[:kv_len]
+            values = kv[:, 1].flatten(0, 1)[:kv_len]
+            rows = slice(p["qo"][r], p["qo"][r + 1])
+            n = rows.stop - rows.start
+            mask = None
+            if p["causal"]:
+                mask = torch.arange(kv_len)[None, :] <= (kv_len - n + torch.arange(n))[:, None]
+            o, s = attention_with_lse(
+                q[rows].float(), keys.float(), values.float(), p["scale"], mask
+            )
+            out[rows], lse[rows] = o.to(out.dtype), s / LN2
+        return (out, lse) if return_lse else out
+
+
+def fake_merge_state_in_place(v, s, v_other, s_other) -> None:
+    merged, merged_lse = merge_attention_states(v.float(), s * LN2, v_other.float(), s_other * LN2)
+    v.copy_(merged)
+    s.copy_(merged_lse / LN2)
+
+
+FAKE_OPS = FlashInferOps(
+    make_decode=lambda: TorchPagedWrapper(decode=True),
+    make_prefill=lambda: TorchPagedWrapper(decode=False),
+    merge_state_in_place=fake_merge_state_in_place,
+)
+
+
+# ---- builders --------------------------------------------------------------------------------
+def build(
+    case: Case,
+    heads: tuple[int, int] = (6, 2),
+    head_dim: int = 16,
+    block_size: int = 4,
+    dtype: torch.dtype = torch.float32,
+    num_layers: int = 1,
+    seed: int = 0,
+    num_blocks: int | None = None,
+) -> tuple:
+    """(spec, metadata, caches, q, k, v) for a case; the pool has 8 spare blocks by default."""
+    seqs, groups = case
+    needed = sum(-(-s // block_size) for s, _ in seqs)
+    spec = make_spec(*heads, head_dim, block_size, num_blocks or needed + 8, num_layers, dtype)
+    block_groups = [(members, tokens // block_size) for members, tokens in groups]
+    return (spec, *make_batch(spec, seqs, block_groups, seed=seed))
+
+
+def run_backend(backend, metadata, q, k, v) -> list[torch.Tensor]:
+    backend.plan(metadata)
+    return [backend.forward(q, k, v, layer) for layer in range(backend.spec.num_layers)]
+
+
+def compare(spec, metadata, caches, q, k, v, make_fast, atol: float, rtol: float) -> None:
+    """The fast backend's outputs and cache writes equal the reference's on clones of caches."""
+    ref_caches = [c.clone() for c in caches]
+    fast_caches = [c.clone() for c in caches]
+    expected = run_backend(TorchReferenceBackend(spec, ref_caches), metadata, q, k, v)
+    actual = run_backend(make_fast(spec, fast_caches), metadata, q, k, v)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, atol=atol, rtol=rtol)
+    for a, e in zip(fast_caches, ref_caches, strict=True):
+        assert torch.equal(a, e)
+
+
+# ---- CPU: the pure planning helpers ---------------------------------------------------------
+def test_plan_step_orders_rows_and_lays_out_calls():
+    query_lens = [1, 3, 1, 1, 2]  # seq 0, 2, 3 decode; 1 and 4 prefill
+    seq_lens = [9, 11, 6, 12, 8]
+    groups = [PrefixGroup((3, 1), 2)]  # prefix of 2 blocks of 4 tokens
+    layout = plan_step(query_lens, seq_lens, groups, block_size=4)
+    # work order: ungrouped decodes 0, 2 | grouped decode 3 | grouped prefill 1 | prefill 4
+    assert layout.order == (0, 4, 5, 1, 2, 3, 6, 7)
+    assert layout.decode == PagedCall(0, 3, (0, 1, 2, 3), (0, 3, 5, 6), (1, 2, 4), 0)
+    assert layout.prefill == PagedCall(3, 8, (0, 3, 5), (0, 1, 3), (3, 4), 6)
+    assert layout.shared == PagedCall(2, 6, (0, 1, 4), (0, 2, 4), (4, 4), 9)
+    assert layout.req_row == (0, 2, 3, 1, 4, 3, 1)
+    assert layout.req_first_page == (0, 0, 2, 2, 0, 0, 0)
+    assert layout.req_num_pages == (3, 2, 1, 1, 2, 2, 2)
+
+
+def test_plan_step_keeps_identity_order_without_cascade():
+    layout = plan_step([1, 1, 4], [5, 8, 4], [], block_size=4)
+    assert layout.order is None
+    assert layout.shared is None
+    assert layout.decode == PagedCall(0, 2, (0, 1, 2), (0, 2, 4), (1, 4), 0)
+    assert layout.prefill == PagedCall(2, 6, (0, 4), (0, 1), (4,), 4)
+
+
+def test_gather_page_indices():
+    tables = torch.tensor([[7, 8, 9, 0], [3, 4, 5, 6]], dtype=torch.int32)
+    pages = gather_page_indices(
+        tables, torch.tensor([1, 0, 1]), torch.tensor([1, 0, 0]), torch.tensor([3, 2, 1]), 6
+    )
+    assert pages.tolist() == [4, 5, 6, 7, 8, 3]
+    assert pages.dtype == torch.int32
+
+
+def test_cascade_policy_rule():
+    auto = CascadePolicy()
+    mib = 1 << 20
+    assert auto.use_cascade(64, 32 * mib)  # batch 64, 8K-token prefix of Llama-3-8B
+    assert not auto.use_cascade(256, 4 * mib)  # 1K prefix: fits in L2
+    assert not auto.use_cascade(8, 32 * mib)  # saves only 224 MiB
+    assert CascadePolicy("always").use_cascade(2, 1)
+    assert not CascadePolicy("never").use_cascade(10**6, 10**9)
+    with pytest.raises(ValueError, match="mode must be auto, always or never"):
+        CascadePolicy("sometimes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["never", "always", "auto"])
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("heads", [(4, 4), (6, 2)])
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_fake_kernels_match_reference(mode, name, heads, block_size):
+    spec, metadata, caches, q, k, v = build(CASES[name], heads, block_size=block_size, num_layers=2)
+
+    def make_fast(spec, caches):
+        return FlashInferBackend(spec, caches, cascade=CascadePolicy(mode), ops=FAKE_OPS)
+
+    compare(spec, metadata, caches, q, k, v, make_fast, atol=1e-5, rtol=1e-5)
+
+
+def test_plan_uses_cascade_only_for_accepted_groups():
+    spec, metadata, caches, *_ = build(CASES["groups"], block_size=4)
+    policy = CascadePolicy(min_prefix_bytes=0, min_saved_bytes=1)
+    backend = FlashInferBackend(spec, caches, cascade=policy, ops=FAKE_OPS)
+    backend.plan(metadata)
+    assert backend._plan is not None and backend._plan.shared is not None
+    per_token = 2 * spec.num_kv_heads * spec.head_dim * 4
+    big = CascadePolicy(min_prefix_bytes=0, min_saved_bytes=2 * 64 * per_token)  # group 0 only
+    backend.cascade = big
+    backend.plan(metadata)
+    rows, _ = backend._plan.shared
+    assert rows == slice(4, 12)  # group 0: decodes 0, 1 then the 6 query tokens of 2
+
+
+def test_forward_before_plan_and_token_mismatch():
+    spec, metadata, caches, q, k, v = build(CASES["decode"])
+    backend = FlashInferBackend(spec, caches, ops=FAKE_OPS)
+    with pytest.raises(RuntimeError, match="before plan"):
+        backend.forward(q, k, v, 0)
+    backend.plan(metadata)
+    with pytest.raises(ValueError, match="q has 4 tokens, the plan has 5"):
+        backend.forward(q[:4], k[:4], v[:4], 0)
+
+
+def test_unsupported_spec_is_a_clear_error():
+    spec = make_spec(head_dim=128)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        FlashInferBackend(spec, spec.allocate_kv_cache())
+
+
+def _has_flashinfer() -> bool:
+    try:
+        import flashinfer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_has_flashinfer(), reason="flashinfer is installed here")
+def test_registry_reports_missing_flashinfer():
+    from parrotlet_kernels.registry import BackendUnavailableError, get_attention_backend
+
+    spec = dataclasses.replace(
+        make_spec(head_dim=128, dtype=torch.bfloat16), device=torch.device("cuda")
+    )
+    with pytest.raises(BackendUnavailableError, match=r"^flashinfer backend is not available: "):
+        get_attention_backend("flashinfer", spec, [torch.empty(spec.kv_cache_shape).bfloat16()])
+
+
+# ---- GPU: the real kernels -------------------------------------------------------------------
+BF16_TOL = {"atol": 2e-2, "rtol": 2e-2}
+
+
+def to_cuda(
+    spec: AttentionSpec, metadata: AttentionMetadata, tensors: Sequence[torch.Tensor]
+) -> tuple[AttentionSpec, AttentionMetadata, list[torch.Tensor]]:
+    cuda = torch.device("cuda")
+    moved = {
+        f: getattr(metadata, f).to(cuda)
+        for f in ("query_start_loc", "seq_lens", "block_tables", "slot_mapping")
+    }
+    return (
+        dataclasses.replace(spec, device=cuda),
+        dataclasses.replace(metadata, **moved),
+        [t.to(cuda) for t in tensors],
+    )
+
+
+def gpu_compare(case: Case, heads, block_size, mode, dtype=torch.bfloat16, seed=0) -> None:
+    spec, metadata, caches, q, k, v = build(case, heads, 128, block_size, dtype, 2, seed)
+    spec, metadata, moved = to_cuda(spec, metadata, [*caches, q, k, v])
+    caches, (q, k, v) = moved[:-3], moved[-3:]
+
+    def make_fast(spec, caches):
+        return FlashInferBackend(spec, caches, cascade=CascadePolicy(mode))
+
+    compare(spec, metadata, caches, q, k, v, make_fast, **BF16_TOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["never", "always"])
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("block_size", [1, 16])
+def test_flashinfer_matches_reference(mode, name, heads, block_size):
+    gpu_compare(CASES[name], heads, block_size, mode)
+
+
+@pytest.mark.gpu
+def test_flashinfer_float16():
+    gpu_compare(CASES["groups"], (32, 8), 16, "always", dtype=torch.float16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("prefix", [1024, 4096])
+def test_large_groups_cascade_equals_plain(prefix):
+    """64 decodes over one prefix plus a second 16-member group: cascade == paged == reference."""
+    seqs = [(prefix + 1 + 7 * i, 1) for i in range(64)] + [
+        (prefix // 2 + 5 + i, 1) for i in range(16)
+    ]
+    case = (seqs, [(list(range(64)), prefix), (list(range(64, 80)), prefix // 2)])
+    spec, metadata, caches, q, k, v = build(case, (32, 8), 128, 16, torch.bfloat16, 1)
+    spec, metadata, moved = to_cuda(spec, metadata, [*caches, q, k, v])
+    caches, (q, k, v) = moved[:-3], moved[-3:]
+    outs = {}
+    for mode in ("always", "never"):
+        backend = FlashInferBackend(spec, [c.clone() for c in caches], cascade=CascadePolicy(mode))
+        outs[mode] = run_backend(backend, metadata, q, k, v)[0]
+    expected = run_backend(TorchReferenceBackend(spec, caches), metadata, q, k, v)[0]
+    torch.testing.assert_close(outs["always"], outs["never"], atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(outs["always"], expected, **BF16_TOL)
+
+
+@pytest.mark.gpu
+def test_replan_across_steps():
+    """One backend instance planned for several different batches over one persistent pool."""
+    cuda = torch.device("cuda")
+    spec = dataclasses.replace(make_spec(32, 8, 128, 16, 128, 1, torch.bfloat16), device=cuda)
+    caches = [torch.randn(spec.kv_cache_shape, device=cuda).bfloat16()]
+    backend = FlashInferBackend(spec, caches, cascade=CascadePolicy("always"))
+    reference = TorchReferenceBackend(spec, [c.clone() for c in caches])
+    for seed, name in enumerate(["groups", "decode", "chunked", "group_only", "mixed"]):
+        _, md, _, q, k, v = build(
+            CASES[name], (32, 8), 128, 16, torch.bfloat16, seed=seed, num_blocks=128
+        )
+        _, md, (q, k, v) = to_cuda(spec, md, [q, k, v])
+        actual = run_backend(backend, md, q, k, v)[0]
+        torch.testing.assert_close(actual, run_backend(reference, md, q, k, v)[0], **BF16_TOL)
+    assert torch.equal(caches[0], reference.kv_caches[0])
