@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 
 import pytest
@@ -117,6 +118,7 @@ def build(
     """(spec, metadata, caches, q, k, v) for a case; the pool has 8 spare blocks by default."""
     seqs, groups = case
     needed = sum(-(-s // block_size) for s, _ in seqs)
+    needed -= sum((len(members) - 1) * (tokens // block_size) for members, tokens in groups)
     spec = make_spec(*heads, head_dim, block_size, num_blocks or needed + 8, num_layers, dtype)
     block_groups = [(members, tokens // block_size) for members, tokens in groups]
     return (spec, *make_batch(spec, seqs, block_groups, seed=seed))
@@ -326,3 +328,22 @@ def test_replan_across_steps():
         actual = run_backend(backend, md, q, k, v)[0]
         torch.testing.assert_close(actual, run_backend(reference, md, q, k, v)[0], **BF16_TOL)
     assert torch.equal(caches[0], reference.kv_caches[0])
+
+
+@pytest.mark.gpu
+def test_plan_and_forward_do_not_sync():
+    """No host<->device synchronization in plan() or forward() (CUDA sync debug mode)."""
+    spec, metadata, caches, q, k, v = build(CASES["groups"], (32, 8), 128, 16, torch.bfloat16)
+    spec, metadata, moved = to_cuda(spec, metadata, [*caches, q, k, v])
+    caches, (q, k, v) = moved[:-3], moved[-3:]
+    backend = FlashInferBackend(spec, caches, cascade=CascadePolicy("always"))
+    run_backend(backend, metadata, q, k, v)  # JIT and workspace set-up may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_backend(backend, metadata, q, k, v)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [str(w.message) for w in caught if "synchroniz" in str(w.message)] == []

@@ -74,14 +74,16 @@ class Client:
         self._closed = False
         self.core = core
 
-    def sibling(self, serve_config: ServeConfig) -> Client:
+    def sibling(self, serve_config: ServeConfig, tenant: str = "sibling") -> Client:
         """An in-process client on the same engines and loop with other serving flags, e.g.
-        request-level serving for a like-with-like comparison. Closing it keeps this one open."""
+        request-level serving for a like-with-like comparison. Its `tenant` has its own prefix
+        cache namespace, so neither client reuses the other's cached prompts. Closing it keeps
+        this one open."""
         if self.core is None:
             raise ValueError("sibling() needs an in-process client (Client.in_process())")
         core = self.core.sibling(serve_config)
         client = Client.__new__(Client)
-        client._setup(self._portal, LocalTransport(core), core, owns_portal=False)
+        client._setup(self._portal, LocalTransport(core, tenant), core, owns_portal=False)
         return client
 
     def session(self, eager: bool = False) -> Session:
