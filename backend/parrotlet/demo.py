@@ -128,7 +128,7 @@ def run_demo(network_delay_ms: float = 0.0) -> int:
     assert client.core is not None
     print(
         f"  loaded in {time.perf_counter() - started:.1f} s; KV cache holds "
-        f"{client.core.engines[0].engine.capacity_tokens} tokens"
+        f"{client.core.engines[0].stats().capacity_tokens} tokens"
     )
     with client.session():  # warm-up, so the first timed app does not pay one-time costs
         summarize("Hello.").get()

@@ -30,7 +30,7 @@ def make_chain() -> Graph:
 def one_by_one(core, graph: Graph) -> dict[str, str]:
     """The oracle: each call's prompt built by hand from the previous output's token ids, run
     alone with greedy decoding directly on the engine."""
-    engine, asm = core.engines[0].engine, core.assembler
+    engine, asm = core.engines[0].async_engine.engine, core.assembler
     values: dict[str, list[int]] = {"doc": list(asm.encode(DOC))}
     texts = {}
     for call in graph.calls:

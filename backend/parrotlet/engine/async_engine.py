@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from parrotlet.engine.engine import LLMEngine
+from parrotlet.engine.engine import LLMEngine, PrefixPin
 from parrotlet.engine.outputs import RequestOutput
 
 
@@ -32,14 +32,31 @@ class AsyncEngine:
 
         Takes LLMEngine.add_request's arguments; its validation errors are raised here.
         """
+        async for out in self._follow(lambda: self.engine.add_request(prompt, params, **kwargs)):
+            yield out
+
+    async def pin_prefix(self, prompt: Any, cache_namespace: str = "") -> PrefixPin:
+        """Prefill `prompt` and keep its full blocks cached until `unpin`; returns once done."""
+        pin_id = ""
+        async for out in self._follow(lambda: self.engine.pin_prefix(prompt, cache_namespace)):
+            pin_id = out.request_id
+        pin = await self.call(lambda: self.engine.pin(pin_id))
+        assert pin is not None, f"pin {pin_id!r} finished without its blocks"
+        return pin
+
+    async def unpin(self, pin_id: str) -> None:
+        await self.call(lambda: self.engine.unpin(pin_id))
+
+    async def _follow(self, add: Callable[[], str]) -> AsyncIterator[RequestOutput]:
+        """Add a request between steps and yield its outputs until it finishes."""
         queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
 
-        def add() -> str:
-            request_id = self.engine.add_request(prompt, params, **kwargs)
+        def add_and_listen() -> str:
+            request_id = add()
             self._streams[request_id] = queue
             return request_id
 
-        rid = await self.call(add)
+        rid = await self.call(add_and_listen)
         try:
             while True:
                 item = await queue.get()

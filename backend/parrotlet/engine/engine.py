@@ -174,7 +174,8 @@ class LLMEngine:
     def pin_prefix(self, prompt: str | Seq[int], cache_namespace: str = "") -> str:
         """Queue a prefill of `prompt` whose full blocks stay cached until `unpin(pin_id)`.
 
-        The prefill runs in the normal steps; `pin(pin_id)` tells when it is done.
+        The prefill runs in the normal steps; `pin(pin_id)` tells when it is done, and `step()`
+        reports a finished output for `pin_id` then.
         """
         pin_id = self.add_request(
             prompt, SamplingParams(max_tokens=0), cache_namespace=cache_namespace
@@ -221,7 +222,7 @@ class LLMEngine:
             return None  # a prefill chunk: nothing to report yet
         if seq.keep_prefix:
             self._finish_pin(seq)
-            return None
+            return self._output(seq, (), "", None)
         detok = self._requests[seq.request_id][1]
         if token is None:  # max_tokens == 0: the prefill was all there was to do
             delta, reason, new = "", FinishReason.LENGTH, ()

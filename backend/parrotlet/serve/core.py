@@ -16,6 +16,7 @@ from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.graph.index import GraphIndex
 from parrotlet.graph.ir import Call, Graph, Input, Output, PerfCriterion, Text, Variable
 from parrotlet.serve.config import ServeConfig
+from parrotlet.serve.engines import EngineHandle, LocalEngine, ModelInfo
 from parrotlet.serve.errors import GraphError, NotFoundError, ServeTimeoutError
 from parrotlet.serve.executor import GraphExecutor
 from parrotlet.serve.prompt import PromptAssembler
@@ -23,7 +24,6 @@ from parrotlet.serve.results import CompletionChunk, ServeStats, VariableResult
 from parrotlet.serve.session import Session, VarState
 
 if TYPE_CHECKING:
-    from parrotlet.engine.async_engine import AsyncEngine
     from parrotlet.engine.config import EngineConfig
 
 
@@ -36,9 +36,10 @@ class ServeCore:
 
     def __init__(
         self,
-        engines: list[AsyncEngine],
+        engines: list[EngineHandle],
+        tokenizer,
+        model: ModelInfo,
         config: ServeConfig | None = None,
-        model_name: str = "",
         *,
         owns_engines: bool = True,
     ) -> None:
@@ -47,12 +48,11 @@ class ServeCore:
         self.engines = engines
         self.owns_engines = owns_engines
         self.config = config or ServeConfig()
-        first = engines[0].engine
-        self.tokenizer = first.tokenizer
-        self.max_model_len = first.max_model_len
-        self.model_name = model_name or "parrotlet"
-        stop_ids = first.model_config.eos_token_ids
-        self.assembler = PromptAssembler(self.tokenizer, stop_ids)
+        self.tokenizer = tokenizer
+        self.model = model
+        self.model_name = model.name
+        self.max_model_len = model.max_model_len
+        self.assembler = PromptAssembler(tokenizer, model.eos_token_ids)
         self.executor = GraphExecutor(self.config, self.assembler, self._place, self.max_model_len)
         self._sessions: dict[str, Session] = {}
         self._requests: Counter[str] = Counter()
@@ -67,8 +67,12 @@ class ServeCore:
         from parrotlet.engine.models.default_model import resolve_model_path
 
         engine = LLMEngine.from_config(engine_config)
-        name = resolve_model_path(engine_config.model).name
-        return cls([AsyncEngine(engine)], config, model_name=name)
+        model = ModelInfo(
+            resolve_model_path(engine_config.model).name,
+            engine.max_model_len,
+            engine.model_config.eos_token_ids,
+        )
+        return cls([LocalEngine(AsyncEngine(engine))], engine.tokenizer, model, config)
 
     async def start(self) -> None:
         """Nothing to start eagerly: engine loops start with their first request."""
@@ -83,7 +87,7 @@ class ServeCore:
     def sibling(self, config: ServeConfig) -> ServeCore:
         """A ServeCore with other flags over the same engines (closing it leaves them running):
         benchmarks compare app-level and request-level serving on one engine."""
-        return ServeCore(self.engines, config, self.model_name, owns_engines=False)
+        return ServeCore(self.engines, self.tokenizer, self.model, config, owns_engines=False)
 
     # ---- sessions ------------------------------------------------------------------------
     def create_session(self, tenant: str, *, eager: bool = False) -> str:
@@ -195,7 +199,7 @@ class ServeCore:
             calls_finished=c.calls_finished,
             calls_started_by_server=c.calls_started_by_server,
             call_latency={k: (int(v[0]), float(v[1])) for k, v in c.latency.items()},
-            engines=[e.engine.stats() for e in self.engines],
+            engines=[e.stats() for e in self.engines],
         )
 
     # ---- internals -----------------------------------------------------------------------
@@ -244,11 +248,10 @@ class ServeCore:
                 f"the model's context is {self.max_model_len}"
             )
 
-    def _place(self, session: Session, call: Call) -> AsyncEngine:
-        """Which engine runs `call`: the least loaded one (prefix affinity comes with issue 4)."""
-        if len(self.engines) == 1:
-            return self.engines[0]
-        return min(self.engines, key=lambda e: e.engine.scheduler.num_waiting)
+    def _place(self, session: Session, call: Call) -> EngineHandle:
+        """Which engine runs `call`: the least loaded live one."""
+        live = [e for e in self.engines if e.alive] or self.engines
+        return min(live, key=lambda e: e.stats().num_waiting + e.stats().num_running)
 
     def _drop(self, session: Session) -> None:
         for task in list(session.tasks):

@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from parrotlet.engine.async_engine import AsyncEngine
 from parrotlet.engine.outputs import RequestOutput
 from parrotlet.graph.index import Node
 from parrotlet.graph.ir import Call, Input, Output, PerfCriterion, Text, Transform
 from parrotlet.graph.transforms import apply_transform
 from parrotlet.serve.config import ServeConfig
+from parrotlet.serve.engines import EngineHandle
 from parrotlet.serve.prompt import PromptAssembler
 from parrotlet.serve.session import Session
 
@@ -42,7 +42,7 @@ class GraphExecutor:
         self,
         config: ServeConfig,
         assembler: PromptAssembler,
-        place: Callable[[Session, Call], AsyncEngine],
+        place: Callable[[Session, Call], EngineHandle],
         max_model_len: int,
     ) -> None:
         self.config = config
@@ -188,7 +188,7 @@ class GraphExecutor:
         priority = _PRIORITY[objective] if self.config.app_scheduling else 0
         final: RequestOutput | None = None
         async for final in engine.generate(
-            list(prompt), params, priority=priority, cache_namespace=session.tenant
+            prompt, params, priority=priority, cache_namespace=session.tenant
         ):
             state.push(final.text_delta)
         assert final is not None
