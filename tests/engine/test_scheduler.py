@@ -124,3 +124,49 @@ def test_abort_frees_blocks():
     assert seq.finish_reason is FinishReason.ABORT
     assert sched.blocks.num_free_blocks == 8
     assert not sched.has_unfinished()
+
+
+def make_group_seq(rid: str, num_tokens: int, group: str, priority: int = 1) -> Sequence:
+    seq = make_seq(rid, num_tokens, priority=priority, first=100 * len(rid))
+    seq.group = group
+    return seq
+
+
+def test_latency_call_overtakes_queued_throughput_work():
+    sched = make_scheduler(budget=16, max_seqs=2)
+    for i, rid in enumerate(("t1", "t2", "t3")):
+        sched.add(make_seq(rid, 8, priority=2, first=100 * i))
+    complete_step(sched, sched.schedule())  # t1 and t2 run; t3 waits
+    sched.add(make_seq("chat", 4, priority=0, first=500))
+    sched.running[0].token_ids.append(1)  # keep both running sequences busy
+    batch = sched.schedule()
+    assert scheduled(batch) == [("t1", 2), ("t2", 1)]
+    for seq in list(sched.running):
+        sched.finish(seq, FinishReason.STOP)
+    assert scheduled(sched.schedule()) == [("chat", 4), ("t3", 8)]
+
+
+def test_task_group_is_admitted_together_or_not_at_all():
+    # 10 blocks of 4 tokens; a running sequence holds 3. The group needs 3 x 3 = 9 blocks.
+    sched = make_scheduler(num_blocks=10, block_size=4, budget=64)
+    sched.add(make_seq("solo", 12, priority=0))
+    complete_step(sched, sched.schedule())
+    for rid in ("m1", "m2", "m3"):
+        sched.add(make_group_seq(rid, 12, "map"))
+    sched.add(make_seq("later", 4, priority=1, first=900))
+    batch = sched.schedule()
+    assert scheduled(batch) == [("solo", 1)]  # the group does not fit: nobody jumps it
+    assert [s.request_id for _, s in sorted(sched.waiting)] == ["m1", "m2", "m3", "later"]
+    sched.finish(sched.running[0], FinishReason.STOP)
+    batch = sched.schedule()
+    assert scheduled(batch) == [("m1", 12), ("m2", 12), ("m3", 12), ("later", 4)]
+
+
+def test_group_members_beyond_the_budget_run_next_step():
+    sched = make_scheduler(budget=20)
+    for rid in ("m1", "m2", "m3"):
+        sched.add(make_group_seq(rid, 8, "map"))
+    batch = sched.schedule()
+    assert scheduled(batch) == [("m1", 8), ("m2", 8), ("m3", 4)]
+    complete_step(sched, batch)
+    assert scheduled(sched.schedule()) == [("m1", 1), ("m2", 1), ("m3", 4)]

@@ -102,8 +102,13 @@ class LLMEngine:
         request_id: str | None = None,
         priority: int = 0,
         cache_namespace: str = "",
+        group: str | None = None,
     ) -> str:
-        """Queue a request (text is tokenized as is; chat templating is the caller's job)."""
+        """Queue a request (text is tokenized as is; chat templating is the caller's job).
+
+        Lower `priority` runs first; requests of one `group` are admitted together; prefixes are
+        shared only within one `cache_namespace`.
+        """
         params = params or SamplingParams()
         token_ids = self._encode(prompt)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
@@ -111,7 +116,7 @@ class LLMEngine:
             raise ValueError(f"request_id {request_id!r} is already running")
         self._check_fits(token_ids, params, request_id)
         seq = Sequence(
-            request_id, list(token_ids), params, next(self._ids), priority, cache_namespace
+            request_id, list(token_ids), params, next(self._ids), priority, cache_namespace, group
         )
         detok = (
             IncrementalDetokenizer(self.tokenizer, seq.token_ids, params, self._eos_ids(params))

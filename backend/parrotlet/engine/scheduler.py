@@ -105,15 +105,56 @@ class Scheduler:
         return budget
 
     def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
-        """Admit waiting sequences in priority order while the budget, seq cap and pool allow."""
+        """Admit waiting sequences in priority order while the budget, seq cap and pool allow.
+
+        The members of a task group (same `group`) are admitted together or not at all, unless
+        nothing else runs (then the head goes alone, so the engine never idles).
+        """
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0][1]
+            if seq.group is not None and self._admit_group(seq.group, batch, budget):
+                budget = self.config.max_num_batched_tokens - batch.num_tokens
+                continue
+            if seq.group is not None and (self.running or batch.seqs):
+                break  # wait until the whole group fits
             if not self._start(seq, budget, batch):
                 break
             heapq.heappop(self.waiting)
-            self.running.append(seq)
-            seq.status = SequenceStatus.RUNNING
+            self._run(seq)
             budget -= batch.num_new_tokens[-1]
+
+    def _admit_group(self, group: str, batch: ScheduledBatch, budget: int) -> bool:
+        """Admit every waiting member of `group` if the seq cap and the pool hold them all."""
+        members = sorted((s for _, s in self.waiting if s.group == group), key=Sequence.sort_key)
+        if len(self.running) + len(members) > self.config.max_num_seqs:
+            return False
+        cached = [self.blocks.match_prefix(s.token_ids[:-1], s.cache_namespace) for s in members]
+        needed = sum(
+            -(-s.num_tokens // self.blocks.block_size) - len(c)
+            for s, c in zip(members, cached, strict=True)
+        )
+        if needed > self.blocks.num_free_blocks:
+            return False
+        self.waiting = [(k, s) for k, s in self.waiting if s.group != group]
+        heapq.heapify(self.waiting)
+        for seq, blocks in zip(members, cached, strict=True):
+            self.blocks.acquire_prefix(seq, blocks)
+            self._note_admission(seq, batch)
+            self._run(seq)
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            if num_new > 0 and self.blocks.allocate(seq, seq.num_computed_tokens + num_new):
+                batch.add(seq, num_new)
+                budget -= num_new
+        return True
+
+    def _run(self, seq: Sequence) -> None:
+        self.running.append(seq)
+        seq.status = SequenceStatus.RUNNING
+
+    def _note_admission(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        if seq.num_preemptions == 0:
+            seq.num_cached_tokens = seq.num_computed_tokens
+            batch.admitted.append(seq)
 
     def _start(self, seq: Sequence, budget: int, batch: ScheduledBatch) -> bool:
         """Reuse the cached prefix of `seq` and allocate its first chunk; False if it must wait."""
@@ -123,9 +164,7 @@ class Scheduler:
         num_new = min(seq.num_uncomputed_tokens, budget)
         if self.blocks.allocate(seq, seq.num_computed_tokens + num_new):
             batch.add(seq, num_new)
-            if seq.num_preemptions == 0:
-                seq.num_cached_tokens = seq.num_computed_tokens
-                batch.admitted.append(seq)
+            self._note_admission(seq, batch)
             return True
         self.blocks.free(seq)
         seq.num_computed_tokens = 0

@@ -40,6 +40,7 @@ class Sequence:
     arrival: int
     priority: int = 0  # lower runs first; the app layer sets it from the call's objective
     cache_namespace: str = ""  # prefix sharing happens only within one namespace (tenant)
+    group: str | None = None  # a task group: its waiting members are admitted together
     keep_prefix: bool = False  # a pin: keep the prompt's full blocks cached after finishing
     num_prompt_tokens: int = 0
     num_computed_tokens: int = 0

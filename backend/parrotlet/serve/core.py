@@ -7,9 +7,10 @@ validates (GraphIndex), hands nodes to the GraphExecutor and answers gets when v
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 from parrotlet.engine.sampling_params import SamplingParams
@@ -53,9 +54,13 @@ class ServeCore:
         self.model_name = model.name
         self.max_model_len = model.max_model_len
         self.assembler = PromptAssembler(tokenizer, model.eos_token_ids)
-        self.executor = GraphExecutor(self.config, self.assembler, self._place, self.max_model_len)
+        block_size = engines[0].stats().block_size
+        self.executor = GraphExecutor(
+            self.config, self.assembler, self._place, self.max_model_len, block_size
+        )
         self._sessions: dict[str, Session] = {}
         self._requests: Counter[str] = Counter()
+        self._ordinals = itertools.count()
 
     @classmethod
     def from_config(
@@ -99,7 +104,8 @@ class ServeCore:
             raise ValueError(f"too many sessions (limit {self.config.max_sessions})")
         session_id = "s-" + secrets.token_hex(8)
         index = GraphIndex(self.config.max_graph_calls, self.config.max_variable_chars)
-        session = self._sessions[session_id] = Session(session_id, tenant, index, eager)
+        session = Session(session_id, tenant, index, eager, ordinal=next(self._ordinals))
+        self._sessions[session_id] = session
         return session
 
     def delete_session(self, tenant: str, session_id: str) -> None:
@@ -248,7 +254,7 @@ class ServeCore:
                 f"the model's context is {self.max_model_len}"
             )
 
-    def _place(self, session: Session, call: Call) -> EngineHandle:
+    def _place(self, session: Session, call: Call, prompt: Sequence[int]) -> EngineHandle:
         """Which engine runs `call`: the least loaded live one."""
         live = [e for e in self.engines if e.alive] or self.engines
         return min(live, key=lambda e: e.stats().num_waiting + e.stats().num_running)

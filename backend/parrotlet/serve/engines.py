@@ -43,7 +43,13 @@ class EngineHandle(Protocol):
     def alive(self) -> bool: ...
 
     def generate(
-        self, prompt: Sequence[int], params: SamplingParams, *, priority: int, cache_namespace: str
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        *,
+        priority: int,
+        cache_namespace: str,
+        group: str | None = None,
     ) -> AsyncIterator[RequestOutput]: ...
 
     async def pin_prefix(self, prompt: Sequence[int], cache_namespace: str) -> str: ...
@@ -69,10 +75,16 @@ class LocalEngine:
         return True
 
     def generate(
-        self, prompt: Sequence[int], params: SamplingParams, *, priority: int, cache_namespace: str
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        *,
+        priority: int,
+        cache_namespace: str,
+        group: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         return self.async_engine.generate(
-            list(prompt), params, priority=priority, cache_namespace=cache_namespace
+            list(prompt), params, priority=priority, cache_namespace=cache_namespace, group=group
         )
 
     async def pin_prefix(self, prompt: Sequence[int], cache_namespace: str) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from parrotlet.graph.index import GraphIndex
 from parrotlet.graph.ir import PerfCriterion
+from parrotlet.serve.objectives import CallPlan
 
 
 class VarState:
@@ -85,7 +86,10 @@ class Session:
     index: GraphIndex
     eager: bool = False
     variables: dict[str, VarState] = field(default_factory=dict)
-    objectives: dict[str, PerfCriterion] = field(default_factory=dict)  # demanded node -> objective
+    ordinal: int = 0  # creation order: apps in progress go before newer ones
+    fetched: dict[str, PerfCriterion] = field(default_factory=dict)  # sinks the client fetched
+    eager_nodes: set[str] = field(default_factory=set)  # submitted to run without a fetch
+    plans: dict[str, CallPlan] = field(default_factory=dict)  # every needed node -> its plan
     started: set[str] = field(default_factory=set)  # node ids already running or done
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
