@@ -23,17 +23,16 @@ WORKSPACE_BYTES = 128 << 20  # flashinfer's recommended float workspace (split-K
 class CascadePolicy:
     """When a PrefixGroup's shared prefix is attended once for the group instead of per sequence.
 
-    "auto" cascades a group iff its prefix KV per layer is >= `min_prefix_bytes` AND the KV bytes
-    it saves per layer, (members - 1) * prefix bytes, are >= `min_saved_bytes`. Why: on an H100
-    (issue 5, flashinfer 0.5.3, bf16, 8 KV heads x 128) the cascade was 1.2x faster than paged
-    decode at batch 64 / 8K prefix (32 MiB per layer, 2 GiB saved) and 1.9x at 128 / 8K, but 3-7x
-    slower at a 1K prefix (4 MiB: it stays in the 50 MB L2, so rereading it per sequence is nearly
-    free). The extra launch and merge only pay when they save DRAM traffic. "always" / "never"
-    force the choice (tests, benchmarks).
+    "auto" cascades a group iff the KV bytes it saves reading per layer, (members - 1) * prefix
+    bytes, are >= `min_saved_bytes`. Measured on an H100 (bf16, 32 q / 8 KV heads x 128, page
+    16, suffix 64, decode batch 16-256 x prefix 1K-16K): the cascade's kernels are never slower
+    (1.07x at 16 x 1K to 7x at 256 x 16K, CUDA-graph replay), but its third call and merge add
+    ~120 us of host work per layer, so in the eager engine it paid only from ~1 GiB saved per
+    layer (64 x 8K: 1.25x, 128 x 4K: 2x; 64 x 4K and 16 x 16K, ~1 GiB, were 1.4-1.5x slower).
+    "always" / "never" force the choice (tests, benchmarks).
     """
 
     mode: Literal["auto", "always", "never"] = "auto"
-    min_prefix_bytes: int = 16 << 20
     min_saved_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
@@ -44,8 +43,7 @@ class CascadePolicy:
         """Whether `members` sequences sharing `prefix_bytes` of KV per layer should cascade."""
         if self.mode != "auto":
             return self.mode == "always"
-        saved = (members - 1) * prefix_bytes
-        return prefix_bytes >= self.min_prefix_bytes and saved >= self.min_saved_bytes
+        return (members - 1) * prefix_bytes >= self.min_saved_bytes
 
 
 @dataclass(frozen=True)

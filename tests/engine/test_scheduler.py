@@ -170,3 +170,11 @@ def test_group_members_beyond_the_budget_run_next_step():
     assert scheduled(batch) == [("m1", 8), ("m2", 8), ("m3", 4)]
     complete_step(sched, batch)
     assert scheduled(sched.schedule()) == [("m1", 1), ("m2", 1), ("m3", 4)]
+
+
+def test_a_group_larger_than_the_seq_cap_is_admitted_as_far_as_it_fits():
+    sched = make_scheduler(budget=64, max_seqs=2)
+    for rid in ("m1", "m2", "m3"):
+        sched.add(make_group_seq(rid, 4, "map"))
+    assert scheduled(sched.schedule()) == [("m1", 4), ("m2", 4)]
+    assert [s.request_id for _, s in sched.waiting] == ["m3"]

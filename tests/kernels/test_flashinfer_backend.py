@@ -176,10 +176,11 @@ def test_gather_page_indices():
 
 def test_cascade_policy_rule():
     auto = CascadePolicy()
-    mib = 1 << 20
-    assert auto.use_cascade(64, 32 * mib)  # batch 64, 8K-token prefix of Llama-3-8B
-    assert not auto.use_cascade(256, 4 * mib)  # 1K prefix: fits in L2
-    assert not auto.use_cascade(8, 32 * mib)  # saves only 224 MiB
+    mib = 1 << 20  # Llama-3-8B KV: 4 KiB per token per layer
+    assert auto.use_cascade(64, 32 * mib)  # batch 64, 8K-token prefix: saves 2016 MiB
+    assert auto.use_cascade(128, 16 * mib)  # batch 128, 4K prefix: 2032 MiB
+    assert not auto.use_cascade(64, 16 * mib)  # batch 64, 4K prefix: 1008 MiB
+    assert not auto.use_cascade(256, 4 * mib)  # batch 256, 1K prefix: 1020 MiB
     assert CascadePolicy("always").use_cascade(2, 1)
     assert not CascadePolicy("never").use_cascade(10**6, 10**9)
     with pytest.raises(ValueError, match="mode must be auto, always or never"):
@@ -201,12 +202,12 @@ def test_fake_kernels_match_reference(mode, name, heads, block_size):
 
 def test_plan_uses_cascade_only_for_accepted_groups():
     spec, metadata, caches, *_ = build(CASES["groups"], block_size=4)
-    policy = CascadePolicy(min_prefix_bytes=0, min_saved_bytes=1)
+    policy = CascadePolicy(min_saved_bytes=1)
     backend = FlashInferBackend(spec, caches, cascade=policy, ops=FAKE_OPS)
     backend.plan(metadata)
     assert backend._plan is not None and backend._plan.shared is not None
     per_token = 2 * spec.num_kv_heads * spec.head_dim * 4
-    big = CascadePolicy(min_prefix_bytes=0, min_saved_bytes=2 * 64 * per_token)  # group 0 only
+    big = CascadePolicy(min_saved_bytes=2 * 64 * per_token)  # group 0 only
     backend.cascade = big
     backend.plan(metadata)
     rows, _ = backend._plan.shared

@@ -124,16 +124,21 @@ class Scheduler:
             budget -= batch.num_new_tokens[-1]
 
     def _admit_group(self, group: str, batch: ScheduledBatch, budget: int) -> bool:
-        """Admit every waiting member of `group` if the seq cap and the pool hold them all."""
+        """Admit every waiting member of `group` if the seq cap and the pool hold them all.
+
+        A group too large for the cap or the whole pool can never run at once: it is admitted
+        as far as there is room, the rest following as members finish.
+        """
         members = sorted((s for _, s in self.waiting if s.group == group), key=Sequence.sort_key)
-        if len(self.running) + len(members) > self.config.max_num_seqs:
-            return False
         cached = [self.blocks.match_prefix(s.token_ids[:-1], s.cache_namespace) for s in members]
         needed = sum(
             -(-s.num_tokens // self.blocks.block_size) - len(c)
             for s, c in zip(members, cached, strict=True)
         )
-        if needed > self.blocks.num_free_blocks:
+        slots = self.config.max_num_seqs - len(self.running)
+        if len(members) > self.config.max_num_seqs or needed > self.blocks.num_blocks:
+            return self._admit_some(members, slots, batch, budget)
+        if len(members) > slots or needed > self.blocks.num_free_blocks:
             return False
         self.waiting = [(k, s) for k, s in self.waiting if s.group != group]
         heapq.heapify(self.waiting)
@@ -146,6 +151,21 @@ class Scheduler:
                 batch.add(seq, num_new)
                 budget -= num_new
         return True
+
+    def _admit_some(
+        self, members: list[Sequence], slots: int, batch: ScheduledBatch, budget: int
+    ) -> bool:
+        """Admit members one by one while there is room; True if any was admitted."""
+        admitted = 0
+        for seq in members[:slots]:
+            if budget <= 0 or not self._start(seq, budget, batch):
+                break
+            self.waiting = [(k, s) for k, s in self.waiting if s is not seq]
+            self._run(seq)
+            budget -= batch.num_new_tokens[-1]
+            admitted += 1
+        heapq.heapify(self.waiting)
+        return admitted > 0
 
     def _run(self, seq: Sequence) -> None:
         self.running.append(seq)
