@@ -41,6 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_engine_flags(gen)
     gen.set_defaults(run=_generate)
     _add_serve_parser(commands)
+    _add_worker_parser(commands)
     demo = commands.add_parser(
         "demo", help="run a chain and a map-reduce summary app-level vs request-level"
     )
@@ -151,6 +152,17 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         metavar="KEY",
         help="accepted API key (repeatable; default: comma-separated $PARROTLET_API_KEYS)",
     )
+    serve.add_argument(
+        "--engine-key",
+        action="append",
+        metavar="KEY",
+        help="key engine workers register with (repeatable; default: $PARROTLET_ENGINE_KEYS)",
+    )
+    serve.add_argument(
+        "--remote-engines",
+        action="store_true",
+        help="load no weights here: serve the engines that `parrotlet engine-worker` registers",
+    )
     serve.add_argument("-v", "--verbose", action="store_true")
     _add_engine_flags(serve)
     add_config_flags(serve, ServeConfig)
@@ -161,13 +173,17 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from parrotlet.serve.app import create_app
-    from parrotlet.serve.auth import ENV_VAR, ApiKeys
+    from parrotlet.serve.auth import ENGINE_ENV_VAR, ENV_VAR, ApiKeys
     from parrotlet.serve.config import ServeConfig
     from parrotlet.serve.core import ServeCore
 
     api_keys = ApiKeys.from_sources(args.api_key)
+    engine_keys = ApiKeys.from_sources(args.engine_key, env_var=ENGINE_ENV_VAR)
     serve_config = config_from_args(ServeConfig, args)
-    core = ServeCore.from_config(_engine_config(args), serve_config)
+    if args.remote_engines:  # the tokenizer only; engines come from `parrotlet engine-worker`
+        core = ServeCore.from_config(_engine_config(args), serve_config, local=False)
+    else:
+        core = ServeCore.from_config(_engine_config(args), serve_config)
     capacity = sum(e.capacity_tokens for e in core.stats().engines)
     print(
         f"parrotlet: serving {core.model_name} (context {core.max_model_len} tokens, "
@@ -181,12 +197,48 @@ def _serve(args: argparse.Namespace) -> int:
             ENV_VAR,
         )
     uvicorn.run(
-        create_app(core, api_keys),
+        create_app(core, api_keys, engine_keys),
         host=args.host,
         port=args.port,
         log_level="info" if args.verbose else "warning",
     )
     return 0
+
+
+# ---- engine-worker -----------------------------------------------------------------------------
+def _add_worker_parser(commands: argparse._SubParsersAction) -> None:
+    worker = commands.add_parser(
+        "engine-worker", help="run one engine that registers with a `parrotlet serve` server"
+    )
+    worker.add_argument("--server", required=True, help="the server's URL, e.g. http://host:8000")
+    worker.add_argument("--name", default=None, help="default: <hostname>-<port>")
+    worker.add_argument("--host", default="127.0.0.1")
+    worker.add_argument("--port", type=int, default=0, help="0: any free port")
+    worker.add_argument(
+        "--engine-key",
+        default=None,
+        help="one of the server's engine keys (default: the first of $PARROTLET_ENGINE_KEYS)",
+    )
+    worker.add_argument("-v", "--verbose", action="store_true")
+    _add_engine_flags(worker)
+    worker.set_defaults(run=_engine_worker)
+
+
+def _engine_worker(args: argparse.Namespace) -> int:
+    import os
+
+    from parrotlet.engine.worker import WorkerOptions, run_worker
+    from parrotlet.serve.auth import ENGINE_ENV_VAR
+
+    env_keys = [k.strip() for k in os.environ.get(ENGINE_ENV_VAR, "").split(",") if k.strip()]
+    options = WorkerOptions(
+        server=args.server,
+        name=args.name,
+        host=args.host,
+        port=args.port,
+        api_key=args.engine_key or (env_keys[0] if env_keys else None),
+    )
+    return run_worker(_engine_config(args), options, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 # Made up for these tests only; a server gets its keys from --api-key / $PARROTLET_API_KEYS.
 KEY_A = "test-key-tenant-a"
+ENGINE_KEY = "test-key-engines"
 KEY_B = "test-key-tenant-b"
 GREEDY = {"temperature": 0, "max_tokens": 8}
 

@@ -59,6 +59,7 @@ def make_stats(**overrides: object) -> ServeStats:
         calls_started=9,
         calls_finished=8,
         calls_started_by_server=3,
+        calls_requeued=2,
         call_latency={"latency": (5, 2.5), "throughput": (3, 0.75)},
         engines=[engine],
     )
@@ -76,6 +77,7 @@ def test_render_exposes_every_counter_with_exact_values() -> None:
         ("parrotlet_calls_started_total", ()): 9,
         ("parrotlet_calls_finished_total", ()): 8,
         ("parrotlet_calls_started_by_server_total", ()): 3,
+        ("parrotlet_calls_requeued_total", ()): 2,
         ("parrotlet_call_latency_seconds_sum", (("objective", "latency"),)): 2.5,
         ("parrotlet_call_latency_seconds_count", (("objective", "latency"),)): 5,
         ("parrotlet_call_latency_seconds_sum", (("objective", "throughput"),)): 0.75,

@@ -23,6 +23,7 @@ from parrotlet.serve.auth import ApiKeys, request_tenant
 from parrotlet.serve.errors import AuthError, NotFoundError, ServeTimeoutError
 from parrotlet.serve.metrics import render_prometheus
 from parrotlet.serve.openai_api import router as openai_router
+from parrotlet.serve.registry import router as engines_router
 from parrotlet.serve.wire import error_payload, sse_response
 
 if TYPE_CHECKING:
@@ -41,8 +42,9 @@ _HANDLED = (
 )
 
 
-def create_app(core: ServeCore, api_keys: ApiKeys) -> FastAPI:
-    """The ASGI app serving `core`; its lifespan starts and closes the core."""
+def create_app(core: ServeCore, api_keys: ApiKeys, engine_keys: ApiKeys | None = None) -> FastAPI:
+    """The ASGI app serving `core`; its lifespan starts and closes the core. `engine_keys` are
+    the keys engine workers register with (tenant keys cannot register engines)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,10 +57,12 @@ def create_app(core: ServeCore, api_keys: ApiKeys) -> FastAPI:
     app = FastAPI(title="parrotlet", lifespan=lifespan)
     app.state.core = core
     app.state.api_keys = api_keys
+    app.state.engine_keys = engine_keys or ApiKeys()
     for cls in _HANDLED:
         app.add_exception_handler(cls, _handle_error)
     app.include_router(router)
     app.include_router(openai_router)
+    app.include_router(engines_router)
     return app
 
 

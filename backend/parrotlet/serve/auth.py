@@ -15,6 +15,7 @@ from starlette.requests import Request
 from parrotlet.serve.errors import AuthError
 
 ENV_VAR = "PARROTLET_API_KEYS"
+ENGINE_ENV_VAR = "PARROTLET_ENGINE_KEYS"
 DEFAULT_TENANT = "default"
 
 
@@ -37,12 +38,15 @@ class ApiKeys:
 
     @classmethod
     def from_sources(
-        cls, flag_keys: Sequence[str] | None, environ: Mapping[str, str] = os.environ
+        cls,
+        flag_keys: Sequence[str] | None,
+        environ: Mapping[str, str] = os.environ,
+        env_var: str = ENV_VAR,
     ) -> ApiKeys:
-        """Keys from `--api-key` flags if any, else the comma-separated $PARROTLET_API_KEYS."""
+        """Keys from the flags if any, else the comma-separated `env_var`."""
         if flag_keys:
             return cls(flag_keys)
-        raw = environ.get(ENV_VAR, "")
+        raw = environ.get(env_var, "")
         return cls([k.strip() for k in raw.split(",") if k.strip()])
 
     @property
@@ -74,3 +78,16 @@ async def request_tenant(request: Request) -> str:
     """FastAPI dependency: the tenant of the request, checked against the app's `ApiKeys`."""
     api_keys: ApiKeys = request.app.state.api_keys
     return api_keys.tenant_for(request.headers.get("authorization"))
+
+
+async def request_engine_admin(request: Request) -> None:
+    """FastAPI dependency of engine registration: it needs an engine key, never a tenant key
+    (an engine sees every prompt sent to it). With no keys at all (auth off) anyone may register.
+    """
+    engine_keys: ApiKeys = request.app.state.engine_keys
+    if engine_keys.enabled:
+        engine_keys.tenant_for(request.headers.get("authorization"))
+    elif request.app.state.api_keys.enabled:
+        raise AuthError(
+            "engine registration needs an engine key: start the server with --engine-key"
+        )

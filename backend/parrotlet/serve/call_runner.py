@@ -8,12 +8,12 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from parrotlet.engine.outputs import RequestOutput
 from parrotlet.graph.ir import Call, Input, Output, Text
 from parrotlet.serve.engines import EngineHandle
 from parrotlet.serve.objectives import CallPlan, engine_priority
 from parrotlet.serve.prefix_sharing import SharedPrefix
 from parrotlet.serve.prompt import PromptAssembler
+from parrotlet.serve.requeue import Requeuer
 from parrotlet.serve.session import Session
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class CallRunner:
         self.max_model_len = max_model_len
         self.app_scheduling = app_scheduling
         self.on_output = on_output
+        self.requeue = Requeuer()  # a call whose engine dies restarts on another one
 
     def prompt_prefix(self, session: Session, call: Call) -> list[int]:
         """The prompt ids up to the first output (all inputs of a ready call are set)."""
@@ -109,12 +110,16 @@ class CallRunner:
             priority = engine_priority(plan, session.ordinal)
             group = f"{session.id}/{plan.group}" if plan.group else None
         state = session.var(segment.var)
-        final: RequestOutput | None = None
-        async for final in engine.generate(
-            prompt, params, priority=priority, cache_namespace=session.tenant, group=group
-        ):
-            state.push(final.text_delta)
-        assert final is not None
+        final = await self.requeue.generate(
+            engine,
+            lambda: self.place(session, call, prompt),
+            prompt,
+            params,
+            state.push,
+            priority=priority,
+            cache_namespace=session.tenant,
+            group=group,
+        )
         if final.error:
             raise RuntimeError(final.error)
         state.finish_reason = final.finish_reason.value if final.finish_reason else None

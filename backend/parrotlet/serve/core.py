@@ -20,7 +20,9 @@ from parrotlet.serve.config import ServeConfig
 from parrotlet.serve.engines import EngineHandle, LocalEngine, ModelInfo
 from parrotlet.serve.errors import GraphError, NotFoundError, ServeTimeoutError
 from parrotlet.serve.executor import GraphExecutor
+from parrotlet.serve.placement import PlacementConfig, Placer
 from parrotlet.serve.prompt import PromptAssembler
+from parrotlet.serve.registry import EngineRegistry, load_model_info
 from parrotlet.serve.results import CompletionChunk, ServeStats, VariableResult
 from parrotlet.serve.session import Session, VarState
 
@@ -43,10 +45,9 @@ class ServeCore:
         config: ServeConfig | None = None,
         *,
         owns_engines: bool = True,
+        block_size: int = 16,
     ) -> None:
-        if not engines:
-            raise ValueError("ServeCore needs at least one engine")
-        self.engines = engines
+        self.engines = engines  # engine workers that register are added here (self.registry)
         self.owns_engines = owns_engines
         self.config = config or ServeConfig()
         self.tokenizer = tokenizer
@@ -54,7 +55,12 @@ class ServeCore:
         self.model_name = model.name
         self.max_model_len = model.max_model_len
         self.assembler = PromptAssembler(tokenizer, model.eos_token_ids)
-        block_size = engines[0].stats().block_size
+        block_size = engines[0].stats().block_size if engines else block_size
+        self.registry = EngineRegistry(self.engines, model, block_size)
+        placement = PlacementConfig(
+            prefix_affinity=self.config.prefix_sharing, block_size=block_size
+        )
+        self.placer = Placer(self.engines, placement)
         self.executor = GraphExecutor(
             self.config, self.assembler, self._place, self.max_model_len, block_size
         )
@@ -64,9 +70,14 @@ class ServeCore:
 
     @classmethod
     def from_config(
-        cls, engine_config: EngineConfig, config: ServeConfig | None = None
+        cls, engine_config: EngineConfig, config: ServeConfig | None = None, *, local: bool = True
     ) -> ServeCore:
-        """Load the model of `engine_config` (None: the default model) into one engine."""
+        """Load the model of `engine_config` (None: the default model) into one engine; with
+        `local=False` load only its tokenizer and config, and serve the engine workers that
+        register (`parrotlet engine-worker`)."""
+        if not local:
+            tokenizer, info = load_model_info(engine_config)
+            return cls([], tokenizer, info, config, block_size=engine_config.cache.block_size)
         from parrotlet.engine.async_engine import AsyncEngine
         from parrotlet.engine.engine import LLMEngine
         from parrotlet.engine.models.default_model import resolve_model_path
@@ -88,6 +99,7 @@ class ServeCore:
         if self.owns_engines:
             for engine in self.engines:
                 await engine.close()
+        await self.registry.close()
 
     def sibling(self, config: ServeConfig) -> ServeCore:
         """A ServeCore with other flags over the same engines (closing it leaves them running):
@@ -206,6 +218,7 @@ class ServeCore:
             calls_started_by_server=c.calls_started_by_server,
             call_latency={k: (int(v[0]), float(v[1])) for k, v in c.latency.items()},
             engines=[e.stats() for e in self.engines],
+            calls_requeued=self.executor.runner.requeue.count,
         )
 
     # ---- internals -----------------------------------------------------------------------
@@ -255,9 +268,10 @@ class ServeCore:
             )
 
     def _place(self, session: Session, call: Call, prompt: Sequence[int]) -> EngineHandle:
-        """Which engine runs `call`: the least loaded live one."""
-        live = [e for e in self.engines if e.alive] or self.engines
-        return min(live, key=lambda e: e.stats().num_waiting + e.stats().num_running)
+        """Which engine runs `call`: prefix affinity, load and objective (serve/placement.py)."""
+        plan = session.plans.get(call.id)
+        objective = plan.objective if plan is not None else PerfCriterion.THROUGHPUT
+        return self.placer.place(prompt, session.tenant, objective)
 
     def _drop(self, session: Session) -> None:
         for task in list(session.tasks):

@@ -53,6 +53,8 @@ def render_prometheus(stats: ServeStats) -> str:
         ("calls_finished", "Calls finished.", stats.calls_finished),
         ("calls_started_by_server", "Calls started inside the server when their inputs were "
          "produced (no client request).", stats.calls_started_by_server),
+        ("calls_requeued", "Call outputs re-run on another engine after theirs died.",
+         stats.calls_requeued),
     ):  # fmt: skip
         _family(lines, f"parrotlet_{name}_total", "counter", help_text, [((), value)])
     _latency(lines, stats.call_latency)

@@ -58,3 +58,4 @@ class ServeStats:
     calls_started_by_server: int
     call_latency: dict[str, tuple[int, float]]  # objective -> (count, total seconds)
     engines: list[EngineStats]
+    calls_requeued: int = 0  # outputs restarted on another engine after theirs died
