@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from parrotlet.serve.core import ServeCore
 INSTRUCTION = "You are a careful assistant. " + " ".join(
     f"Guideline {i}: be brief, factual and polite." for i in range(45)
 )
+ROUNDS = 3  # the machine is shared: medians of rounds that interleave the variants
 MAP = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
 VARIANTS = {
     "all on": ServeConfig(),
@@ -101,19 +103,16 @@ async def mixed(core: ServeCore, tenant: str, chunks: list[str]) -> tuple[float,
     return chat_latency, time.perf_counter() - start
 
 
-async def main() -> None:
-    engine_config = EngineConfig(scheduler=SchedulerConfig(max_num_seqs=4))
-    base = ServeCore.from_config(engine_config)
-    chunks = sample_chunks(70)
+async def one_round(base: ServeCore, tag: str, chunks: list[str]) -> dict[str, dict]:
     rows: dict[str, dict[str, float]] = {}
     for i, (name, config) in enumerate(VARIANTS.items()):
         core = base.sibling(config)
         engine = core.engines[0]
         before = engine.stats().num_computed_tokens
-        t_shared = await run_graph(core, f"sp-{i}", shared_prefix_graph(), "answers")
+        t_shared = await run_graph(core, f"sp-{tag}-{i}", shared_prefix_graph(), "answers")
         computed = engine.stats().num_computed_tokens - before
-        t_mr = await run_graph(core, f"mr-{i}", map_reduce_graph(chunks), "final")
-        chat, bulk = await mixed(core, f"mx-{i}", chunks)
+        t_mr = await run_graph(core, f"mr-{tag}-{i}", map_reduce_graph(chunks), "final")
+        chat, bulk = await mixed(core, f"mx-{tag}-{i}", chunks)
         rows[name] = {
             "shared_prefix_s": t_shared,
             "shared_prefix_computed_tokens": computed,
@@ -121,6 +120,22 @@ async def main() -> None:
             "mixed_chat_latency_s": chat,
             "mixed_total_s": bulk,
         }
+    return rows
+
+
+def median_rows(rounds: list[dict[str, dict]]) -> dict[str, dict[str, float]]:
+    return {
+        name: {k: statistics.median(r[name][k] for r in rounds) for k in rounds[0][name]}
+        for name in rounds[0]
+    }
+
+
+async def main() -> None:
+    engine_config = EngineConfig(scheduler=SchedulerConfig(max_num_seqs=4))
+    base = ServeCore.from_config(engine_config)
+    chunks = sample_chunks(70)
+    rounds = [await one_round(base, str(r), chunks) for r in range(ROUNDS)]
+    rows = median_rows(rounds)
     rows["request-level client"] = {
         "map_reduce_s": await request_level_map_reduce(
             base.sibling(ServeConfig(app_scheduling=False, prefix_sharing=False)), "rl", chunks
@@ -131,6 +146,7 @@ async def main() -> None:
         "benchmark": "app_optimizations",
         "model": "SmolLM2-135M-Instruct fp32, CPU",
         "max_num_seqs": 4,
+        "rounds": ROUNDS,
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
     }

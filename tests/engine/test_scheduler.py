@@ -178,3 +178,19 @@ def test_a_group_larger_than_the_seq_cap_is_admitted_as_far_as_it_fits():
         sched.add(make_group_seq(rid, 4, "map"))
     assert scheduled(sched.schedule()) == [("m1", 4), ("m2", 4)]
     assert [s.request_id for _, s in sched.waiting] == ["m3"]
+
+
+def test_a_more_urgent_class_takes_the_seat_of_bulk_work():
+    from parrotlet.engine.sequence import PRIORITY_CLASS
+
+    sched = make_scheduler(budget=64, max_seqs=2)
+    bulk = [make_seq(f"b{i}", 8, priority=2 * PRIORITY_CLASS + i, first=100 * i) for i in (1, 2)]
+    for seq in bulk:
+        sched.add(seq)
+    complete_step(sched, sched.schedule())
+    sched.add(make_seq("newer-app-bulk", 4, priority=2 * PRIORITY_CLASS, first=700))
+    sched.add(make_seq("chat", 4, priority=5, first=500))
+    batch = sched.schedule()
+    assert batch.preempted == [bulk[1]]  # the least urgent running sequence gives way
+    assert scheduled(batch) == [("b1", 1), ("chat", 4)]
+    assert [s.request_id for _, s in sorted(sched.waiting)] == ["newer-app-bulk", "b2"]

@@ -81,12 +81,24 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
+        self._yield_seats_to_urgent(batch)
+        urgent_preemptions = len(batch.preempted)
         budget = self._schedule_running(batch, self.config.max_num_batched_tokens)
-        if not batch.preempted:
+        if len(batch.preempted) == urgent_preemptions:  # no memory pressure this step
             self._admit_waiting(batch, budget)
         return batch
 
     # ---- steps of schedule() -------------------------------------------------------------
+    def _yield_seats_to_urgent(self, batch: ScheduledBatch) -> None:
+        """With every seat taken, preempt the least urgent running sequence for a waiting one
+        of a more urgent priority class (a latency call is never stuck behind bulk work)."""
+        while self.waiting and len(self.running) >= self.config.max_num_seqs:
+            head = self.waiting[0][1]
+            worst = max(self.running, key=Sequence.sort_key)
+            if worst.priority_class <= head.priority_class:
+                return
+            self._preempt(worst, batch)
+
     def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
         """Give each running sequence its next chunk; preempt from the back when blocks run out."""
         self.running.sort(key=Sequence.sort_key)

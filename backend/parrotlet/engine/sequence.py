@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 
 from parrotlet.engine.sampling_params import SamplingParams
 
+PRIORITY_CLASS = 1_000_000_000
+"""Priorities are ordered as ints; `priority // PRIORITY_CLASS` is the class. A waiting sequence
+of a more urgent class may take the seat of a running one (preemption); within a class the
+order only decides who is admitted first."""
+
 
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
@@ -73,6 +78,10 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
+
+    @property
+    def priority_class(self) -> int:
+        return self.priority // PRIORITY_CLASS
 
     def sort_key(self) -> tuple[int, int]:
         """Scheduling order: priority first, then arrival."""

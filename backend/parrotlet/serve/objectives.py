@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from parrotlet.engine.sequence import PRIORITY_CLASS
 from parrotlet.graph.index import GraphIndex, Node
 from parrotlet.graph.ir import Call, PerfCriterion
 
@@ -39,7 +40,7 @@ def engine_priority(plan: CallPlan, app_order: int) -> int:
     rank = ranks[plan.objective] + (
         plan.group is not None and plan.objective is PerfCriterion.LATENCY
     )
-    return rank * 1_000_000_000 + app_order
+    return rank * PRIORITY_CLASS + app_order
 
 
 def _objectives(
