@@ -1,9 +1,10 @@
 """Decode speed on one GPU: the engine's step time vs the memory-bandwidth floor and transformers.
 
 Builds a Llama-3-8B architecture with random bf16 weights on the GPU (nothing is downloaded), runs
-B requests (random prompts, fixed output length, EOS ignored) through the parrotlet engine and the
-same batch through `transformers` generate. The floor of a decode step is (weight bytes + KV bytes
-read) / the device copy bandwidth measured in the same run. Prints one summary line and writes
+B requests (random prompts, fixed output length, EOS ignored) through the parrotlet engine with
+CUDA graphs (the default) and without (eager), and the same batch through `transformers`
+generate. The floor of a decode step is (weight bytes + KV bytes read) / the device copy
+bandwidth measured in the same run. Prints one summary line and writes
 benchmarks/results/engine_decode.json (and $OUT/engine_decode.json when $OUT is set).
 
     python benchmarks/engine_decode.py [--batches 1 8 32 64] [--prompt-len 128] [--max-tokens 64]
@@ -22,6 +23,7 @@ import torch
 import transformers
 
 from parrotlet.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from parrotlet.engine.cuda_graphs import bucket_for
 from parrotlet.engine.engine import LLMEngine
 from parrotlet.engine.models.config import ModelConfig
 from parrotlet.engine.models.llama import LlamaForCausalLM
@@ -81,13 +83,16 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeats: int = 1
     return 2 * nbytes * repeats / (time.perf_counter() - start)
 
 
-def make_engine(model: LlamaForCausalLM, device: str, args: argparse.Namespace) -> LLMEngine:
+def make_engine(
+    model: LlamaForCausalLM, device: str, args: argparse.Namespace, cuda_graphs: bool
+) -> LLMEngine:
     max_batch = max(args.batches)
     tokens_per_seq = args.prompt_len + args.max_tokens + 16
     config = EngineConfig(
         device=device,
         dtype="bfloat16" if device != "cpu" else "float32",
         shared_prefix_attention=False,
+        cuda_graphs=cuda_graphs,
         cache=CacheConfig(
             block_size=16,
             num_blocks=max_batch * -(-tokens_per_seq // 16) + 16,
@@ -149,7 +154,7 @@ def graph_step_seconds(engine: LLMEngine, batch: int, context: int, replays: int
     """The same decode step's kernels alone: model + logits captured in a CUDA graph, replayed.
 
     Sequences of `context` tokens sit in the pool's first blocks (the engine is idle); this is
-    what the engine's step would cost without host overhead (it has no CUDA graphs yet).
+    what the eager engine's step would cost without any host overhead.
     """
     runner, device = engine.runner, engine.device
     attention, bs = runner.attention, runner.block_size
@@ -184,24 +189,48 @@ def graph_step_seconds(engine: LLMEngine, batch: int, context: int, replays: int
     return (time.perf_counter() - start) / replays
 
 
-def bench_batch(engine, hf_model, model, batch: int, args, bandwidth: float) -> dict:
+def replay_seconds(engine: LLMEngine, batch: int, replays: int = 20) -> float | None:
+    """The engine's own decode graph for `batch` replayed alone: its step minus the host work."""
+    graphs = engine.runner.graphs
+    if graphs is None:
+        return None
+    size = bucket_for(graphs.sizes, batch)
+    assert size is not None and size in graphs.captured_sizes
+    _sync(engine.device)
+    start = time.perf_counter()
+    for _ in range(replays):
+        graphs.replay_last(size)
+    _sync(engine.device)
+    return (time.perf_counter() - start) / replays
+
+
+def bench_batch(engines, hf_model, model, batch: int, args, bandwidth: float) -> dict:
+    """`engines`: (with CUDA graphs, eager)."""
     g = torch.Generator().manual_seed(batch)
     vocab = model.config.vocab_size
     prompts = torch.randint(1, vocab, (batch, args.prompt_len), generator=g).tolist()
-    run_engine(engine, prompts, 4)  # warm-up: JIT kernels, allocator
-    total, steps = run_engine(engine, prompts, args.max_tokens)
+    timings = []
+    for engine in engines:
+        run_engine(engine, prompts, 4)  # warm-up: JIT kernels, allocator, graph capture
+        timings.append(run_engine(engine, prompts, args.max_tokens))
+    (total, steps), (_, eager_steps) = timings
+    replay = replay_seconds(engines[0], batch)
     run_transformers(hf_model, prompts, 2)
     hf_seconds = run_transformers(hf_model, prompts, args.max_tokens)
-    step = statistics.median(steps)
+    step, eager_step = statistics.median(steps), statistics.median(eager_steps)
     context = args.prompt_len + args.max_tokens // 2
     floor = floor_seconds(model, batch, context, bandwidth)
-    graph = graph_step_seconds(engine, batch, context) if engine.device.type == "cuda" else step
+    eager = engines[1]
+    graph = graph_step_seconds(eager, batch, context) if eager.device.type == "cuda" else step
     tokens = batch * args.max_tokens
     return {
         "batch": batch,
         "step_ms": round(step * 1e3, 3),
         "floor_ms": round(floor * 1e3, 3),
         "step_over_floor": round(step / floor, 3),
+        "replay_ms": None if replay is None else round(replay * 1e3, 3),
+        "eager_step_ms": round(eager_step * 1e3, 3),
+        "eager_over_floor": round(eager_step / floor, 3),
         "graph_step_ms": round(graph * 1e3, 3),
         "graph_over_floor": round(graph / floor, 3),
         "decode_tok_s": round(batch / step, 1),
@@ -223,15 +252,18 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     arch = TINY if args.tiny else LLAMA3_8B
     hf_model, model = build_models(arch, device, dtype)
-    engine = make_engine(model, args.device, args)
+    engines = [make_engine(model, args.device, args, cuda_graphs=g) for g in (True, False)]
+    engine = engines[0]
     bandwidth = copy_bandwidth(device)
-    rows = [bench_batch(engine, hf_model, model, b, args, bandwidth) for b in args.batches]
+    rows = [bench_batch(engines, hf_model, model, b, args, bandwidth) for b in args.batches]
     report = {
         "benchmark": "engine_decode",
         "model": ("tiny Llama" if args.tiny else "Llama-3-8B architecture")
         + f", random {str(dtype).removeprefix('torch.')}",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "attention": type(engine.runner.attention).__name__,
+        "cuda_graphs": engine.runner.graphs is not None,
+        "fused_kernels": engine.runner.model.fused is not None,
         "prompt_len": args.prompt_len,
         "max_tokens": args.max_tokens,
         "copy_bandwidth_gb_s": round(bandwidth / 1e9, 1),
@@ -242,10 +274,10 @@ def main() -> None:
     first, big = by_batch[min(by_batch)], by_batch[max(by_batch)]
     print(
         f"engine_decode on {report['device']}: batch {first['batch']} step {first['step_ms']} ms"
-        f" = {first['step_over_floor']}x the floor (kernels alone in a CUDA graph"
-        f" {first['graph_over_floor']}x); batch {big['batch']}"
+        f" = {first['step_over_floor']}x the floor (eager {first['eager_over_floor']}x, eager"
+        f" kernels in one CUDA graph {first['graph_over_floor']}x); batch {big['batch']}"
         f" {big['engine_tok_s']} tok/s = {big['speedup_vs_transformers']}x transformers"
-        f" ({report['attention']})"
+        f" ({report['attention']}, CUDA graphs {report['cuda_graphs']})"
     )
 
 

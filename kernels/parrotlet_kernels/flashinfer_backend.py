@@ -2,6 +2,7 @@
 
 plan() turns one step's AttentionMetadata into flashinfer paged decode / prefill / shared-prefix
 calls; each model layer's forward() writes its k/v into the paged cache and runs them.
+GraphDecodeAttention is the decode-only variant over fixed buffers that a CUDA graph can capture.
 """
 
 from __future__ import annotations
@@ -209,11 +210,14 @@ class FlashInferOps:
     `make_decode()` returns an object with BatchDecodeWithPagedKVCacheWrapper's plan/run,
     `make_prefill()` one with BatchPrefillWithPagedKVCacheWrapper's; `merge_state_in_place`
     merges states whose LSEs are base 2, as flashinfer returns them.
+    `make_graph_decode(indptr, indices, last_page_len)` returns a decode wrapper in CUDA-graph
+    mode whose batch size is `len(last_page_len)` and whose plan() copies into those buffers.
     """
 
     make_decode: Callable[[], Any]
     make_prefill: Callable[[], Any]
     merge_state_in_place: Callable[..., None]
+    make_graph_decode: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any] | None = None
 
 
 def flashinfer_ops(device: torch.device, prefill_backend: str = "fa2") -> FlashInferOps:
@@ -229,6 +233,18 @@ def flashinfer_ops(device: torch.device, prefill_backend: str = "fa2") -> FlashI
     except ImportError as exc:
         raise BackendUnavailableError(f"flashinfer backend is not available: {exc}") from exc
     workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+
+    def make_graph_decode(indptr: torch.Tensor, indices: torch.Tensor, last: torch.Tensor) -> Any:
+        return flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            workspace,
+            "NHD",
+            use_cuda_graph=True,
+            use_tensor_cores=True,
+            paged_kv_indptr_buffer=indptr,
+            paged_kv_indices_buffer=indices,
+            paged_kv_last_page_len_buffer=last,
+        )
+
     return FlashInferOps(
         make_decode=lambda: flashinfer.BatchDecodeWithPagedKVCacheWrapper(
             workspace, "NHD", use_tensor_cores=True
@@ -237,6 +253,7 @@ def flashinfer_ops(device: torch.device, prefill_backend: str = "fa2") -> FlashI
             workspace, "NHD", backend=prefill_backend
         ),
         merge_state_in_place=flashinfer.merge_state_in_place,
+        make_graph_decode=make_graph_decode,
     )
 
 
@@ -289,17 +306,22 @@ class FlashInferBackend:
         self._rows = [c.view(-1, spec.num_kv_heads, spec.head_dim) for c in kv_caches]
         self._plan: _Plan | None = None
 
+    def cascaded_groups(self, groups: Sequence[PrefixGroup]) -> list[PrefixGroup]:
+        """The groups whose shared prefix plan() attends once per group (the cascade policy)."""
+        spec = self.spec
+        prefix_bytes_per_block = spec.block_size * 2 * spec.num_kv_heads * spec.head_dim
+        prefix_bytes_per_block *= spec.dtype.itemsize
+        return [
+            g
+            for g in groups
+            if self.cascade.use_cascade(len(g.seq_indices), g.num_blocks * prefix_bytes_per_block)
+        ]
+
     def plan(self, metadata: AttentionMetadata) -> None:
         """Check the host side of `metadata` (ValueError) and plan this step's kernels."""
         validate_metadata(metadata, self.spec, device=False)
         spec = self.spec
-        prefix_bytes_per_block = spec.block_size * 2 * spec.num_kv_heads * spec.head_dim
-        prefix_bytes_per_block *= spec.dtype.itemsize
-        groups = [
-            g
-            for g in metadata.prefix_groups
-            if self.cascade.use_cascade(len(g.seq_indices), g.num_blocks * prefix_bytes_per_block)
-        ]
+        groups = self.cascaded_groups(metadata.prefix_groups)
         layout = plan_step(
             metadata.query_lens_host, metadata.seq_lens_host, groups, spec.block_size
         )
@@ -401,6 +423,84 @@ class FlashInferBackend:
             qo_indptr = host(call.qo_indptr, dtype=torch.int32)
             wrapper.plan(qo_indptr, kv_indptr, indices, last, *heads, causal=causal, **kwargs)
         return wrapper
+
+
+class GraphDecodeAttention:
+    """Paged decode over fixed device buffers: plan() outside a CUDA graph, forward() inside.
+
+    One object serves every graph batch size up to `max_batch_size`, one flashinfer wrapper (in
+    CUDA-graph mode) per size, all sharing the page-table buffers (one graph runs at a time).
+    Each row is one sequence with one query token. `plan(slots, ...)` reads the rows' cache slots
+    from a device tensor the caller filled, so a step costs the caller's single host->device copy
+    plus flashinfer's own plan copies. forward() writes k/v at those slots, then attends; it does
+    only device work, so a graph captured once per batch size replays any later plan of that size.
+    """
+
+    def __init__(self, backend: FlashInferBackend, max_batch_size: int, max_pages: int) -> None:
+        if backend._ops.make_graph_decode is None:
+            raise ValueError("the backend's FlashInferOps has no make_graph_decode")
+        self.spec, self.kv_caches = backend.spec, backend.kv_caches
+        self._rows, self._make = backend._rows, backend._ops.make_graph_decode
+        device, i32 = self.spec.device, torch.int32
+        self._indptr = torch.zeros(max_batch_size + 1, dtype=i32, device=device)
+        self._indices = torch.zeros(max_pages, dtype=i32, device=device)
+        self._last = torch.zeros(max_batch_size, dtype=i32, device=device)
+        self._key_rows = torch.zeros(max_batch_size, dtype=torch.long, device=device)
+        self._value_rows = torch.zeros(max_batch_size, dtype=torch.long, device=device)
+        self._wrappers: dict[int, Any] = {}
+
+    @property
+    def max_pages(self) -> int:
+        return self._indices.numel()
+
+    def plan(
+        self,
+        slots: torch.Tensor,  # [batch_size] int, cache slot of each row's new token (device)
+        kv_indptr: Sequence[int],  # [batch_size + 1], row r reads pages[kv_indptr[r]:...[r+1]]
+        last_page_len: Sequence[int],  # [batch_size]
+        pages: torch.Tensor,  # [kv_indptr[-1]] int32 page ids (device)
+    ) -> None:
+        """Fill the buffers of batch size `len(last_page_len)`; no device sync."""
+        batch_size, spec, bs = len(last_page_len), self.spec, self.spec.block_size
+        if pages.numel() > self.max_pages:
+            raise ValueError(f"{pages.numel()} pages exceed the buffer of {self.max_pages}")
+        key_rows, value_rows = self._key_rows[:batch_size], self._value_rows[:batch_size]
+        torch.add(slots, slots.div(bs, rounding_mode="floor") * bs, out=key_rows)
+        torch.add(key_rows, bs, out=value_rows)
+        wrapper = self._wrapper(batch_size)
+        wrapper.plan(
+            torch.tensor(kv_indptr, dtype=torch.int32),
+            pages,
+            torch.tensor(last_page_len, dtype=torch.int32),
+            spec.num_heads,
+            spec.num_kv_heads,
+            spec.head_dim,
+            bs,
+            q_data_type=spec.dtype,
+            kv_data_type=spec.dtype,
+            sm_scale=spec.scale,
+        )
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [batch_size, num_heads, head_dim]
+        k: torch.Tensor,  # [batch_size, num_kv_heads, head_dim]
+        v: torch.Tensor,  # [batch_size, num_kv_heads, head_dim]
+        layer: int,
+    ) -> torch.Tensor:  # [batch_size, num_heads, head_dim]
+        """Write k/v at the planned slots of `layer`'s cache, then decode every row."""
+        batch_size = q.shape[0]
+        rows = self._rows[layer]  # [num_blocks * 2 * block_size, num_kv_heads, head_dim]
+        rows.index_copy_(0, self._key_rows[:batch_size], k.to(rows.dtype))
+        rows.index_copy_(0, self._value_rows[:batch_size], v.to(rows.dtype))
+        return self._wrappers[batch_size].run(q.contiguous(), self.kv_caches[layer])
+
+    def _wrapper(self, batch_size: int) -> Any:
+        if batch_size not in self._wrappers:
+            self._wrappers[batch_size] = self._make(
+                self._indptr[: batch_size + 1], self._indices, self._last[:batch_size]
+            )
+        return self._wrappers[batch_size]
 
 
 def _check_caches(spec: AttentionSpec, kv_caches: Sequence[torch.Tensor]) -> None:

@@ -8,6 +8,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
+from itertools import accumulate
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from parrotlet_kernels.flashinfer_backend import (
     CascadePolicy,
     FlashInferBackend,
     FlashInferOps,
+    GraphDecodeAttention,
     PagedCall,
     gather_page_indices,
     plan_step,
@@ -101,6 +103,7 @@ FAKE_OPS = FlashInferOps(
     make_decode=lambda: TorchPagedWrapper(decode=True),
     make_prefill=lambda: TorchPagedWrapper(decode=False),
     merge_state_in_place=fake_merge_state_in_place,
+    make_graph_decode=lambda indptr, indices, last: TorchPagedWrapper(decode=True),
 )
 
 
@@ -212,6 +215,38 @@ def test_plan_uses_cascade_only_for_accepted_groups():
     backend.plan(metadata)
     rows, _ = backend._plan.shared
     assert rows == slice(4, 12)  # group 0: decodes 0, 1 then the 6 query tokens of 2
+
+
+def test_graph_decode_padding_leaves_live_kv_alone():
+    """5 decodes padded to 8 rows: real rows equal the reference; padding writes only a slot past
+    the end of sequence 0 (37 tokens, its last block a quarter full)."""
+    spec, metadata, caches, q, k, v = build(CASES["decode"], block_size=4, num_layers=2)
+    ref_caches = [c.clone() for c in caches]
+    expected = run_backend(TorchReferenceBackend(spec, ref_caches), metadata, q, k, v)
+    tables, lens = metadata.block_tables.tolist(), metadata.seq_lens_host
+    pad_slot = int(metadata.slot_mapping[0]) + 1
+    pages = [b for t, n in zip(tables, lens, strict=True) for b in t[: -(-n // 4)]]
+    kv_indptr = [0, *accumulate(-(-n // 4) for n in lens)]
+    backend = FlashInferBackend(spec, [c.clone() for c in caches], ops=FAKE_OPS)
+    graph = GraphDecodeAttention(backend, max_batch_size=8, max_pages=len(pages) + 8)
+    graph.plan(
+        torch.tensor(metadata.slot_mapping.tolist() + [pad_slot] * 3),
+        kv_indptr + [kv_indptr[-1] + 1 + i for i in range(3)],
+        [(n - 1) % 4 + 1 for n in lens] + [1] * 3,
+        torch.tensor(pages + [tables[0][0]] * 3, dtype=torch.int32),
+    )
+    pad_q = torch.randn(3, *q.shape[1:])
+    pad_kv = torch.randn(1, *k.shape[1:]).expand(3, -1, -1)  # one value: duplicate writes agree
+    for layer in range(spec.num_layers):
+        out = graph.forward(
+            torch.cat([q, pad_q]), torch.cat([k, pad_kv]), torch.cat([v, pad_kv]), layer
+        )
+        torch.testing.assert_close(out[:5], expected[layer], atol=1e-5, rtol=1e-5)
+        block, offset = divmod(pad_slot, 4)
+        written = backend.kv_caches[layer].clone()
+        assert torch.equal(written[block, :, offset], pad_kv[-1].expand(2, -1, -1))
+        written[block, :, offset] = ref_caches[layer][block, :, offset]
+        assert torch.equal(written, ref_caches[layer])
 
 
 def test_forward_before_plan_and_token_mismatch():

@@ -104,13 +104,13 @@ async def test_registration_errors_are_4xx_with_the_field() -> None:
 
 async def test_an_engine_silent_past_the_timeout_is_swept_out() -> None:
     engines: list = []
-    registry = make_registry(engines, timeout_s=0.05)
+    registry = make_registry(engines, timeout_s=0.5)
     registry.register(RegisterBody(**make_registration()))
     assert registry.sweep() == []
 
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(1.2)
+    registry.sweep()  # the background sweeper may have dropped it already
 
-    assert registry.sweep() == ["w0"]
     assert engines == [] and registry.remotes == {}
     await registry.close()
 

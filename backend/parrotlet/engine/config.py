@@ -64,6 +64,8 @@ class EngineConfig:
     `shared_prefix_attention` attends a prefix shared by several running sequences once per step,
     for shared prefixes of at least `shared_prefix_min_tokens` tokens (below that, per-sequence
     attention is cheaper on CPU: the split-and-merge overhead outweighs the prefix read).
+    `cuda_graphs` replays decode-only steps as CUDA graphs (CUDA with the flashinfer backend only;
+    elsewhere it has no effect).
     """
 
     model: str | None = None
@@ -73,6 +75,7 @@ class EngineConfig:
     max_model_len: int | None = None
     shared_prefix_attention: bool = True
     shared_prefix_min_tokens: int = 256
+    cuda_graphs: bool = True
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

@@ -68,6 +68,8 @@ class LLMEngine:
             attention,
             shared_prefix_attention=config.shared_prefix_attention,
             min_shared_prefix_tokens=config.shared_prefix_min_tokens,
+            cuda_graphs=config.cuda_graphs,
+            max_num_seqs=config.scheduler.max_num_seqs,
         )
         self._requests: dict[str, tuple[Sequence, IncrementalDetokenizer | None]] = {}
         self._pins: dict[str, PrefixPin] = {}

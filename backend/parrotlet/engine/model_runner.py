@@ -2,7 +2,8 @@
 
 It builds the step's AttentionMetadata once (one host->device copy per step), finds groups of
 sequences that share a prefix of KV blocks for the shared-prefix attention path, runs the model and
-samples the sequences that caught up with their last token.
+samples the sequences that caught up with their last token. On CUDA with flashinfer, decode-only
+steps replay a CUDA graph (cuda_graphs.py) and the model runs flashinfer's fused kernels.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Sequence as Seq
 
 import torch
 
-from parrotlet.engine.models.llama import LlamaForCausalLM
+from parrotlet.engine.cuda_graphs import CudaGraphRunner, PaddedDecode
+from parrotlet.engine.models.llama import LlamaForCausalLM, load_fused_kernels
 from parrotlet.engine.sampler import Sampler, make_generator
 from parrotlet.engine.scheduler import ScheduledBatch
 from parrotlet.engine.sequence import Sequence
@@ -21,7 +23,13 @@ from parrotlet_kernels.interface import AttentionBackend, AttentionMetadata, Pre
 
 
 class ModelRunner:
-    """Runs one engine step on the model; owns the attention backend (and so the KV cache)."""
+    """Runs one engine step on the model; owns the attention backend (and so the KV cache).
+
+    With `cuda_graphs` and a flashinfer backend, a step in which every sequence computes one
+    token and no prefix group is cascaded runs as a CUDA graph of its batch size rounded up to a
+    bucket of `max_num_seqs`; other steps run eagerly. On CUDA in 16-bit the model uses
+    flashinfer's fused kernels where flashinfer is installed.
+    """
 
     def __init__(
         self,
@@ -30,6 +38,8 @@ class ModelRunner:
         *,
         shared_prefix_attention: bool = True,
         min_shared_prefix_tokens: int = 0,
+        cuda_graphs: bool = False,
+        max_num_seqs: int = 64,
     ) -> None:
         self.model = model
         self.attention = attention
@@ -39,32 +49,69 @@ class ModelRunner:
         self.min_shared_blocks = max(1, -(-min_shared_prefix_tokens // self.block_size))
         self.sampler = Sampler()
         self._generators: dict[str, torch.Generator | None] = {}
+        spec = attention.spec
+        if spec.device.type == "cuda" and spec.dtype in (torch.float16, torch.bfloat16):
+            model.use_fused_kernels(load_fused_kernels())
+        self.graphs = self._graph_runner(max_num_seqs) if cuda_graphs else None
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> list[int | None]:
         """Compute the batch; return the sampled token of each sequence, None where none is due."""
-        input_ids, positions, metadata = self.prepare(batch)
-        self.attention.plan(metadata)
-        hidden = self.model(input_ids, positions, self.attention)  # [num_tokens, hidden]
         samplers = [
             i
             for i, (s, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True))
             if s.num_computed_tokens + n == s.num_tokens and s.params.max_tokens > 0
         ]
-        sampled: list[int | None] = [None] * len(batch.seqs)
-        if not samplers:
-            return sampled
-        if len(samplers) == len(batch.seqs):  # every sequence's last row, already on the device
-            rows = metadata.query_start_loc[1:].long() - 1  # [num_seqs]
+        decode = self._graph_step(batch)
+        if decode is not None and self.graphs is not None:
+            logits = self.graphs.run(decode)  # [num_seqs, vocab] float32
+            if len(samplers) < len(batch.seqs):
+                logits = logits[torch.tensor(samplers, device=self.device)] if samplers else None
         else:
-            ends = list(itertools.accumulate(metadata.query_lens_host))
-            rows = torch.tensor([ends[i] - 1 for i in samplers], device=self.device)
-        logits = self.model.compute_logits(hidden[rows])  # [num_samplers, vocab] float32
+            logits = self._run_eager(batch, samplers)  # [num_samplers, vocab] or None
+        sampled: list[int | None] = [None] * len(batch.seqs)
+        if logits is None:
+            return sampled
         seqs = [batch.seqs[i] for i in samplers]
         tokens = self.sampler(logits, [s.params for s in seqs], [self._generator(s) for s in seqs])
         for i, token in zip(samplers, tokens.tolist(), strict=True):
             sampled[i] = token
         return sampled
+
+    def _run_eager(self, batch: ScheduledBatch, samplers: list[int]) -> torch.Tensor | None:
+        """Plan and run the model eagerly; logits `[len(samplers), vocab]`, None if no samplers."""
+        input_ids, positions, metadata = self.prepare(batch)
+        self.attention.plan(metadata)
+        hidden = self.model(input_ids, positions, self.attention)  # [num_tokens, hidden]
+        if not samplers:
+            return None
+        if len(samplers) == len(batch.seqs):  # every sequence's last row, already on the device
+            rows = metadata.query_start_loc[1:].long() - 1  # [num_seqs]
+        else:
+            ends = list(itertools.accumulate(metadata.query_lens_host))
+            rows = torch.tensor([ends[i] - 1 for i in samplers], device=self.device)
+        return self.model.compute_logits(hidden[rows])  # [num_samplers, vocab] float32
+
+    def _graph_runner(self, max_num_seqs: int) -> CudaGraphRunner | None:
+        """A CudaGraphRunner where the device is CUDA and the backend is flashinfer, else None."""
+        from parrotlet_kernels.flashinfer_backend import FlashInferBackend
+
+        if self.device.type != "cuda" or not isinstance(self.attention, FlashInferBackend):
+            return None
+        max_blocks_per_seq = -(-self.model.config.max_position_embeddings // self.block_size)
+        max_pages = max_num_seqs * max_blocks_per_seq
+        return CudaGraphRunner(self.model, self.attention, max_num_seqs, max_pages)
+
+    def _graph_step(self, batch: ScheduledBatch) -> PaddedDecode | None:
+        """The padded graph inputs when this step can replay a CUDA graph, else None."""
+        if self.graphs is None or any(n != 1 for n in batch.num_new_tokens):
+            return None
+        if self.shared_prefix_attention:
+            seq_lens = [s.num_computed_tokens + 1 for s in batch.seqs]
+            groups = self._prefix_groups(batch.seqs, [1] * len(seq_lens), seq_lens)
+            if self.graphs.attention_cascades(groups):
+                return None
+        return self.graphs.prepare(batch.seqs)
 
     def release(self, seq: Sequence) -> None:
         """Forget per-request state (the seeded generator) of a finished sequence."""

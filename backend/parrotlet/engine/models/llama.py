@@ -1,13 +1,15 @@
 """The Llama family (Llama, Mistral, Qwen2, Qwen3) in plain torch over a flat varlen batch.
 
 The model runner calls `forward` once per engine step; each layer hands q/k/v to the attention
-backend.
+backend. On CUDA in 16-bit the runner may switch on flashinfer's fused kernels (`FusedKernels`);
+the plain torch path is the reference and the only path on CPU.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,37 @@ from torch import nn
 
 from parrotlet.engine.models.config import ModelConfig, RopeScaling
 from parrotlet_kernels.interface import AttentionBackend
+
+
+@dataclass(frozen=True)
+class FusedKernels:
+    """flashinfer's fused kernels for the elementwise work of a layer (CUDA, float16 / bfloat16).
+
+    `rmsnorm(x, weight, eps)` returns the norm; `fused_add_rmsnorm(x, residual, weight, eps)`
+    does `residual += x; x = rmsnorm(residual)` in place; `silu_and_mul(gate_up)` returns
+    `silu(gate) * up`; `apply_rope(positions, q, k, head_dim, cos_sin_cache)` rotates q and k in
+    place (rotate-half). They compute in float32 and round once, so outputs differ from the torch
+    path in the last bits.
+    """
+
+    rmsnorm: Callable[..., torch.Tensor]
+    fused_add_rmsnorm: Callable[..., None]
+    silu_and_mul: Callable[..., torch.Tensor]
+    apply_rope: Callable[..., None]
+
+
+def load_fused_kernels() -> FusedKernels | None:
+    """flashinfer's fused kernels, or None where flashinfer is not installed."""
+    try:
+        import flashinfer
+    except ImportError:
+        return None
+    return FusedKernels(
+        rmsnorm=flashinfer.rmsnorm,
+        fused_add_rmsnorm=flashinfer.fused_add_rmsnorm,
+        silu_and_mul=flashinfer.silu_and_mul,
+        apply_rope=flashinfer.apply_rope_with_cos_sin_cache_inplace,
+    )
 
 
 class RMSNorm(nn.Module):
@@ -62,13 +95,24 @@ class RotaryEmbedding(nn.Module):
         self.scaling = config.rope_scaling
         self.max_positions = config.max_position_embeddings
         self._cache: torch.Tensor | None = None  # [max_positions, 2, head_dim] float32
+        self._fused_cache: torch.Tensor | None = None  # [max_positions, head_dim] float32
 
-    def _build(self, device: torch.device) -> torch.Tensor:
+    def _freqs(self, device: torch.device) -> torch.Tensor:
         inv_freq = rope_inv_freq(self.head_dim, self.theta, self.scaling).to(device)
         positions = torch.arange(self.max_positions, device=device, dtype=torch.float32)
-        freqs = torch.outer(positions, inv_freq)  # [max_positions, head_dim // 2]
+        return torch.outer(positions, inv_freq)  # [max_positions, head_dim // 2]
+
+    def _build(self, device: torch.device) -> torch.Tensor:
+        freqs = self._freqs(device)
         emb = torch.cat((freqs, freqs), dim=-1)  # [max_positions, head_dim]
         return torch.stack((emb.cos(), emb.sin()), dim=1)  # [max_positions, 2, head_dim]
+
+    def cos_sin_cache(self, device: torch.device) -> torch.Tensor:
+        """`[max_positions, head_dim]` float32: cos, then sin, of each frequency (flashinfer's)."""
+        if self._fused_cache is None or self._fused_cache.device != device:
+            freqs = self._freqs(device)
+            self._fused_cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+        return self._fused_cache
 
     def forward(
         self, positions: torch.Tensor, dtype: torch.dtype
@@ -114,6 +158,26 @@ class Attention(nn.Module):
         out = attn.forward(q, k, v, self.layer_idx)  # [num_tokens, num_heads, head_dim]
         return self.o_proj(out.reshape(num_tokens, -1))  # [num_tokens, hidden]
 
+    def forward_fused(
+        self,
+        x: torch.Tensor,  # [num_tokens, hidden]
+        positions: torch.Tensor,  # [num_tokens]
+        cos_sin: torch.Tensor,  # [max_positions, head_dim] float32
+        attn: AttentionBackend,
+        kernels: FusedKernels,
+    ) -> torch.Tensor:  # [num_tokens, hidden]
+        """`forward` with RoPE applied in place by one fused kernel."""
+        num_tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)  # [num_tokens, num_heads, head_dim]
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [num_tokens, kv_heads, head_dim]
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [num_tokens, kv_heads, head_dim]
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        kernels.apply_rope(positions, q, k, self.head_dim, cos_sin)
+        out = attn.forward(q, k, v, self.layer_idx)  # [num_tokens, num_heads, head_dim]
+        return self.o_proj(out.reshape(num_tokens, -1))  # [num_tokens, hidden]
+
 
 class MLP(nn.Module):
     """SwiGLU with gate and up fused into one matmul."""
@@ -126,6 +190,10 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [num_tokens, intermediate] each
         return self.down_proj(F.silu(gate) * up)  # [num_tokens, hidden]
+
+    def forward_fused(self, x: torch.Tensor, kernels: FusedKernels) -> torch.Tensor:
+        gate_up = self.gate_up_proj(x)  # [num_tokens, 2 * intermediate]
+        return self.down_proj(kernels.silu_and_mul(gate_up))  # [num_tokens, hidden]
 
 
 class DecoderLayer(nn.Module):
@@ -141,6 +209,29 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
         return x + self.mlp(self.post_attention_layernorm(x))  # [num_tokens, hidden]
+
+    def forward_fused(
+        self,
+        x: torch.Tensor,  # [num_tokens, hidden], the previous layer's output before its add
+        residual: torch.Tensor | None,  # [num_tokens, hidden], the running sum; None at layer 0
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
+        attn: AttentionBackend,
+        kernels: FusedKernels,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` with each residual add fused into the next norm (vLLM's layout).
+
+        Returns (the MLP output, the residual sum before it); their sum is `forward`'s output.
+        """
+        norm = self.input_layernorm
+        if residual is None:
+            residual, x = x, kernels.rmsnorm(x, norm.weight, norm.eps)
+        else:
+            kernels.fused_add_rmsnorm(x, residual, norm.weight, norm.eps)
+        x = self.self_attn.forward_fused(x, positions, cos_sin, attn, kernels)
+        norm = self.post_attention_layernorm
+        kernels.fused_add_rmsnorm(x, residual, norm.weight, norm.eps)
+        return self.mlp.forward_fused(x, kernels), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -160,16 +251,40 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = RotaryEmbedding(config)
+        self.fused: FusedKernels | None = None
+
+    def use_fused_kernels(self, kernels: FusedKernels | None) -> None:
+        """Run norms, residual adds, SiLU and RoPE with `kernels` (CUDA, 16-bit); None: torch."""
+        self.fused = kernels
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionBackend
     ) -> torch.Tensor:
         """Hidden states after the final norm, `[num_tokens, hidden]`; attn must be planned."""
         hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden]
+        if self.fused is not None:
+            return self._forward_fused(hidden, positions, attn, self.fused)
         cos, sin = self.rotary(positions, hidden.dtype)  # [num_tokens, 1, head_dim] each
         for layer in self.layers:
             hidden = layer(hidden, cos, sin, attn)
         return self.norm(hidden)
+
+    def _forward_fused(
+        self,
+        hidden: torch.Tensor,  # [num_tokens, hidden]
+        positions: torch.Tensor,  # [num_tokens]
+        attn: AttentionBackend,
+        kernels: FusedKernels,
+    ) -> torch.Tensor:
+        cos_sin = self.rotary.cos_sin_cache(hidden.device)  # [max_positions, head_dim]
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer.forward_fused(
+                hidden, residual, positions, cos_sin, attn, kernels
+            )
+        assert residual is not None  # the model has at least one layer
+        kernels.fused_add_rmsnorm(hidden, residual, self.norm.weight, self.norm.eps)
+        return hidden
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits `[num_rows, vocab]` for the given hidden rows `[num_rows, hidden]`."""

@@ -1,0 +1,183 @@
+"""CUDA graphs for decode-only steps: the ModelRunner replays one graph per bucketed batch size.
+
+A decode step launches hundreds of small kernels whose host cost exceeds their run time; a graph
+captured once per batch size replays them with one launch. The batch is padded up to the nearest
+size in `graph_batch_sizes`; prefill, mixed and cascade steps stay eager (ModelRunner decides).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+import torch
+
+from parrotlet.engine.models.llama import LlamaForCausalLM
+from parrotlet.engine.sequence import Sequence
+from parrotlet_kernels.flashinfer_backend import FlashInferBackend, GraphDecodeAttention
+from parrotlet_kernels.interface import PrefixGroup
+
+
+def graph_batch_sizes(max_num_seqs: int) -> tuple[int, ...]:
+    """1, 2, 4, 8, then every multiple of 16, up to and including `max_num_seqs`."""
+    if max_num_seqs < 1:
+        raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
+    sizes = {s for s in (1, 2, 4, 8) if s <= max_num_seqs}
+    sizes.update(range(16, max_num_seqs + 1, 16))
+    sizes.add(max_num_seqs)
+    return tuple(sorted(sizes))
+
+
+def bucket_for(sizes: Seq[int], num_seqs: int) -> int | None:
+    """The smallest of the sorted `sizes` that holds `num_seqs`, None when none does."""
+    i = bisect.bisect_left(sizes, num_seqs)
+    return sizes[i] if i < len(sizes) else None
+
+
+@dataclass(frozen=True)
+class PaddedDecode:
+    """One decode step's inputs as host lists, padded to `batch_size` rows (row i < num_seqs is
+    sequence i, computing one token).
+
+    Padding rows decode token 0 at position 0 over one page (the first page of sequence 0) and
+    write their k/v into `pad_slot`: a slot of a sequence's partly filled last block past its
+    last token. Nothing reads it this step, its owner writes it before reading it, and a partly
+    filled block is never shared, so padding changes no sequence's output.
+    """
+
+    num_seqs: int
+    batch_size: int
+    input_ids: list[int]  # [batch_size]
+    positions: list[int]  # [batch_size]
+    slots: list[int]  # [batch_size], block_id * block_size + offset
+    kv_indptr: list[int]  # [batch_size + 1]
+    last_page_len: list[int]  # [batch_size]
+    pages: list[int]  # [kv_indptr[-1]]
+
+
+def pad_decode_batch(seqs: Seq[Sequence], batch_size: int, block_size: int) -> PaddedDecode | None:
+    """The inputs of a step computing one token (its next uncomputed) of every sequence; None if
+    padding finds no free slot.
+
+    Each sequence's `block_ids` holds exactly the blocks of its computed tokens plus this one (as
+    the scheduler leaves them).
+    """
+    n = len(seqs)
+    assert 0 < n <= batch_size, (n, batch_size)
+    seq_lens = [s.num_computed_tokens + 1 for s in seqs]
+    slots = [
+        s.block_ids[(L - 1) // block_size] * block_size + (L - 1) % block_size
+        for s, L in zip(seqs, seq_lens, strict=True)
+    ]
+    pad = batch_size - n
+    if pad:
+        free = [slot + 1 for slot, L in zip(slots, seq_lens, strict=True) if L % block_size]
+        if not free:
+            return None
+        slots += [free[0]] * pad
+    pages: list[int] = []
+    kv_indptr = [0]
+    for s, L in zip(seqs, seq_lens, strict=True):
+        pages.extend(s.block_ids[: -(-L // block_size)])
+        kv_indptr.append(len(pages))
+    pages.extend([seqs[0].block_ids[0]] * pad)
+    kv_indptr.extend(range(kv_indptr[-1] + 1, kv_indptr[-1] + pad + 1))
+    return PaddedDecode(
+        num_seqs=n,
+        batch_size=batch_size,
+        input_ids=[s.token_ids[L - 1] for s, L in zip(seqs, seq_lens, strict=True)] + [0] * pad,
+        positions=[L - 1 for L in seq_lens] + [0] * pad,
+        slots=slots,
+        kv_indptr=kv_indptr,
+        last_page_len=[(L - 1) % block_size + 1 for L in seq_lens] + [1] * pad,
+        pages=pages,
+    )
+
+
+@dataclass(frozen=True)
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    logits: torch.Tensor  # [batch_size, vocab] float32, written by each replay
+
+
+class CudaGraphRunner:
+    """Model forward + logits of decode steps as CUDA graphs, captured per batch size on first use.
+
+    The graphs read static device buffers: one int32 tensor holding, for a batch size B, the
+    input ids `[0, B)`, positions `[B, 2B)`, cache slots `[2B, 3B)` and page ids from `3B`, filled
+    by the step's single host->device copy, plus the GraphDecodeAttention's page-table buffers
+    that its plan() fills (outside the graph). All graphs share one memory pool; one runs at a time.
+    """
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        attention: FlashInferBackend,
+        max_num_seqs: int,
+        max_pages: int,
+    ) -> None:
+        self.model = model
+        self.backend = attention
+        self.sizes = graph_batch_sizes(max_num_seqs)
+        self.block_size = attention.spec.block_size
+        self.max_pages = max_pages
+        self.attention = GraphDecodeAttention(attention, self.sizes[-1], max_pages + self.sizes[-1])
+        device = attention.spec.device
+        self._inputs = torch.zeros(
+            3 * self.sizes[-1] + self.attention.max_pages, dtype=torch.int32, device=device
+        )
+        self._graphs: dict[int, _Graph] = {}
+        self._pool: tuple[int, int] | None = None
+        self.num_replays = 0
+
+    @property
+    def captured_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted(self._graphs))
+
+    def attention_cascades(self, groups: Seq[PrefixGroup]) -> bool:
+        """Whether the backend would cascade one of `groups` (such steps stay eager)."""
+        return bool(self.backend.cascaded_groups(groups))
+
+    def prepare(self, seqs: Seq[Sequence]) -> PaddedDecode | None:
+        """The padded inputs of a decode step over `seqs`, or None if no graph can run it."""
+        size = bucket_for(self.sizes, len(seqs))
+        if size is None or sum(len(s.block_ids) for s in seqs) > self.max_pages:
+            return None
+        return pad_decode_batch(seqs, size, self.block_size)
+
+    def run(self, step: PaddedDecode) -> torch.Tensor:
+        """float32 logits `[num_seqs, vocab]` of the step's last tokens (a view, valid until the
+        next run); writes the step's keys and values into the KV cache."""
+        b = step.batch_size
+        host = torch.tensor(
+            step.input_ids + step.positions + step.slots + step.pages, dtype=torch.int32
+        )
+        self._inputs[: host.numel()].copy_(host, non_blocking=True)  # the step's one H2D copy
+        ids, positions, slots = self._inputs[: 3 * b].view(3, b)  # [b] each
+        pages = self._inputs[3 * b : 3 * b + len(step.pages)]  # [num_pages]
+        self.attention.plan(slots, step.kv_indptr, step.last_page_len, pages)
+        if b not in self._graphs:
+            self._graphs[b] = self._capture(ids, positions)
+        graph = self._graphs[b]
+        graph.graph.replay()
+        self.num_replays += 1
+        return graph.logits[: step.num_seqs]
+
+    def replay_last(self, batch_size: int) -> None:
+        """Replay the graph of `batch_size` on its last run's inputs (benchmarks time kernels)."""
+        self._graphs[batch_size].graph.replay()
+
+    def _capture(self, ids: torch.Tensor, positions: torch.Tensor) -> _Graph:
+        """Warm up (it writes the same k/v the replay rewrites), then capture model + logits."""
+        self._forward(ids, positions)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self._forward(ids, positions)
+        return _Graph(graph, logits)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(ids, positions, self.attention)  # [b, hidden]
+        return self.model.compute_logits(hidden)  # [b, vocab] float32

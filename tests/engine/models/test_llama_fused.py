@@ -1,0 +1,120 @@
+"""The model's fused-kernel path (flashinfer on CUDA) against its plain torch path.
+
+On CPU, torch stand-ins with flashinfer's signatures check the fused control flow (residual
+fusion, RoPE cache layout, in-place updates); on the GPU (`-m gpu`) the real kernels run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig
+
+from parrotlet.engine.models.llama import (
+    FusedKernels,
+    LlamaForCausalLM,
+    apply_rope,
+    load_fused_kernels,
+)
+from parrotlet.engine.models.loader import load_model
+
+from .test_llama import LLAMA3_ROPE, SMALL, make_checkpoint, make_hf_config, make_prompts
+
+
+def torch_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def torch_fused_add_rmsnorm(x, residual, weight, eps) -> None:
+    residual.add_(x)
+    x.copy_(torch_rmsnorm(residual, weight, eps))
+
+
+def torch_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def torch_apply_rope(positions, q, k, head_dim, cos_sin) -> None:
+    cos, sin = cos_sin[positions].chunk(2, dim=-1)  # [num_tokens, head_dim // 2] each
+    cos = torch.cat((cos, cos), dim=-1).unsqueeze(1).to(q.dtype)  # [num_tokens, 1, head_dim]
+    sin = torch.cat((sin, sin), dim=-1).unsqueeze(1).to(q.dtype)
+    q.copy_(apply_rope(q, cos, sin))
+    k.copy_(apply_rope(k, cos, sin))
+
+
+TORCH_KERNELS = FusedKernels(
+    rmsnorm=torch_rmsnorm,
+    fused_add_rmsnorm=torch_fused_add_rmsnorm,
+    silu_and_mul=torch_silu_and_mul,
+    apply_rope=torch_apply_rope,
+)
+
+
+class DenseCausalAttention:
+    """A test stand-in for an attention backend: one sequence, no KV cache, causal SDPA."""
+
+    def forward(self, q, k, v, layer):  # [num_tokens, heads, head_dim] each
+        rep = q.shape[1] // k.shape[1]
+        q, k, v = (
+            x.transpose(0, 1) for x in (q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1))
+        )
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(0, 1)
+
+
+PROMPTS = make_prompts(SMALL["vocab_size"])
+
+
+def logits_of(model: LlamaForCausalLM, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
+    device = model.embed_tokens.weight.device
+    with torch.no_grad():
+        return [
+            model.compute_logits(
+                model(p.to(device), torch.arange(len(p), device=device), DenseCausalAttention())
+            )
+            for p in prompts
+        ]
+
+
+@pytest.mark.parametrize("case", ["llama3_rope", "qwen3", "llama_attention_bias"])
+def test_fused_path_matches_plain_path(tmp_path: Path, case: str) -> None:
+    make_checkpoint(tmp_path, make_hf_config(case))
+    model, _ = load_model(tmp_path)
+    expected = logits_of(model, PROMPTS)
+    model.use_fused_kernels(TORCH_KERNELS)
+    for ours, theirs in zip(logits_of(model, PROMPTS), expected, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_engine_uses_neither_fused_kernels_nor_graphs(tmp_path: Path) -> None:
+    from ..helpers import make_checkpoint as make_engine_checkpoint
+    from ..helpers import make_engine
+
+    make_engine_checkpoint("llama", tmp_path)
+    engine = make_engine(tmp_path)
+    assert engine.config.cuda_graphs
+    assert engine.runner.model.fused is None
+    assert engine.runner.graphs is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_flashinfer_kernels_are_as_accurate_as_plain_path(tmp_path: Path, dtype: torch.dtype):
+    """Against the float32 model, the fused 16-bit logits err no more than the plain ones."""
+    kernels = load_fused_kernels()
+    assert kernels is not None, "flashinfer is not installed"
+    hd128 = {**SMALL, "hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 2}
+    make_checkpoint(tmp_path, LlamaConfig(**hd128, rope_parameters=dict(LLAMA3_ROPE)))
+    cuda = torch.device("cuda")
+    exact = logits_of(load_model(tmp_path, dtype=torch.float32, device=cuda)[0], PROMPTS)
+    model, _ = load_model(tmp_path, dtype=dtype, device=cuda)
+    plain = logits_of(model, PROMPTS)
+    model.use_fused_kernels(kernels)
+    fused = logits_of(model, PROMPTS)
+    for e, p, f in zip(exact, plain, fused, strict=True):
+        plain_err, fused_err = (p - e).abs().max().item(), (f - e).abs().max().item()
+        assert fused_err <= 1.5 * plain_err + 1e-2, (fused_err, plain_err)

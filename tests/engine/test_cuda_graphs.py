@@ -1,0 +1,80 @@
+"""The CUDA-graph runner's pure parts on CPU: batch-size buckets and padding of a decode step."""
+
+from __future__ import annotations
+
+import pytest
+
+from parrotlet.engine.cuda_graphs import bucket_for, graph_batch_sizes, pad_decode_batch
+from parrotlet.engine.sampling_params import SamplingParams
+from parrotlet.engine.sequence import Sequence
+
+
+def make_decoding_seq(num_tokens: int, block_ids: list[int], first_token: int = 100) -> Sequence:
+    """A sequence of `num_tokens` tokens whose last one is this step's (not yet computed)."""
+    seq = Sequence("r", list(range(first_token, first_token + num_tokens)), SamplingParams(), 0)
+    seq.num_computed_tokens = num_tokens - 1
+    seq.block_ids = block_ids
+    return seq
+
+
+def test_graph_batch_sizes():
+    assert graph_batch_sizes(64) == (1, 2, 4, 8, 16, 32, 48, 64)
+    assert graph_batch_sizes(100) == (1, 2, 4, 8, 16, 32, 48, 64, 80, 96, 100)
+    assert graph_batch_sizes(5) == (1, 2, 4, 5)
+    assert graph_batch_sizes(1) == (1,)
+    with pytest.raises(ValueError, match="max_num_seqs must be >= 1, got 0"):
+        graph_batch_sizes(0)
+
+
+def test_bucket_for():
+    sizes = graph_batch_sizes(64)
+    assert [bucket_for(sizes, n) for n in (1, 2, 3, 5, 8, 9, 17, 33, 48, 49, 64)] == [
+        1, 2, 4, 8, 8, 16, 32, 48, 48, 64, 64,
+    ]  # fmt: skip
+    assert bucket_for(sizes, 65) is None
+
+
+def test_pad_decode_batch_pads_into_a_free_slot():
+    # block size 4: seq 0 fills its 2 blocks exactly, seq 1 has 6 tokens (block 9 half full)
+    seqs = [make_decoding_seq(8, [3, 5], 10), make_decoding_seq(6, [7, 9], 50)]
+    step = pad_decode_batch(seqs, batch_size=4, block_size=4)
+    assert step is not None
+    assert step.num_seqs == 2 and step.batch_size == 4
+    assert step.input_ids == [17, 55, 0, 0]
+    assert step.positions == [7, 5, 0, 0]
+    # real rows: the last token's slot; padding: position 6 of seq 1, in block 9, past its end
+    assert step.slots == [5 * 4 + 3, 9 * 4 + 1, 9 * 4 + 2, 9 * 4 + 2]
+    assert step.kv_indptr == [0, 2, 4, 5, 6]
+    assert step.pages == [3, 5, 7, 9, 3, 3]
+    assert step.last_page_len == [4, 2, 1, 1]
+
+
+def test_pad_decode_batch_full_bucket_needs_no_free_slot():
+    seqs = [make_decoding_seq(4, [2]), make_decoding_seq(8, [0, 1])]
+    step = pad_decode_batch(seqs, batch_size=2, block_size=4)
+    assert step is not None
+    assert step.slots == [2 * 4 + 3, 1 * 4 + 3]
+    assert step.kv_indptr == [0, 1, 3]
+    assert step.last_page_len == [4, 4]
+
+
+def test_pad_decode_batch_without_free_slot_is_none():
+    seqs = [
+        make_decoding_seq(4, [2]),
+        make_decoding_seq(8, [0, 1]),
+        make_decoding_seq(12, [4, 5, 6]),
+    ]
+    assert pad_decode_batch(seqs, batch_size=4, block_size=4) is None
+
+
+def test_pad_decode_batch_takes_the_next_uncomputed_token():
+    seq = make_decoding_seq(7, [1, 2], 20)
+    seq.num_computed_tokens = 4  # a one-token chunk of a prompt: token 4 at position 4
+    step = pad_decode_batch([seq], batch_size=2, block_size=4)
+    assert step is not None
+    assert step.input_ids == [24, 0]
+    assert step.positions == [4, 0]
+    assert step.slots == [2 * 4 + 0, 2 * 4 + 1]  # padding: position 5, not yet computed
+    assert step.kv_indptr == [0, 2, 3]
+    assert step.pages == [1, 2, 1]
+    assert step.last_page_len == [1, 1]

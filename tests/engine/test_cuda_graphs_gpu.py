@@ -1,0 +1,128 @@
+"""CUDA graphs on the GPU (`-m gpu`): an engine replaying decode graphs produces the greedy tokens
+of the same engine run eagerly (up to exact near-ties of 16-bit rounding), at bucket and
+non-bucket batch sizes, with the batch shrinking through several buckets as requests finish.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from parrotlet.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from parrotlet.engine.cuda_graphs import bucket_for
+from parrotlet.engine.engine import LLMEngine, resolve_dtype
+from parrotlet.engine.models.loader import load_model
+from parrotlet.engine.sampling_params import SamplingParams
+
+from .helpers import make_prompts
+
+pytestmark = pytest.mark.gpu
+
+# head_dim 128 (flashinfer has kernels for 64 / 128 / 256), GQA 2
+ARCH = dict(
+    vocab_size=256,
+    hidden_size=512,
+    intermediate_size=1024,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    eos_token_id=None,
+    bos_token_id=None,
+    pad_token_id=0,
+)
+NEAR_TIE = {"float16": 0.02, "bfloat16": 0.05}  # of the float32 logits' std
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[Path, transformers.PreTrainedModel]:
+    folder = tmp_path_factory.mktemp("llama_graphs")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**ARCH)).eval()
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def make_engine(folder: Path, dtype: str, cuda_graphs: bool) -> LLMEngine:
+    config = EngineConfig(
+        model=str(folder),
+        device="cuda",
+        dtype=dtype,
+        attention_backend="flashinfer",
+        cuda_graphs=cuda_graphs,
+        shared_prefix_min_tokens=0,
+        cache=CacheConfig(block_size=16, num_blocks=512),
+        scheduler=SchedulerConfig(max_num_batched_tokens=4096, max_num_seqs=64),
+    )
+    model, _ = load_model(folder, dtype=resolve_dtype(config), device=torch.device("cuda"))
+    return LLMEngine(config, model, tokenizer=None)
+
+
+def generate(
+    engine: LLMEngine, prompts: list[list[int]], max_tokens: int | None = None
+) -> list[list[int]]:
+    """Greedy; by default request i stops after 4 + 3 * (i % 7) tokens, so the batch shrinks."""
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=max_tokens or 4 + 3 * (i % 7), ignore_eos=True)
+        for i in range(len(prompts))
+    ]
+    return [list(o.token_ids) for o in engine.generate(prompts, params)]
+
+
+def assert_equal_up_to_near_ties(
+    hf_model: transformers.PreTrainedModel,
+    prompts: list[list[int]],
+    actual: list[list[int]],
+    expected: list[list[int]],
+    near_tie: float,
+) -> None:
+    """Token lists agree, or first differ where the float32 model's two candidates nearly tie."""
+    for prompt, a, e in zip(prompts, actual, expected, strict=True):
+        if a == e:
+            continue
+        t = next(i for i, (x, y) in enumerate(zip(a, e, strict=True)) if x != y)
+        with torch.no_grad():
+            logits = hf_model(torch.tensor([prompt + e[:t]])).logits[0, -1]  # [vocab]
+        gap = (logits[e[t]] - logits[a[t]]).abs().item()
+        assert gap < near_tie * logits.std().item(), (
+            f"prompt of {len(prompt)} tokens diverges at output {t}: {a[t]} vs {e[t]}, "
+            f"float32 logit gap {gap:.4f} is not a near-tie"
+        )
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("batch", [1, 3, 8, 13, 33, 64])
+def test_graph_tokens_equal_eager_tokens(checkpoint, dtype, batch):
+    folder, hf_model = checkpoint
+    prompts = make_prompts([3 + (17 * i) % 90 for i in range(batch)], seed=batch)
+    expected = generate(make_engine(folder, dtype, cuda_graphs=False), prompts)
+    engine = make_engine(folder, dtype, cuda_graphs=True)
+    actual = generate(engine, prompts)
+    graphs = engine.runner.graphs
+    assert graphs is not None and graphs.num_replays > 0
+    assert bucket_for(graphs.sizes, batch) in graphs.captured_sizes
+    assert_equal_up_to_near_ties(hf_model, prompts, actual, expected, NEAR_TIE[dtype])
+
+
+@pytest.mark.parametrize("cascade", ["auto", "always"])
+def test_cascade_steps_stay_eager(checkpoint, cascade):
+    from parrotlet_kernels.flashinfer_backend import CascadePolicy
+
+    folder, hf_model = checkpoint
+    prefix = make_prompts([64], seed=7)[0]
+    prompts = [prefix + s for s in make_prompts([5, 9, 20, 1, 33], seed=8)]
+    eager, engine = (make_engine(folder, "float16", cuda_graphs=g) for g in (False, True))
+    for e in (eager, engine):
+        e.runner.attention.cascade = CascadePolicy(cascade)
+    # the first prompt alone caches the prefix; the rest then share its blocks while decoding
+    expected = generate(eager, prompts[:1]) + generate(eager, prompts[1:], max_tokens=12)
+    actual = generate(engine, prompts[:1])
+    graphs = engine.runner.graphs
+    assert graphs is not None
+    replays = graphs.num_replays
+    actual += generate(engine, prompts[1:], max_tokens=12)  # the group never shrinks
+    assert (graphs.num_replays > replays) == (cascade == "auto")  # 64 shared tokens: no cascade
+    assert_equal_up_to_near_ties(hf_model, prompts, actual, expected, NEAR_TIE["float16"])
