@@ -1,0 +1,181 @@
+"""ParrotletLLM and ChatParrotlet on the real default model (greedy): invoke is one request, batch
+one graph, streams concatenate to invokes, stop strings, usage, callbacks, async, errors, and a
+remote server over a real socket with an API key."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+import parrotlet as P
+from langchain_parrotlet import ChatParrotlet, ParrotletLLM, parrotlet_graph
+
+from .conftest import Requests
+
+pytestmark = pytest.mark.slow
+PROMPTS = ["What do cats like?", "Describe the sea."]
+KEY = "test-key-langchain"  # made up for these tests
+ONE_GRAPH = {"create_session": 1, "submit": 1, "get": 2, "delete_session": 1}
+
+
+def make_llm(client: P.Client, **fields: Any) -> ParrotletLLM:
+    return ParrotletLLM(**{"client": client, "temperature": 0, "max_tokens": 6, **fields})
+
+
+def make_chat(client: P.Client, **fields: Any) -> ChatParrotlet:
+    return ChatParrotlet(**{"client": client, "temperature": 0, "max_tokens": 6, **fields})
+
+
+@pytest.fixture(scope="module")
+def replies(client: P.Client) -> list[AIMessage]:
+    """ChatParrotlet.invoke of each prompt: one /v1/chat/completions request each."""
+    requests = Requests(client)
+    messages = [make_chat(client).invoke(p) for p in PROMPTS]
+    assert requests.delta() == {"complete": 2}
+    return messages
+
+
+class Recorder(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_llm_start(self, serialized: Any, prompts: Any, **kwargs: Any) -> None:
+        self.events.append("start")
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+        self.events.append("start")
+
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.events.append("token")
+
+    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+        self.events.append("end")
+
+
+def test_llm_invoke_is_one_request_and_batch_one_graph(client: P.Client) -> None:
+    recorder = Recorder()
+    llm = make_llm(client, callbacks=[recorder])
+    requests = Requests(client)
+    single = [llm.invoke(p) for p in PROMPTS]
+    assert requests.delta() == {"complete": 2}
+    requests = Requests(client)
+    assert llm.batch(PROMPTS) == single
+    assert requests.delta() == ONE_GRAPH
+    assert recorder.events == ["start", "end"] * 2 + ["start"] * 2 + ["end"] * 2
+
+
+def test_chat_batch_is_one_graph_with_the_same_template(
+    client: P.Client, replies: list[AIMessage]
+) -> None:
+    requests = Requests(client)
+    batched = make_chat(client).batch(PROMPTS)
+    assert requests.delta() == ONE_GRAPH
+    assert [m.content for m in batched] == [m.content for m in replies]
+    assert [m.usage_metadata for m in batched] == [m.usage_metadata for m in replies]
+    assert replies[0].usage_metadata == {"input_tokens": 35, "output_tokens": 6, "total_tokens": 41}
+    assert replies[0].response_metadata["finish_reason"] == "length"
+
+
+def test_several_messages_go_through_the_chat_route(client: P.Client) -> None:
+    chat = make_chat(client)
+    prompt = [SystemMessage("You only answer with numbers."), HumanMessage("How many legs?")]
+    requests = Requests(client)
+    reply = chat.invoke(prompt)
+    assert requests.delta() == {"complete": 1}
+    with parrotlet_graph(chat):
+        assert type(chat.invoke(prompt).content) is str  # not a graph call: real text
+    assert chat.invoke(prompt).content == reply.content
+
+
+def test_streams_concatenate_to_invokes(client: P.Client, replies: list[AIMessage]) -> None:
+    recorder = Recorder()
+    chat = make_chat(client, callbacks=[recorder])
+    pieces = list(chat.stream(PROMPTS[0]))
+    assert len(pieces) > 1 and "".join(p.content for p in pieces) == replies[0].content
+    assert pieces[-1].usage_metadata == replies[0].usage_metadata
+    assert recorder.events == ["start"] + ["token"] * len(pieces) + ["end"]  # one per chunk
+    with parrotlet_graph(chat):  # the stream of a graph output
+        assert "".join(p.content for p in chat.stream(PROMPTS[1])) == replies[1].content
+    llm = make_llm(client, chat=True)
+    assert "".join(llm.stream(PROMPTS[0])) == replies[0].content
+    assert make_llm(client, chat=True, streaming=True).invoke(PROMPTS[1]) == replies[1].content
+
+
+def test_stop_strings_cut_before_the_stop(client: P.Client, replies: list[AIMessage]) -> None:
+    full = replies[0].content
+    stop = full.split()[2]
+    cut = full[: full.index(stop)]
+    chat = make_chat(client)
+    assert chat.invoke(PROMPTS[0], stop=[stop]).content == cut
+    assert chat.batch(PROMPTS, stop=[stop])[0].content == cut
+    assert make_chat(client, stop=[stop]).invoke(PROMPTS[0]).content == cut
+
+
+@pytest.mark.anyio
+async def test_async_paths_match_sync(client: P.Client, replies: list[AIMessage]) -> None:
+    chat = make_chat(client)
+    assert (await chat.ainvoke(PROMPTS[0])).content == replies[0].content
+    requests = Requests(client)
+    batched = await chat.abatch(PROMPTS)
+    assert requests.delta() == ONE_GRAPH
+    assert [m.content for m in batched] == [m.content for m in replies]
+    llm = make_llm(client, chat=True)
+    assert await llm.abatch(PROMPTS) == [m.content for m in replies]
+    assert "".join([c async for c in llm.astream(PROMPTS[1])]) == replies[1].content
+    async with parrotlet_graph(llm):
+        future = await llm.ainvoke(PROMPTS[1])
+        assert await future.aresolve() == replies[1].content
+
+
+def test_server_errors_keep_their_type(client: P.Client) -> None:
+    with pytest.raises(P.NotFoundError, match="The model `nope` does not exist"):
+        make_chat(client, model="nope").invoke("hi")
+    with pytest.raises(P.GraphError, match="the model's context is"):
+        make_llm(client).batch(["word " * 9000, "short"])
+
+
+# ---- a remote `parrotlet serve` over a real socket ----------------------------------------
+@pytest.fixture(scope="module")
+def server_url(client: P.Client) -> Iterator[str]:
+    """The in-process core served by uvicorn on the client's own loop, with an API key."""
+    import uvicorn
+
+    from parrotlet.serve.app import create_app
+    from parrotlet.serve.auth import ApiKeys
+
+    assert client.core is not None
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = create_app(client.core, ApiKeys([KEY]))
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    running = client.session().portal.submit(server.serve(sockets=[sock]))
+    while not server.started:
+        assert not running.done(), running.exception()
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    running.result(timeout=10)
+
+
+def test_remote_server_matches_in_process(
+    client: P.Client, server_url: str, replies: list[AIMessage]
+) -> None:
+    remote = ChatParrotlet(base_url=server_url, api_key=KEY, temperature=0, max_tokens=6)
+    assert remote.invoke(PROMPTS[0]).content == replies[0].content
+    requests = Requests(client)
+    with parrotlet_graph(remote):
+        first = remote.invoke(PROMPTS[1])
+        second = remote.invoke("Repeat this:\n" + first.content)  # `+` keeps the reference
+        text = str(second.content)
+    assert requests.delta() == {"create_session": 1, "submit": 1, "get": 2, "delete_session": 1}
+    assert first.content == replies[1].content
+    assert text == make_chat(client).invoke("Repeat this:\n" + replies[1].content).content
+    with pytest.raises(P.AuthError, match="invalid API key"):
+        ChatParrotlet(base_url=server_url, api_key="wrong-key").invoke("hi")
