@@ -92,7 +92,8 @@ async def mixed(core: ServeCore, tenant: str, chunks: list[str]) -> tuple[float,
     sid = core.create_session(tenant)
     core.submit(tenant, sid, map_reduce_graph(chunks + chunks))
     bulk = asyncio.ensure_future(core.get_variable(tenant, sid, "final", criterion="throughput"))
-    await asyncio.sleep(0.5)
+    while core.engines[0].stats().num_waiting < 4:  # the chat arrives while maps are queued
+        await asyncio.sleep(0.05)
     chat_sid = core.create_session(tenant)
     chat = Call("chat", (Text("Say hello to a visitor."), Output("hello", MAP)))
     start = time.perf_counter()

@@ -44,7 +44,7 @@ class Connection:
     ) -> None:
         self.client = client
         # Client has no public accessor for its portal; a (never opened) Session exposes it.
-        self.portal: Portal = client.session().portal  # type: ignore[assignment]
+        self.portal: Portal = client.portal
         self._base_url = base_url
         self._api_key = api_key
         self._timeout = timeout

@@ -24,6 +24,9 @@ TINY = dict(
     pad_token_id=0,
 )
 
+# head_dim 128 (flashinfer has kernels for 64 / 128 / 256), GQA 2: the GPU tests' model
+GPU_ARCH = {**TINY, "hidden_size": 512, "intermediate_size": 1024}
+
 CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(**TINY),
     "qwen2": lambda: transformers.Qwen2Config(**TINY, use_sliding_window=False),

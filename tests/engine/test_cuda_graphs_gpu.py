@@ -17,23 +17,11 @@ from parrotlet.engine.engine import LLMEngine, resolve_dtype
 from parrotlet.engine.models.loader import load_model
 from parrotlet.engine.sampling_params import SamplingParams
 
+from .helpers import GPU_ARCH as ARCH
 from .helpers import make_prompts
 
 pytestmark = pytest.mark.gpu
 
-# head_dim 128 (flashinfer has kernels for 64 / 128 / 256), GQA 2
-ARCH = dict(
-    vocab_size=256,
-    hidden_size=512,
-    intermediate_size=1024,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    eos_token_id=None,
-    bos_token_id=None,
-    pad_token_id=0,
-)
 NEAR_TIE = {"float16": 0.02, "bfloat16": 0.05}  # of the float32 logits' std
 
 

@@ -17,23 +17,11 @@ from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.engine.sequence import FinishReason
 from parrotlet_kernels.reference import TorchReferenceBackend
 
+from .helpers import GPU_ARCH as ARCH
 from .helpers import make_prompts
 
 pytestmark = pytest.mark.gpu
 
-# head_dim 128 (flashinfer has kernels for 64 / 128 / 256), GQA 2
-ARCH = dict(
-    vocab_size=256,
-    hidden_size=512,
-    intermediate_size=1024,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    eos_token_id=None,
-    bos_token_id=None,
-    pad_token_id=0,
-)
 MAX_TOKENS = 24
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
 NEAR_TIE = 0.02  # a divergence is allowed only where float32 logits differ by < 2% of their std

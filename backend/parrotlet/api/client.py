@@ -96,6 +96,12 @@ class Client:
         return self.session(eager)
 
     @property
+    def portal(self) -> Portal:
+        """The client's event-loop thread: adapters run their own coroutines on it (next to the
+        transport and an in-process ServeCore) with `portal.call` / `await portal.acall`."""
+        return self._portal
+
+    @property
     def closed(self) -> bool:
         return self._closed or self._portal.closed
 

@@ -37,10 +37,7 @@ class OpenAIRoutes:
 
     @property
     def portal(self) -> Portal:
-        portal = self.client.session().portal  # a Session object only carries the portal here
-        if portal is None:
-            raise RuntimeError("the parrotlet client has no portal")
-        return portal
+        return self.client.portal
 
     # ---- sync / async front ends ---------------------------------------------------------
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
