@@ -1,4 +1,4 @@
-"""The `parrotlet` command: `generate` runs one prompt through the engine (serve/demo/bench later).
+"""The `parrotlet` command: `demo` (the main job), `generate`, `serve` and `engine-worker`.
 
 Engine flags are derived from the config dataclasses, so the CLI and the configs cannot drift.
 """
