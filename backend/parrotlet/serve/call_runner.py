@@ -49,9 +49,15 @@ class CallRunner:
         return ids
 
     async def run(
-        self, session: Session, call: Call, plan: CallPlan, share: SharedPrefix | None
+        self,
+        session: Session,
+        call: Call,
+        plan: CallPlan,
+        prefix: list[int],
+        share: SharedPrefix | None,
     ) -> None:
-        ids = self.prompt_prefix(session, call)
+        """Generate the call's outputs; `prefix` is `prompt_prefix(session, call)`."""
+        ids = list(prefix)
         engine = await self._engine_for(session, call, ids, share)
         seen_output = False
         for segment in call.segments:

@@ -106,17 +106,17 @@ class GraphExecutor:
     def _launch_ready(self) -> None:
         """Launch the calls that became ready in this pass, grouping shared prompt prefixes."""
         ready, self._ready = self._ready, []
+        prefixes = {(s.id, c.id): self.runner.prompt_prefix(s, c) for s, c, _ in ready}
         shares: dict[tuple[str, str], SharedPrefix] = {}
         if self.config.prefix_sharing and len(ready) > 1:
-            prompts = [
-                ((s.id, c.id), s.tenant, self.runner.prompt_prefix(s, c)) for s, c, _ in ready
-            ]
+            prompts = [((s.id, c.id), s.tenant, prefixes[(s.id, c.id)]) for s, c, _ in ready]
             for share in find_shares(prompts, self.block_size, 2 * self.block_size):
                 self.counters.prefixes_shared += 1
                 shares.update((member, share) for member in share.members)
         for session, call, _ in ready:
-            share = shares.get((session.id, call.id))
-            task = asyncio.get_running_loop().create_task(self._run_call(session, call, share))
+            key = (session.id, call.id)
+            run = self._run_call(session, call, prefixes[key], shares.get(key))
+            task = asyncio.get_running_loop().create_task(run)
             session.tasks.add(task)
             task.add_done_callback(session.tasks.discard)
 
@@ -140,11 +140,13 @@ class GraphExecutor:
         self.value_set(session, var, by_server=True)
 
     # ---- calls ---------------------------------------------------------------------------
-    async def _run_call(self, session: Session, call: Call, share: SharedPrefix | None) -> None:
+    async def _run_call(
+        self, session: Session, call: Call, prefix: list[int], share: SharedPrefix | None
+    ) -> None:
         started = time.perf_counter()
         plan = session.plans.get(call.id, _EAGER)
         try:
-            await self.runner.run(session, call, plan, share)
+            await self.runner.run(session, call, plan, prefix, share)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # one failed call fails its outputs, never the server
