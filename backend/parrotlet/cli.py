@@ -1,4 +1,4 @@
-"""The `parrotlet` command: `demo` (the main job), `generate`, `serve` and `engine-worker`.
+"""The `parrotlet` command: `demo` (the main job), `generate`, `serve`, `engine-worker`, `bench`.
 
 Engine flags are derived from the config dataclasses, so the CLI and the configs cannot drift.
 """
@@ -53,7 +53,37 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("-v", "--verbose", action="store_true")
     demo.set_defaults(run=_demo)
+    _add_bench_parser(commands)
     return parser
+
+
+def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser(
+        "bench", help="run application workloads: parrotlet vs request-level serving"
+    )
+    bench.add_argument("workloads", nargs="+", metavar="WORKLOAD", help="a workload name, or all")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    model = bench.add_mutually_exclusive_group()
+    model.add_argument("--model", default=None, help="a local model folder (default model: none)")
+    model.add_argument(
+        "--arch", default=None, help="a random-weight architecture: llama3-8b-random, tiny-random"
+    )
+    bench.add_argument("--tokenizer", default=None, help="tokenizer folder for --arch")
+    bench.add_argument("--smoke", action="store_true", help="tiny sizes (the CI smoke test)")
+    bench.add_argument("--out", default="benchmarks/apps/results", help="folder for the JSON")
+    bench.add_argument("-v", "--verbose", action="store_true")
+    bench.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from parrotlet.bench.run import run_bench
+    from parrotlet.bench.setup import BenchSpec
+
+    spec = BenchSpec(device=args.device, model=args.model, arch=args.arch, tokenizer=args.tokenizer)
+    run_bench(args.workloads, spec, smoke=args.smoke, out=Path(args.out))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -203,7 +203,11 @@ class ServeCore:
             async for delta in _stream(state):
                 yield CompletionChunk(delta, None, state.prompt_tokens, state.completion_tokens)
             yield CompletionChunk(
-                "", state.finish_reason, state.prompt_tokens, state.completion_tokens
+                "",
+                state.finish_reason,
+                state.prompt_tokens,
+                state.completion_tokens,
+                tuple(state.token_ids or ()),
             )
         finally:
             self._drop(session)

@@ -39,12 +39,14 @@ class VariableResult:
 
 @dataclass(frozen=True)
 class CompletionChunk:
-    """A piece of a one-call completion; the last one carries `finish_reason`."""
+    """A piece of a one-call completion; the last one carries `finish_reason` and `token_ids`,
+    the ids to splice into a follow-up prompt (empty where they do not spell the text exactly)."""
 
     text: str
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

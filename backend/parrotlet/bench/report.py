@@ -1,0 +1,77 @@
+"""A workload's results: rows of metrics per variant, the headline ratios with their targets, a
+printed table and a JSON file (benchmarks/apps/results/ by default, and $OUT when set)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """`value` = baseline / parrotlet of one metric (higher is better for parrotlet)."""
+
+    name: str
+    value: float
+    target: float | None = None
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.target is None else self.value >= self.target
+
+
+@dataclass
+class Report:
+    workload: str
+    device: str
+    model: str
+    params: dict = field(default_factory=dict)
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    ratios: list[Ratio] = field(default_factory=list)
+
+    def table(self) -> str:
+        lines = [f"== {self.workload} on {card_name(self.device)}, model {self.model} =="]
+        metrics = sorted({m for row in self.rows.values() for m in row})
+        width = max([len(n) for n in self.rows] + [8])
+        lines.append(f"{'variant':<{width}}" + "".join(f"{m:>16}" for m in metrics))
+        for name, row in self.rows.items():
+            cells = "".join(f"{_fmt(row.get(m)):>16}" for m in metrics)
+            lines.append(f"{name:<{width}}{cells}")
+        for r in self.ratios:
+            target = "" if r.target is None else f"  (target >= {r.target:g}x: "
+            target += "" if r.met is None else ("met)" if r.met else "missed)")
+            lines.append(f"  {r.name}: {r.value:.2f}x{target}")
+        return "\n".join(lines)
+
+    def save(self, folder: str | Path) -> Path:
+        data = asdict(self) | {
+            "card": card_name(self.device),
+            "date": time.strftime("%Y-%m-%d"),
+            "ratios": [asdict(r) | {"met": r.met} for r in self.ratios],
+        }
+        text = json.dumps(data, indent=2) + "\n"
+        name = f"{self.workload}-{self.device.split(':')[0]}.json"
+        path = Path(folder) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], name).write_text(text)
+        return path
+
+
+def card_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}"

@@ -1,0 +1,34 @@
+"""`parrotlet bench`: load the model once, run the named workloads, print and save their tables."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from parrotlet.bench.report import Report
+from parrotlet.bench.setup import Bench, BenchSpec
+from parrotlet.bench.workloads import WORKLOADS
+
+RESULTS = Path("benchmarks/apps/results")
+
+
+def run_bench(
+    names: list[str], spec: BenchSpec, *, smoke: bool, out: Path = RESULTS
+) -> list[Report]:
+    """Run each workload of `names` ("all" for every one) on one loaded model."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    unknown = [n for n in names if n != "all" and n not in WORKLOADS]
+    if unknown:
+        raise ValueError(
+            f"unknown workload {unknown[0]!r}; choose from all, {', '.join(WORKLOADS)}"
+        )
+    selected = list(WORKLOADS) if "all" in names else names
+    bench = Bench(spec)
+    reports = []
+    for name in selected:
+        report = asyncio.run(WORKLOADS[name](bench, smoke))
+        print(report.table(), flush=True)
+        print(f"  -> {report.save(out)}", flush=True)
+        reports.append(report)
+    return reports
