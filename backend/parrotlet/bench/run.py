@@ -8,7 +8,7 @@ from pathlib import Path
 
 from parrotlet.bench.report import Report
 from parrotlet.bench.setup import Bench, BenchSpec
-from parrotlet.bench.workloads import WORKLOADS
+from parrotlet.bench.workloads import WORKLOADS, workload
 
 RESULTS = Path("benchmarks/apps/results")
 
@@ -26,8 +26,8 @@ def run_bench(
     selected = list(WORKLOADS) if "all" in names else names
     bench = Bench(spec)
     reports = []
-    for name in selected:
-        report = asyncio.run(WORKLOADS[name](bench, smoke))
+    for run in runs:
+        report = asyncio.run(run(bench, smoke))
         print(report.table(), flush=True)
         print(f"  -> {report.save(out)}", flush=True)
         reports.append(report)
