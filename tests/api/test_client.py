@@ -124,7 +124,7 @@ def scripted() -> Iterator[tuple[P.Client, ScriptedServer]]:
     client.close()
 
 
-def test_http_chain_is_one_submit_and_one_get(scripted) -> None:
+def test_http_chain_is_one_request_with_the_graph_and_one_get(scripted) -> None:
     client, server = scripted
     step = make_step()
     with client.session() as session:
@@ -136,12 +136,11 @@ def test_http_chain_is_one_submit_and_one_get(scripted) -> None:
     assert result == P.VariableResult("step-3.out", "Hello", "stop", 9, 2)
     methods = [(m, p, q) for m, p, q, _ in server.requests]
     assert methods == [
-        ("POST", "/v1/sessions", ""),
-        ("POST", "/v1/sessions/s-1/graph", ""),
+        ("POST", "/v1/sessions", ""),  # the session is created with the whole graph
         ("GET", "/v1/sessions/s-1/variables/step-3.out", "criterion=throughput&timeout=5"),
         ("DELETE", "/v1/sessions/s-1", ""),
     ]
-    submitted = server.requests[1][3]
+    submitted = server.requests[0][3]
     assert submitted["eager"] is False
     assert [c["id"] for c in submitted["graph"]["calls"]] == ["step-1", "step-2", "step-3"]
     assert submitted["graph"]["calls"][2]["segments"][3] == {
@@ -165,8 +164,8 @@ def test_http_errors_map_to_typed_exceptions(scripted) -> None:
         with pytest.raises(ValueError, match="timeout must be None or a number > 0"):
             P.SemanticVariable(session, "x").get(timeout=0)
     bad = P.Client("http://test", api_key="wrong", http_transport=httpx.MockTransport(server))
-    with pytest.raises(P.AuthError, match="invalid API key"), bad.session():
-        pass
+    with pytest.raises(P.AuthError, match="invalid API key"), bad.session() as session:
+        P.SemanticVariable(session, "x").get()
     bad.close()
 
 
@@ -195,6 +194,7 @@ def test_chain_of_three_is_one_submit_and_one_get(local: P.Client) -> None:
         result = last.get_result()
         after = local.core.stats()
     assert requests_delta(local.core, before.client_requests) == {
+        "create_session": 1,  # created with the graph: one client request for both
         "submit": 1,
         "get": 1,
         "delete_session": 1,
@@ -310,8 +310,8 @@ class LazyServer:
 def remote() -> Iterator[tuple[P.Client, LazyServer]]:
     server = LazyServer()
     client = P.Client("http://test", api_key=KEY, http_transport=httpx.ASGITransport(app=server))
-    with client.session():  # the first request builds the server
-        pass
+    with client.session() as session:
+        session.flush()  # the first request (an empty session) builds the server
     yield client, server
     client.close()
 
@@ -324,7 +324,7 @@ def test_http_end_to_end_matches_in_process(remote, local: P.Client) -> None:
         last = run_chain(step)
         before = server.core.stats().client_requests
         remote_value = last.get()
-        assert requests_delta(server.core, before) == {"submit": 1, "get": 1}
+        assert requests_delta(server.core, before) == {"create_session": 1, "submit": 1, "get": 1}
         streamed = "".join(step(last).stream())
     with local.session():
         last = run_chain(step)

@@ -54,6 +54,24 @@ async def test_submit_then_get_returns_the_generated_value(client_a: httpx.Async
     }
 
 
+async def test_a_session_created_with_its_graph_answers_in_one_more_request(
+    client_a: httpx.AsyncClient, core: ServeCore
+) -> None:
+    graph = make_graph([make_call("ask", ["q"], "answer")], {"q": QUESTION})
+    created = await client_a.post("/v1/sessions", json={"graph": graph})
+    assert created.status_code == 201
+    sid = created.json()["session_id"]
+    got = await client_a.get(f"/v1/sessions/{sid}/variables/answer", params={"timeout": 60})
+    assert got.json()["value"] == ANSWER
+
+    sessions = core.stats().num_sessions
+    bad = make_graph([make_call("ask", ["nowhere"], "answer")], {})
+    refused = await client_a.post("/v1/sessions", json={"graph": bad})
+    assert refused.status_code == 400
+    assert "nowhere" in error_of(refused)["message"]
+    assert core.stats().num_sessions == sessions  # a refused graph leaves no session behind
+
+
 async def test_stream_deltas_concatenate_to_the_value(client_a: httpx.AsyncClient) -> None:
     graph = make_graph([make_call("ask", ["q"], "answer")], {"q": QUESTION})
     sid = await make_session(client_a, graph)

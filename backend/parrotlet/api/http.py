@@ -87,8 +87,9 @@ class HttpTransport:
             transport=http_transport,
         )
 
-    async def create_session(self) -> str:
-        response = await self._request("POST", "/v1/sessions")
+    async def create_session(self, graph: Graph | None = None, *, eager: bool = False) -> str:
+        body = {"eager": eager, "graph": graph.to_dict() if graph is not None else None}
+        response = await self._request("POST", "/v1/sessions", json=body)
         return response.json()["session_id"]
 
     async def delete_session(self, session_id: str) -> None:

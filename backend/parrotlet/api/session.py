@@ -147,20 +147,21 @@ class Session:
             raise RuntimeError(f"session {self.id!r} is closed")
 
     # ---- the one async implementation (runs on the portal) -------------------------------
-    async def _open(self) -> None:
-        self.id = await self._transport().create_session()
-
     async def _delete(self) -> None:
         self.closed = True
         if self.id is not None:
             await self._transport().delete_session(self.id)
 
     async def _flush(self) -> None:
-        """Submit the pending increment; increments reach the server in the order taken."""
+        """Submit the pending increment; increments reach the server in the order taken. The
+        server-side session is created with the first increment, in the same request."""
+        self._check_entered()
         async with self._submit_lock:
             graph = self.take_pending()
-            if graph is not None:
-                await self._transport().submit(self._id(), graph, eager=self.eager)
+            if self.id is None:
+                self.id = await self._transport().create_session(graph, eager=self.eager)
+            elif graph is not None:
+                await self._transport().submit(self.id, graph, eager=self.eager)
 
     async def _fetch(
         self, name: str, criterion: PerfCriterion, timeout: float | None
@@ -185,10 +186,13 @@ class Session:
         return self.transport
 
     def _id(self) -> str:
-        self._check_open()
-        if self.id is None:
-            raise RuntimeError("the session is not open: enter it with `with` / `async with`")
+        assert self.id is not None, "flushed sessions have an id"
         return self.id
+
+    def _check_entered(self) -> None:
+        self._check_open()
+        if self._token is None:
+            raise RuntimeError("the session is not open: enter it with `with` / `async with`")
 
     # ---- sync / async front ends ---------------------------------------------------------
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -214,12 +218,6 @@ class Session:
 
     def __enter__(self) -> Session:
         self._activate()
-        if self.portal is not None:
-            try:
-                self.call(self._open())
-            except BaseException:
-                self._deactivate()
-                raise
         return self
 
     def __exit__(
@@ -238,12 +236,6 @@ class Session:
 
     async def __aenter__(self) -> Session:
         self._activate()
-        if self.portal is not None:
-            try:
-                await self.acall(self._open())
-            except BaseException:
-                self._deactivate()
-                raise
         return self
 
     async def __aexit__(

@@ -23,7 +23,9 @@ class Transport(Protocol):
     NotFoundError, AuthError, ServeTimeoutError) with the server's message.
     """
 
-    async def create_session(self) -> str: ...
+    async def create_session(self, graph: Graph | None = None, *, eager: bool = False) -> str:
+        """A new session, with `graph` as its first increment, in one request."""
+        ...
 
     async def delete_session(self, session_id: str) -> None: ...
 
@@ -52,8 +54,8 @@ class LocalTransport:
         self.core = core
         self.tenant = tenant
 
-    async def create_session(self) -> str:
-        return self.core.create_session(self.tenant)
+    async def create_session(self, graph: Graph | None = None, *, eager: bool = False) -> str:
+        return self.core.create_session(self.tenant, eager=eager, graph=graph)
 
     async def delete_session(self, session_id: str) -> None:
         self.core.delete_session(self.tenant, session_id)

@@ -78,6 +78,7 @@ async def _handle_error(request: Request, exc: Exception) -> JSONResponse:
 class CreateSessionBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     eager: bool = False
+    graph: dict[str, Any] | None = None  # the first increment, submitted with the session
 
 
 class SubmitBody(BaseModel):
@@ -102,10 +103,9 @@ async def create_session(
     body: CreateSessionBody | None = None,
     tenant: str = Depends(request_tenant),
 ) -> dict[str, str]:
-    core = _core(request)
-    eager = body is not None and body.eager
-    session_id = core.create_session(tenant, eager=True) if eager else core.create_session(tenant)
-    return {"session_id": session_id}
+    body = body or CreateSessionBody()
+    graph = Graph.from_dict(body.graph) if body.graph is not None else None
+    return {"session_id": _core(request).create_session(tenant, eager=body.eager, graph=graph)}
 
 
 @router.delete("/v1/sessions/{session_id}", status_code=204)

@@ -107,9 +107,20 @@ class ServeCore:
         return ServeCore(self.engines, self.tokenizer, self.model, config, owns_engines=False)
 
     # ---- sessions ------------------------------------------------------------------------
-    def create_session(self, tenant: str, *, eager: bool = False) -> str:
+    def create_session(
+        self, tenant: str, *, eager: bool = False, graph: Graph | None = None
+    ) -> str:
+        """A new session of `tenant`, with `graph` as its first increment (one client request);
+        a graph that fails validation leaves no session behind."""
         self._requests["create_session"] += 1
-        return self._create_session(tenant, eager).id
+        session = self._create_session(tenant, eager)
+        if graph is not None:
+            try:
+                self.submit(tenant, session.id, graph)
+            except Exception:
+                self._drop(session)
+                raise
+        return session.id
 
     def _create_session(self, tenant: str, eager: bool = False) -> Session:
         if len(self._sessions) >= self.config.max_sessions:
