@@ -192,5 +192,64 @@ def test_a_more_urgent_class_takes_the_seat_of_bulk_work():
     sched.add(make_seq("chat", 4, priority=5, first=500))
     batch = sched.schedule()
     assert batch.preempted == [bulk[1]]  # the least urgent running sequence gives way
-    assert scheduled(batch) == [("b1", 1), ("chat", 4)]
+    assert scheduled(batch) == [("chat", 4), ("b1", 1)]  # admitted before bulk chunks
     assert [s.request_id for _, s in sorted(sched.waiting)] == ["newer-app-bulk", "b2"]
+
+
+def make_capped_scheduler(cap: int | None, budget: int = 2048, num_blocks: int = 256) -> Scheduler:
+    config = SchedulerConfig(max_num_batched_tokens=budget, latency_max_num_batched_tokens=cap)
+    return Scheduler(config, BlockManager(num_blocks, block_size=16))
+
+
+def test_latency_cap_bounds_the_step_only_while_urgent_work_runs():
+    from parrotlet.engine.sequence import PRIORITY_CLASS
+
+    sched = make_capped_scheduler(cap=256)
+    sched.add(make_seq("bulk", 3000, priority=2 * PRIORITY_CLASS))
+    batch = sched.schedule()
+    assert scheduled(batch) == [("bulk", 2048)]  # no urgent work: the full budget
+    complete_step(sched, batch)
+    chat = make_seq("chat", 10, priority=0, first=5000)
+    sched.add(chat)
+    assert sched.step_budget() == 256  # class 0 heads the waiting queue
+    batch = sched.schedule()
+    assert scheduled(batch) == [("chat", 10), ("bulk", 246)]
+    assert batch.num_tokens == 256
+    complete_step(sched, batch)
+    batch = sched.schedule()
+    assert scheduled(batch) == [("chat", 1), ("bulk", 255)]
+    complete_step(sched, batch)
+    sched.finish(chat, FinishReason.STOP)
+    assert sched.step_budget() == 2048
+    assert scheduled(sched.schedule()) == [("bulk", 3000 - 2048 - 246 - 255)]
+
+
+def test_latency_cap_ignores_less_urgent_classes_and_never_raises_the_budget():
+    from parrotlet.engine.sequence import PRIORITY_CLASS
+
+    sched = make_capped_scheduler(cap=256)
+    sched.add(make_seq("latency-group", 1000, priority=PRIORITY_CLASS))  # class 1
+    assert scheduled(sched.schedule()) == [("latency-group", 1000)]
+    loose = make_capped_scheduler(cap=4096, budget=512)
+    loose.add(make_seq("chat", 1000, priority=0))
+    assert scheduled(loose.schedule()) == [("chat", 512)]
+
+
+def test_an_urgent_arrival_is_admitted_before_running_bulk_prefill():
+    from parrotlet.engine.sequence import PRIORITY_CLASS
+
+    sched = make_capped_scheduler(cap=None, num_blocks=512)
+    sched.add(make_seq("bulk", 5000, priority=2 * PRIORITY_CLASS))
+    complete_step(sched, sched.schedule())
+    sched.add(make_seq("chat", 10, priority=0, first=9000))
+    sched.add(make_seq("more-bulk", 10, priority=2 * PRIORITY_CLASS + 1, first=8000))
+    batch = sched.schedule()
+    assert scheduled(batch) == [("chat", 10), ("bulk", 2038)]  # no cap: the full budget
+    assert [s.request_id for _, s in sched.waiting] == ["more-bulk"]
+
+
+def test_latency_cap_must_be_positive():
+    import pytest
+
+    with pytest.raises(ValueError, match="latency_max_num_batched_tokens must be >= 1, got 0"):
+        SchedulerConfig(latency_max_num_batched_tokens=0)

@@ -41,16 +41,23 @@ class SchedulerConfig:
     """Continuous batching: at most `max_num_seqs` sequences and `max_num_batched_tokens` per step.
 
     A prompt longer than the token budget is prefilled in chunks over several steps.
+    `latency_max_num_batched_tokens` (None = off) caps the step's tokens while a sequence of the
+    most urgent priority class (latency calls) runs or is being admitted, so bulk prefill chunks
+    cannot stretch its decode steps; without urgent work the full budget serves throughput.
     """
 
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 64
+    latency_max_num_batched_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
             raise ValueError(
                 f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"
             )
+        cap = self.latency_max_num_batched_tokens
+        if cap is not None and cap < 1:
+            raise ValueError(f"latency_max_num_batched_tokens must be >= 1, got {cap}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
 

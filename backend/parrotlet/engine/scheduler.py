@@ -1,8 +1,10 @@
 """Scheduler: continuous batching under a per-step token budget, by priority, with preemption.
 
 No prefill/decode phases: each step every scheduled sequence computes a chunk of its uncomputed
-tokens (a decode is a chunk of one). Running sequences go first, then waiting ones are admitted.
-When KV blocks run out, the lowest-priority running sequence is preempted by recompute.
+tokens (a decode is a chunk of one). Running sequences go first, then waiting ones are admitted;
+a waiting sequence of a more urgent class is admitted before running ones of a less urgent class.
+While latency work (priority class 0) runs, the step's budget may be capped (latency vs
+throughput). When KV blocks run out, the lowest-priority running sequence is preempted by recompute.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Scheduler:
         self.blocks = block_manager
         self.waiting: list[tuple[tuple[int, int], Sequence]] = []  # heap by sort_key
         self.running: list[Sequence] = []
+        self._seat_preemptions = 0  # this step's preemptions that freed seats, not blocks
 
     @property
     def num_waiting(self) -> int:
@@ -82,11 +85,21 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         self._yield_seats_to_urgent(batch)
-        urgent_preemptions = len(batch.preempted)
-        budget = self._schedule_running(batch, self.config.max_num_batched_tokens)
-        if len(batch.preempted) == urgent_preemptions:  # no memory pressure this step
-            self._admit_waiting(batch, budget)
+        limit = self.step_budget()
+        self._schedule_running(batch, limit)
+        if len(batch.preempted) == self._seat_preemptions:  # no memory pressure this step
+            self._admit_waiting(batch, limit)
         return batch
+
+    def step_budget(self) -> int:
+        """This step's token budget: the latency cap while class-0 work runs or heads the
+        waiting queue (it is admitted this step), else the full throughput budget."""
+        full, cap = self.config.max_num_batched_tokens, self.config.latency_max_num_batched_tokens
+        if cap is None:
+            return full
+        urgent = any(s.priority_class == 0 for s in self.running)
+        urgent = urgent or bool(self.waiting and self.waiting[0][1].priority_class == 0)
+        return min(full, cap) if urgent else full
 
     # ---- steps of schedule() -------------------------------------------------------------
     def _yield_seats_to_urgent(self, batch: ScheduledBatch) -> None:
@@ -96,14 +109,26 @@ class Scheduler:
             head = self.waiting[0][1]
             worst = max(self.running, key=Sequence.sort_key)
             if worst.priority_class <= head.priority_class:
-                return
+                break
             self._preempt(worst, batch)
+        self._seat_preemptions = len(batch.preempted)
 
-    def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
-        """Give each running sequence its next chunk; preempt from the back when blocks run out."""
+    def _schedule_running(self, batch: ScheduledBatch, limit: int) -> None:
+        """Give each running sequence its next chunk; preempt from the back when blocks run out.
+
+        Before the first running sequence of a class less urgent than the waiting head, the
+        waiting sequences of more urgent classes are admitted (a chat never waits for the whole
+        prefill of bulk work that started before it).
+        """
         self.running.sort(key=Sequence.sort_key)
         queue = list(self.running)
-        while queue and budget > 0:
+        jumped = False
+        while queue and limit > batch.num_tokens:
+            if not jumped and self._waiting_outranks(queue[0], batch):
+                jumped = True
+                self._admit_waiting(batch, limit, below=queue[0].priority_class)
+                continue
+            budget = limit - batch.num_tokens
             seq = queue.pop(0)
             num_new = min(seq.num_uncomputed_tokens, budget)
             while not self.blocks.allocate(seq, seq.num_computed_tokens + num_new):
@@ -113,19 +138,30 @@ class Scheduler:
                     break
             else:
                 batch.add(seq, num_new)
-                budget -= num_new
-        return budget
 
-    def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
-        """Admit waiting sequences in priority order while the budget, seq cap and pool allow.
+    def _waiting_outranks(self, seq: Sequence, batch: ScheduledBatch) -> bool:
+        """The waiting head is of a more urgent class than running `seq` and may be admitted."""
+        return (
+            bool(self.waiting)
+            and self.waiting[0][1].priority_class < seq.priority_class
+            and len(batch.preempted) == self._seat_preemptions
+        )
+
+    def _admit_waiting(self, batch: ScheduledBatch, limit: int, below: int | None = None) -> None:
+        """Admit waiting sequences in priority order while the budget, seq cap and pool allow;
+        with `below`, only those of a priority class more urgent than `below`.
 
         The members of a task group (same `group`) are admitted together or not at all, unless
         nothing else runs (then the head goes alone, so the engine never idles).
         """
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while self.waiting and limit > batch.num_tokens:
+            budget = limit - batch.num_tokens
             seq = self.waiting[0][1]
+            if len(self.running) >= self.config.max_num_seqs:
+                break
+            if below is not None and seq.priority_class >= below:
+                break
             if seq.group is not None and self._admit_group(seq.group, batch, budget):
-                budget = self.config.max_num_batched_tokens - batch.num_tokens
                 continue
             if seq.group is not None and (self.running or batch.seqs):
                 break  # wait until the whole group fits
@@ -133,7 +169,6 @@ class Scheduler:
                 break
             heapq.heappop(self.waiting)
             self._run(seq)
-            budget -= batch.num_new_tokens[-1]
 
     def _admit_group(self, group: str, batch: ScheduledBatch, budget: int) -> bool:
         """Admit every waiting member of `group` if the seq cap and the pool hold them all.

@@ -1,0 +1,144 @@
+"""Mixed workload (Parrot §8.4): latency-sensitive chats arriving at a Poisson rate share one engine
+with throughput map-reduce jobs. The question: do chats keep their latency (within 1.1x of chats
+alone) while the bulk jobs finish no later than on a throughput-oriented request-level server?
+
+Chats fetch their reply with LATENCY (engine priority class 0), map-reduce jobs fetch their final
+summary with THROUGHPUT (task groups of class 2). parrotlet's engine has the full token budget and
+caps a step at the latency cap while chats run (see map_reduce.py for the two values and why);
+request-level serving runs everything FCFS at priority 0 on an uncapped or a capped engine.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+from parrotlet.bench.apps import App, AppResult, fixed_length, run_apps
+from parrotlet.bench.report import Ratio, Report
+from parrotlet.bench.setup import Bench
+from parrotlet.bench.synthetic import SyntheticText
+from parrotlet.bench.workloads import map_reduce
+from parrotlet.bench.workloads.map_reduce import VARIANTS, engines, map_reduce_app
+from parrotlet.graph.ir import Call, Graph, Output, PerfCriterion, Text
+
+
+def _job_sizes(sizes: dict) -> dict:
+    """map_reduce's job shape and engine budgets (its network delays do not apply here)."""
+    return {k: v for k, v in sizes.items() if k != "delays"}
+
+
+FULL = dict(
+    _job_sizes(map_reduce.FULL),
+    num_maps=16,
+    job_arrivals=[0.0, 2.5, 5.0],
+    chat_prompt_tokens=512,
+    chat_output=64,
+    num_chats=30,
+    chat_rate=4.0,  # per second
+)
+SMOKE = dict(
+    _job_sizes(map_reduce.SMOKE),
+    num_maps=4,
+    job_arrivals=[0.0],
+    chat_prompt_tokens=24,
+    chat_output=4,
+    num_chats=6,
+    chat_rate=20.0,
+)
+CHAT_LATENCY_TARGET = 1 / 1.1  # chats alone / mixed: within 1.1x of chats alone
+MAP_REDUCE_TARGET = 1.0  # request-level uncapped / parrotlet: no worse than the baseline
+
+
+def chat_app(text: SyntheticText, prompt_tokens: int, output: int, arrival: float) -> App:
+    """One chat turn: a fresh prompt, a reply fetched with LATENCY."""
+    segments = (Text(text.text(prompt_tokens)), Output("reply", fixed_length(output)))
+    call = Call("chat", segments, chat=False)
+    return App(Graph((), (call,)), {"reply": PerfCriterion.LATENCY}, arrival=arrival, kind="chat")
+
+
+def chat_apps(text: SyntheticText, sizes: dict, seed: int = 3) -> list[App]:
+    """`num_chats` chats with Poisson arrivals at `chat_rate` per second (seeded)."""
+    rng, arrival, apps = random.Random(seed), 0.0, []
+    for _ in range(sizes["num_chats"]):
+        arrival += rng.expovariate(sizes["chat_rate"])
+        apps.append(chat_app(text, sizes["chat_prompt_tokens"], sizes["chat_output"], arrival))
+    return apps
+
+
+def bulk_apps(text: SyntheticText, sizes: dict) -> list[App]:
+    """Map-reduce jobs fetched with THROUGHPUT, one per arrival time."""
+    return [
+        map_reduce_app(text, sizes["num_maps"], sizes, PerfCriterion.THROUGHPUT, arrival)
+        for arrival in sizes["job_arrivals"]
+    ]
+
+
+RUNS = {  # row name: (variant of map_reduce.VARIANTS, with bulk jobs)
+    "chats alone": ("parrotlet", False),
+    "parrotlet": ("parrotlet", True),
+    "request-level": ("request-level", True),
+    "request-level capped": ("request-level capped", True),
+}
+
+
+async def run(bench: Bench, smoke: bool) -> Report:
+    sizes = SMOKE if smoke else FULL
+    text = SyntheticText(bench.tokenizer, seed=4)
+    chats, bulk = chat_apps(text, sizes), bulk_apps(text, sizes)
+    report = Report("mixed", bench.spec.device, bench.spec.model_name, params=sizes)
+    for engine_name, engine in engines(sizes).items():
+        runs = {
+            row: VARIANTS[v] for row, (v, _) in RUNS.items() if VARIANTS[v].engine == engine_name
+        }
+        async with bench.cores({r: v.config for r, v in runs.items()}, engine=engine) as cores:
+            await map_reduce.warm_up(cores, text, runs)
+            for row, variant in runs.items():
+                apps = chats + bulk if RUNS[row][1] else chats
+                results = await run_apps(
+                    cores[row], apps, f"mixed-{row}", request_level=variant.request_level
+                )
+                report.rows[row] = metrics(results)
+    report.ratios = ratios(report.rows)
+    return report
+
+
+def metrics(results: list[AppResult]) -> dict[str, float]:
+    """Mean chat latency per output token and end to end; mean map-reduce completion time."""
+    chats = [r for r in results if r.kind == "chat"]
+    jobs = [r for r in results if r.kind == "map-reduce"]
+    row = {
+        "chat_token_s": statistics.mean(r.per_token_latency for r in chats),
+        "chat_latency_s": statistics.mean(r.latency for r in chats),
+    }
+    if jobs:
+        row["map_reduce_s"] = statistics.mean(r.latency for r in jobs)
+    return row
+
+
+def ratios(rows: dict[str, dict[str, float]]) -> list[Ratio]:
+    """Higher is better for parrotlet in each (baseline / parrotlet mixed)."""
+    ours = rows["parrotlet"]
+    return [
+        Ratio(
+            "chat per-token latency: chats alone / parrotlet mixed (higher is better)",
+            rows["chats alone"]["chat_token_s"] / ours["chat_token_s"],
+            CHAT_LATENCY_TARGET,
+        ),
+        Ratio(
+            "map-reduce completion: request-level / parrotlet mixed",
+            rows["request-level"]["map_reduce_s"] / ours["map_reduce_s"],
+            MAP_REDUCE_TARGET,
+        ),
+        Ratio(
+            "chat per-token latency: request-level / parrotlet mixed",
+            rows["request-level"]["chat_token_s"] / ours["chat_token_s"],
+        ),
+        Ratio(
+            "chat per-token latency: request-level capped / parrotlet mixed",
+            rows["request-level capped"]["chat_token_s"] / ours["chat_token_s"],
+        ),
+        Ratio(
+            "map-reduce completion: request-level capped / parrotlet mixed",
+            rows["request-level capped"]["map_reduce_s"] / ours["map_reduce_s"],
+        ),
+    ]

@@ -1,0 +1,90 @@
+"""Mixed workload: Poisson chats fetched for latency, map-reduce jobs fetched for throughput; the
+engine sees chats in priority class 0 and bulk work in class 2; the smoke report."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from parrotlet.bench.apps import PARROTLET, REQUEST_LEVEL, run_apps
+from parrotlet.bench.workloads import mixed
+from parrotlet.bench.workloads.map_reduce import MAP_TAIL
+from parrotlet.bench.workloads.mixed import SMOKE, bulk_apps, chat_apps
+from parrotlet.engine.scheduler import Scheduler
+from parrotlet.graph.ir import PerfCriterion
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def admissions(monkeypatch) -> list[tuple[int, int, bool]]:
+    """(prompt tokens, priority class, in a task group) of each sequence the engine queues."""
+    seen: list[tuple[int, int, bool]] = []
+    add = Scheduler.add
+
+    def record(self, seq):
+        seen.append((seq.num_tokens, seq.priority_class, seq.group is not None))
+        add(self, seq)
+
+    monkeypatch.setattr(Scheduler, "add", record)
+    return seen
+
+
+def test_chats_arrive_as_a_seeded_poisson_stream(tiny_bench, synthetic):
+    chats = chat_apps(synthetic, SMOKE, seed=3)
+    arrivals = [c.arrival for c in chats]
+    assert len(chats) == 6
+    assert arrivals == sorted(arrivals) and arrivals[0] > 0
+    assert arrivals == [c.arrival for c in chat_apps(synthetic, SMOKE, seed=3)]
+    assert arrivals != [c.arrival for c in chat_apps(synthetic, SMOKE, seed=4)]
+    (call,) = chats[0].graph.calls
+    prompt = call.segments[0].text
+    assert len(tiny_bench.tokenizer.encode(prompt, add_special_tokens=False)) == 24
+    assert chats[0].fetch == {"reply": PerfCriterion.LATENCY}
+    assert chats[0].output_tokens == 4
+    (job,) = bulk_apps(synthetic, SMOKE)
+    assert job.fetch == {"final": PerfCriterion.THROUGHPUT}
+    assert (job.arrival, len(job.graph.calls)) == (0.0, 5)
+
+
+async def test_chats_run_in_class_0_and_bulk_in_class_2(tiny_bench, synthetic, admissions):
+    apps = bulk_apps(synthetic, SMOKE) + chat_apps(synthetic, dict(SMOKE, num_chats=2))
+    tail = len(tiny_bench.tokenizer.encode(MAP_TAIL, add_special_tokens=False))
+    map_prompt = 8 + 32 + tail
+    async with tiny_bench.cores({"app": PARROTLET, "req": REQUEST_LEVEL}) as cores:
+        await run_apps(cores["app"], apps, "mixed-app", request_level=False)
+        app_level = sorted(admissions)
+        admissions.clear()
+        await run_apps(cores["req"], apps, "mixed-req", request_level=True)
+        request_level = sorted(admissions)
+    reduce_prompt = next(n for n, cls, grouped in app_level if cls == 2 and not grouped)
+    expected = [(24, 0, False)] * 2 + [(map_prompt, 2, True)] * 4 + [(reduce_prompt, 2, False)]
+    assert app_level == sorted(expected)
+    assert request_level == [(n, 0, False) for n, _, _ in app_level]  # FCFS: all priority 0
+
+
+async def test_smoke_report_has_every_run_and_ratio(tiny_bench):
+    report = await mixed.run(tiny_bench, smoke=True)
+    assert list(report.rows) == [
+        "chats alone",
+        "parrotlet",
+        "request-level",
+        "request-level capped",
+    ]
+    assert set(report.rows["chats alone"]) == {"chat_token_s", "chat_latency_s"}
+    assert all(
+        set(row) == {"chat_token_s", "chat_latency_s", "map_reduce_s"}
+        for name, row in report.rows.items()
+        if name != "chats alone"
+    )
+    assert [(r.name, r.target) for r in report.ratios] == [
+        ("chat per-token latency: chats alone / parrotlet mixed (higher is better)", 1 / 1.1),
+        ("map-reduce completion: request-level / parrotlet mixed", 1.0),
+        ("chat per-token latency: request-level / parrotlet mixed", None),
+        ("chat per-token latency: request-level capped / parrotlet mixed", None),
+        ("map-reduce completion: request-level capped / parrotlet mixed", None),
+    ]
+    values = [v for row in report.rows.values() for v in row.values()]
+    values += [r.value for r in report.ratios]
+    assert all(math.isfinite(v) and v > 0 for v in values)
