@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from parrotlet.bench.report import Report
@@ -20,11 +21,15 @@ def run_bench(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     selected = list(WORKLOADS) if "all" in names else names
     runs = [workload(name) for name in selected]  # unknown names fail before the model loads
+    started = time.perf_counter()
     bench = Bench(spec)
+    print(f"loaded {spec.model_name} on {spec.device} in {time.perf_counter() - started:.1f} s")
     reports = []
-    for run in runs:
+    for name, run in zip(selected, runs, strict=True):
+        started = time.perf_counter()
         report = asyncio.run(run(bench, smoke))
         print(report.table(), flush=True)
-        print(f"  -> {report.save(out)}", flush=True)
+        elapsed = time.perf_counter() - started
+        print(f"  {name} took {elapsed:.1f} s -> {report.save(out)}", flush=True)
         reports.append(report)
     return reports

@@ -6,6 +6,7 @@ checked to encode to exactly n tokens.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 
@@ -31,8 +32,10 @@ class SyntheticText:
         return text
 
 
+@functools.cache
 def _one_token_words(tokenizer) -> list[str]:
-    """Vocabulary entries that decode to ' word' and encode back to that single token."""
+    """Vocabulary entries that decode to ' word' and encode back to that single token (computed
+    once per tokenizer: it scans the vocabulary)."""
     words = []
     for token_id in range(min(len(tokenizer), 50_000)):
         word = tokenizer.decode([token_id])
