@@ -4,6 +4,7 @@ printed table and a JSON file (benchmarks/apps/results/ by default, and $OUT whe
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -55,7 +56,7 @@ class Report:
             "date": time.strftime("%Y-%m-%d"),
             "ratios": [asdict(r) | {"met": r.met} for r in self.ratios],
         }
-        text = json.dumps(data, indent=2) + "\n"
+        text = json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
         name = f"{self.workload}-{self.device.split(':')[0]}.json"
         path = Path(folder) / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +70,17 @@ def card_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _finite(value):
+    """`value` with every inf/nan float written as a string: strict JSON has no Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _fmt(value: float | None) -> str:
