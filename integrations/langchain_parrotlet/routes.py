@@ -77,21 +77,21 @@ def message_text(message: BaseMessage) -> str:
 
 def complete(connection: Connection, path: str, body: dict[str, Any]) -> Delta:
     """Send one request and wait for the whole answer."""
-    return _parse(connection.call(connection.post(path, body)), path == CHAT)
+    return _parse(connection.openai.post(path, body), path == CHAT)
 
 
 async def acomplete(connection: Connection, path: str, body: dict[str, Any]) -> Delta:
-    return _parse(await connection.acall(connection.post(path, body)), path == CHAT)
+    return _parse(await connection.openai.apost(path, body), path == CHAT)
 
 
 def stream(connection: Connection, path: str, body: dict[str, Any]) -> Iterator[Delta]:
     """Send one streaming request; yield text deltas, then one Delta with finish and usage."""
-    events = connection.stream(path, {**body, **_STREAM})
-    yield from _deltas(connection.iterate(events), path == CHAT)
+    events = connection.openai.stream(path, {**body, **_STREAM})
+    yield from _deltas(events, path == CHAT)
 
 
 async def astream(connection: Connection, path: str, body: dict[str, Any]) -> AsyncIterator[Delta]:
-    events = connection.aiterate(connection.stream(path, {**body, **_STREAM}))
+    events = connection.openai.astream(path, {**body, **_STREAM})
     finish: str | None = None
     async for event in events:
         delta, finish = _event(event, path == CHAT, finish)

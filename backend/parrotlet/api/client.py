@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from parrotlet.api.openai_routes import OpenAIRoutes
 from parrotlet.api.portal import Portal
 from parrotlet.api.session import Session
 from parrotlet.api.transport import LocalTransport, Transport
@@ -27,6 +28,7 @@ class Client:
     ServeCore on the portal loop and calls it directly (`core` is that ServeCore, else None).
     Use it as a context manager, or `close()` it, to free the connection or the model.
     `http_transport` replaces httpx's network layer (tests pass httpx.ASGITransport(app)).
+    `openai` sends single requests to the server's OpenAI-compatible routes.
     """
 
     def __init__(
@@ -40,7 +42,8 @@ class Client:
         from parrotlet.api.http import HttpTransport
 
         transport = HttpTransport(base_url, api_key, timeout, http_transport)
-        self._setup(Portal(), transport, None)
+        portal = Portal()
+        self._setup(portal, transport, None, OpenAIRoutes.for_remote(portal, transport))
 
     @classmethod
     def in_process(
@@ -62,14 +65,20 @@ class Client:
             portal.close()
             raise
         client = cls.__new__(cls)
-        client._setup(portal, LocalTransport(core), core)
+        client._setup(portal, LocalTransport(core), core, OpenAIRoutes.for_core(portal, core))
         return client
 
     def _setup(
-        self, portal: Portal, transport: Transport, core: ServeCore | None, owns_portal: bool = True
+        self,
+        portal: Portal,
+        transport: Transport,
+        core: ServeCore | None,
+        openai: OpenAIRoutes,
+        owns_portal: bool = True,
     ) -> None:
         self._portal = portal
         self._transport = transport
+        self._openai = openai
         self._owns_portal = owns_portal
         self._closed = False
         self.core = core
@@ -83,7 +92,8 @@ class Client:
             raise ValueError("sibling() needs an in-process client (Client.in_process())")
         core = self.core.sibling(serve_config)
         client = Client.__new__(Client)
-        client._setup(self._portal, LocalTransport(core, tenant), core, owns_portal=False)
+        openai = OpenAIRoutes.for_core(self._portal, core)
+        client._setup(self._portal, LocalTransport(core, tenant), core, openai, owns_portal=False)
         return client
 
     def session(self, eager: bool = False) -> Session:
@@ -102,6 +112,13 @@ class Client:
         return self._portal
 
     @property
+    def openai(self) -> OpenAIRoutes:
+        """The server's OpenAI-compatible routes (`/v1/chat/completions`, `/v1/completions`,
+        `/v1/models`) for single requests, on this client's portal loop: a remote client's own
+        connection, or an in-process server's FastAPI app (built on first use)."""
+        return self._openai
+
+    @property
     def closed(self) -> bool:
         return self._closed or self._portal.closed
 
@@ -111,7 +128,7 @@ class Client:
             return
         self._closed = True
         try:
-            self._portal.call(self._transport.close())
+            self._portal.call(self._close_connections())
         finally:
             if self._owns_portal:
                 self._portal.close()
@@ -121,10 +138,16 @@ class Client:
             return
         self._closed = True
         try:
-            await self._portal.acall(self._transport.close())
+            await self._portal.acall(self._close_connections())
         finally:
             if self._owns_portal:
                 self._portal.close()
+
+    async def _close_connections(self) -> None:
+        try:
+            await self._openai.close()
+        finally:
+            await self._transport.close()
 
     def __enter__(self) -> Client:
         return self

@@ -1,5 +1,6 @@
-"""HttpTransport: a client Session's requests to a remote parrotlet server over httpx, with the
-server's JSON errors mapped back to the typed errors ServeCore raises.
+"""HttpTransport: a client Session's requests to a remote parrotlet server over httpx (and the
+JSON requests of `Client.openai`), with the server's JSON errors mapped back to the typed errors
+ServeCore raises.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class HttpTransport:
     `timeout` bounds every request except the wait of a get or a stream, which the server bounds
     (a get's `timeout` is passed on and the HTTP read allows that much more).
     `http_transport` replaces httpx's network transport (tests use httpx.ASGITransport).
+    Besides the session operations it sends plain JSON requests (`get_json`, `post_json`,
+    `stream_json`) for the server's OpenAI-compatible routes.
     """
 
     def __init__(
@@ -121,19 +124,44 @@ class HttpTransport:
         path = f"{_variable_path(session_id, name)}/stream"
         params = {"criterion": criterion.value}
         wait = httpx.Timeout(self.timeout, read=None)
-        async with self._http.stream("GET", path, params=params, timeout=wait) as response:
+        async for event in self._events("GET", path, params=params, timeout=wait):
+            yield event["delta"]
+
+    # ---- the OpenAI-compatible routes (OpenAIRoutes) -------------------------------------
+    async def get_json(self, path: str) -> dict[str, Any]:
+        """GET `path` and return its JSON body."""
+        return (await self._request("GET", path)).json()
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `body` to `path` and return the JSON answer; the read waits as long as the
+        server generates (max_tokens bounds it)."""
+        wait = httpx.Timeout(self.timeout, read=None)
+        return (await self._request("POST", path, json=body, timeout=wait)).json()
+
+    async def stream_json(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """POST `body` to `path`; yield each server-sent event's JSON until `[DONE]`."""
+        wait = httpx.Timeout(self.timeout, read=None)
+        async for event in self._events("POST", path, json=body, timeout=wait):
+            yield event
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _events(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[Any]:
+        """The JSON events of a server-sent-event response until `[DONE]`; an error response or
+        an error event raises its typed error."""
+        async with self._http.stream(method, path, **kwargs) as response:
             if response.is_error:
                 raise error_from_response(response.status_code, await response.aread())
             async for data in _sse_data(response.aiter_lines()):
                 if data == "[DONE]":
                     return
+                if not data:
+                    continue
                 event = json.loads(data)
-                if "error" in event:
+                if isinstance(event, dict) and "error" in event:
                     raise error_from_response(response.status_code, data.encode())
-                yield event["delta"]
-
-    async def close(self) -> None:
-        await self._http.aclose()
+                yield event
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = await self._http.request(method, path, **kwargs)

@@ -26,8 +26,9 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.response_synthesizers import BaseSynthesizer, ResponseMode
 
+from llama_index.llms.parrotlet import openai_routes
 from llama_index.llms.parrotlet.calls import add_call
-from llama_index.llms.parrotlet.openai_routes import OpenAIRoutes, openai_messages
+from llama_index.llms.parrotlet.openai_routes import openai_messages
 from parrotlet.api import Client, VariableResult
 from parrotlet.engine.sampling_params import SamplingParams
 
@@ -68,7 +69,6 @@ class Parrotlet(CustomLLM):
 
     _client: Client = PrivateAttr()
     _owns_client: bool = PrivateAttr(default=False)
-    _routes: OpenAIRoutes = PrivateAttr()
     _card: dict[str, Any] | None = PrivateAttr(default=None)
 
     def __init__(self, *, client: Client | None = None, **fields: Any) -> None:
@@ -84,7 +84,6 @@ class Parrotlet(CustomLLM):
             client = Client(self.base_url, self.api_key, self.timeout)
             self._owns_client = True
         self._client = client
-        self._routes = OpenAIRoutes(client)
 
     @classmethod
     def in_process(cls, **fields: Any) -> Parrotlet:
@@ -127,7 +126,7 @@ class Parrotlet(CustomLLM):
     @property
     def metadata(self) -> LLMMetadata:
         if self.context_window is None or self.model is None:
-            self._card = self._card or self._routes.model_card()
+            self._card = self._card or openai_routes.model_card(self._client)
         card = self._card or {}
         return LLMMetadata(
             context_window=self.context_window or card["max_model_len"],
@@ -203,7 +202,7 @@ class Parrotlet(CustomLLM):
         single = _single_user_text(messages)
         if single is not None:
             return _chat_response(_completion(self._generate(single, kwargs)))
-        body = self._routes.chat(self._chat_body(messages, kwargs))
+        body = openai_routes.chat(self._client, self._chat_body(messages, kwargs))
         return _route_response(body)
 
     @llm_chat_callback()
@@ -211,7 +210,7 @@ class Parrotlet(CustomLLM):
         single = _single_user_text(messages)
         if single is not None:
             return _chat_response(_completion(await self._agenerate(single, kwargs)))
-        body = await self._routes.achat(self._chat_body(messages, kwargs))
+        body = await openai_routes.achat(self._client, self._chat_body(messages, kwargs))
         return _route_response(body)
 
     @llm_chat_callback()
@@ -220,7 +219,7 @@ class Parrotlet(CustomLLM):
         deltas = (
             self._stream(single, kwargs)
             if single is not None
-            else self._routes.stream_chat(self._chat_body(messages, kwargs))
+            else openai_routes.stream_chat(self._client, self._chat_body(messages, kwargs))
         )
         return (_chat_response(c) for c in _cumulative(deltas))
 
@@ -232,7 +231,7 @@ class Parrotlet(CustomLLM):
         deltas = (
             self._astream(single, kwargs)
             if single is not None
-            else self._routes.astream_chat(self._chat_body(messages, kwargs))
+            else openai_routes.astream_chat(self._client, self._chat_body(messages, kwargs))
         )
         return (_chat_response(c) async for c in _acumulative(deltas))
 
