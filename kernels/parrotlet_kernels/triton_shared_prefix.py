@@ -1,0 +1,272 @@
+"""Fused shared-prefix decode attention (Hydragen-style) in Triton, for one layer's paged cache.
+
+Decode steps whose sequences share a long prefix call `shared_prefix_decode`: every query of the
+group attends the prefix KV as one matrix product per KV head and KV block (the prefix is read once
+per step, not once per sequence), split over the prefix so the grid fills the GPU; the same launch
+attends each sequence's own suffix; a second small kernel merges the partial states by log-sum-exp.
+Importing this module does not import triton; the kernels (triton_shared_prefix_kernels.py) are
+loaded on the first launch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+_DTYPES = (torch.float16, torch.bfloat16)
+_MIN_CHUNK = 128  # fewest prefix tokens one split covers by default
+_SUFFIX_BLOCK_N = 64  # suffix tokens per KV block
+
+
+@dataclass(frozen=True)
+class SharedPrefixLaunch:
+    """How the prefix kernel runs: `num_splits` chunks of `chunk_len` tokens, rows by `block_m`.
+
+    The prefix kernel's grid is (ceil(batch * group / block_m), num_kv_heads, num_splits); each
+    program streams its chunk in KV blocks of `block_n` tokens. `fits(prefix_len)` must hold:
+    the splits cover the prefix and none is empty (an empty split would merge 0/0). Without
+    `fuse_suffix` a third kernel, between prefix and merge, attends the suffixes.
+    """
+
+    block_m: int
+    block_n: int
+    chunk_len: int
+    num_splits: int
+    num_warps: int = 8
+    num_stages: int = 3
+    fuse_suffix: bool = True  # suffixes attended inside the prefix kernel, not by their own
+    partial_dtype: torch.dtype = torch.float32  # of the per-slot normalized outputs
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n"):
+            size = getattr(self, name)
+            if size < 16 or size & (size - 1):
+                raise ValueError(f"{name} must be a power of two >= 16, got {size}")
+        for name in ("chunk_len", "num_splits", "num_warps", "num_stages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.partial_dtype not in (torch.float32, *_DTYPES):
+            raise ValueError(f"partial_dtype must be a float type, got {self.partial_dtype}")
+
+    def fits(self, prefix_len: int) -> bool:
+        """Whether the splits cover `prefix_len` tokens with at least one token each."""
+        return (
+            (self.num_splits - 1) * self.chunk_len
+            < prefix_len
+            <= (self.num_splits * self.chunk_len)
+        )
+
+
+def plan_launch(
+    batch: int,
+    group: int,
+    num_kv_heads: int,
+    prefix_len: int,
+    num_sms: int,
+    num_splits: int | None = None,
+) -> SharedPrefixLaunch:
+    """Pick the row tile and the split of the prefix so the prefix grid fills the device.
+
+    Without `num_splits`, the grid is one wave: as many splits as fit one program per SM
+    (programs are compute-bound and equal, so a second wave would only add float32 partials to
+    write and merge), with every chunk at least `_MIN_CHUNK` tokens. Chunks are whole KV blocks,
+    so the split count may come out lower than asked.
+    """
+    if prefix_len < 1:
+        raise ValueError(f"prefix_len must be >= 1, got {prefix_len}")
+    rows = batch * group
+    block_m, block_n = (64, 64) if rows <= 64 else (128, 64)
+    row_tiles = -(-rows // block_m)
+    if num_splits is None:
+        one_wave = num_sms // (row_tiles * num_kv_heads)
+        num_splits = max(1, min(prefix_len // _MIN_CHUNK, one_wave))
+    elif num_splits < 1:
+        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    chunk_len = -(-prefix_len // num_splits)
+    chunk_len = -(-chunk_len // block_n) * block_n
+    num_warps = 8 if block_m > 64 else 4
+    return SharedPrefixLaunch(block_m, block_n, chunk_len, -(-prefix_len // chunk_len), num_warps)
+
+
+def shared_prefix_decode(
+    q: torch.Tensor,  # [batch, num_heads, head_dim]
+    kv_cache: torch.Tensor,  # [num_blocks, 2, page_size, num_kv_heads, head_dim]
+    prefix_pages: torch.Tensor,  # [>= ceil(prefix_len / page_size)] int32
+    prefix_len: int,
+    suffix_pages: torch.Tensor,  # [batch, max_suffix_pages] int32
+    suffix_lens: torch.Tensor,  # [batch] int32
+    *,
+    scale: float | None = None,
+    launch: SharedPrefixLaunch | None = None,
+) -> torch.Tensor:  # [batch, num_heads, head_dim], dtype of q
+    """Decode attention of `batch` sequences over one shared prefix plus each one's own suffix.
+
+    Sequence b attends the first `prefix_len` tokens of the pages `prefix_pages` (token t at slot
+    t % page_size of page prefix_pages[t // page_size]) followed by `suffix_lens[b]` tokens of
+    its pages `suffix_pages[b]`, numbered from slot 0 of its first page; a suffix may be empty.
+    Query head h reads KV head h // (num_heads // num_kv_heads); the scale defaults to
+    1/sqrt(head_dim) and `launch` to plan_launch's choice for this device. Equivalent to plain
+    softmax attention over prefix + suffix, computed in float32. Page ids and suffix lengths are
+    trusted (reading them would sync the device): `suffix_lens[b] <= max_suffix_pages *
+    page_size` and every page id < num_blocks.
+
+    Raises:
+        ValueError: a shape, dtype or device does not fit the description above.
+    """
+    check_inputs(q, kv_cache, prefix_pages, prefix_len, suffix_pages, suffix_lens)
+    if q.device.type != "cuda":
+        raise ValueError(f"shared_prefix_decode needs CUDA tensors, got {q.device}")
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = kv_cache.shape[3]
+    if launch is None:
+        sms = _num_sms(q.device)
+        launch = plan_launch(batch, num_heads // num_kv_heads, num_kv_heads, prefix_len, sms)
+    elif not launch.fits(prefix_len):
+        raise ValueError(f"{launch} does not split a prefix of {prefix_len} tokens")
+    scale = head_dim**-0.5 if scale is None else scale
+    return _launch(q, kv_cache, prefix_pages, prefix_len, suffix_pages, suffix_lens, scale, launch)
+
+
+def check_inputs(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    prefix_pages: torch.Tensor,
+    prefix_len: int,
+    suffix_pages: torch.Tensor,
+    suffix_lens: torch.Tensor,
+) -> None:
+    """Raise ValueError naming the argument whose shape, dtype, layout or device is wrong."""
+    if q.dim() != 3:
+        raise ValueError(f"q must be [batch, num_heads, head_dim], got shape {tuple(q.shape)}")
+    if kv_cache.dim() != 5 or kv_cache.shape[1] != 2:
+        raise ValueError(
+            "kv_cache must be [num_blocks, 2, page_size, num_kv_heads, head_dim], "
+            f"got shape {tuple(kv_cache.shape)}"
+        )
+    _check_heads(q, kv_cache)
+    _check_dtypes_and_layout(q, kv_cache)
+    _check_pages(q, kv_cache, prefix_pages, prefix_len, suffix_pages, suffix_lens)
+
+
+def _check_heads(q: torch.Tensor, kv_cache: torch.Tensor) -> None:
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads, cache_dim = kv_cache.shape[3], kv_cache.shape[4]
+    if batch < 1:
+        raise ValueError("q has an empty batch")
+    if cache_dim != head_dim:
+        raise ValueError(f"q has head_dim {head_dim}, kv_cache {cache_dim}")
+    if num_heads % num_kv_heads:
+        raise ValueError(
+            f"q's num_heads ({num_heads}) must be a multiple of kv_cache's num_kv_heads "
+            f"({num_kv_heads})"
+        )
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        raise ValueError(f"head_dim must be a power of two >= 16, got {head_dim}")
+
+
+def _check_dtypes_and_layout(q: torch.Tensor, kv_cache: torch.Tensor) -> None:
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"q must be float16 or bfloat16, got {q.dtype}")
+    if kv_cache.dtype != q.dtype:
+        raise ValueError(f"kv_cache is {kv_cache.dtype}, q is {q.dtype}")
+    if kv_cache.device != q.device:
+        raise ValueError(f"kv_cache is on {kv_cache.device}, q on {q.device}")
+    if q.stride(2) != 1:
+        raise ValueError("q's head_dim must be contiguous (stride 1)")
+    if not kv_cache.is_contiguous():
+        raise ValueError("kv_cache must be contiguous")
+
+
+def _check_pages(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    prefix_pages: torch.Tensor,
+    prefix_len: int,
+    suffix_pages: torch.Tensor,
+    suffix_lens: torch.Tensor,
+) -> None:
+    batch, page_size = q.shape[0], kv_cache.shape[2]
+    if prefix_len < 1:
+        raise ValueError(f"prefix_len must be >= 1, got {prefix_len}")
+    needed = -(-prefix_len // page_size)
+    if prefix_pages.dim() != 1 or prefix_pages.numel() < needed:
+        raise ValueError(
+            f"prefix_pages must be 1-D with >= ceil({prefix_len} / {page_size}) = {needed} "
+            f"page ids, got shape {tuple(prefix_pages.shape)}"
+        )
+    if suffix_pages.dim() != 2 or suffix_pages.shape[0] != batch:
+        raise ValueError(
+            f"suffix_pages must be [batch={batch}, max_suffix_pages], "
+            f"got shape {tuple(suffix_pages.shape)}"
+        )
+    if tuple(suffix_lens.shape) != (batch,):
+        raise ValueError(f"suffix_lens must be [batch={batch}], got {tuple(suffix_lens.shape)}")
+    for name, tensor in (
+        ("prefix_pages", prefix_pages),
+        ("suffix_pages", suffix_pages),
+        ("suffix_lens", suffix_lens),
+    ):
+        if tensor.dtype != torch.int32:
+            raise ValueError(f"{name} must be int32, got {tensor.dtype}")
+        if tensor.device != q.device:
+            raise ValueError(f"{name} is on {tensor.device}, q on {q.device}")
+    if suffix_pages.stride(1) != 1 or not prefix_pages.is_contiguous():
+        raise ValueError("prefix_pages and the rows of suffix_pages must be contiguous")
+
+
+def _launch(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    prefix_pages: torch.Tensor,
+    prefix_len: int,
+    suffix_pages: torch.Tensor,
+    suffix_lens: torch.Tensor,
+    scale: float,
+    launch: SharedPrefixLaunch,
+) -> torch.Tensor:
+    """Prefix (+ fused suffix) kernel, [suffix kernel,] merge kernel, over partial buffers."""
+    from parrotlet_kernels import triton_shared_prefix_kernels as kernels
+
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads, page_size = kv_cache.shape[3], kv_cache.shape[2]
+    group, slots = num_heads // num_kv_heads, launch.num_splits + 1
+    o_part = q.new_empty((batch, num_heads, slots, head_dim), dtype=launch.partial_dtype)
+    lse_part = q.new_empty((batch, num_heads, slots), dtype=torch.float32)
+    common = (
+        q.stride(0), q.stride(1), *kv_cache.stride()[:4], suffix_pages.stride(0),
+        scale * math.log2(math.e),
+    )  # fmt: skip
+    heads = dict(GROUP=group, BLOCK_G=max(16, _next_power_of_2(group)), HEAD_DIM=head_dim)
+    grid = (-(-batch * group // launch.block_m), num_kv_heads, launch.num_splits)
+    kernels.prefix_kernel[grid](
+        q, kv_cache, prefix_pages, suffix_pages, suffix_lens, o_part, lse_part,
+        batch, num_heads, slots, prefix_len, launch.chunk_len, *common, **heads,
+        PAGE_SIZE=page_size, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
+        SUFFIX_BLOCK_N=_SUFFIX_BLOCK_N, FUSE_SUFFIX=launch.fuse_suffix,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
+    )  # fmt: skip
+    if not launch.fuse_suffix:
+        kernels.suffix_kernel[(batch, num_kv_heads)](
+            q, kv_cache, suffix_pages, suffix_lens, o_part, lse_part, num_heads, slots,
+            *common, **heads, PAGE_SIZE=page_size, BLOCK_N=_SUFFIX_BLOCK_N, num_warps=4,
+        )  # fmt: skip
+    out = q.new_empty((batch, num_heads, head_dim))
+    merge_slots = _next_power_of_2(slots)
+    kernels.merge_kernel[(batch * num_heads,)](
+        o_part, lse_part, out, slots, SLOTS=merge_slots, HEAD_DIM=head_dim,
+        num_warps=2 if merge_slots <= 16 else 4,
+    )  # fmt: skip
+    return out
+
+
+def _next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1)."""
+    return 1 << (n - 1).bit_length()
+
+
+@cache
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
