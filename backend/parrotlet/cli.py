@@ -78,11 +78,15 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from parrotlet.bench.run import run_bench
+    from parrotlet.bench.run import BenchFailed, run_bench
     from parrotlet.bench.setup import BenchSpec
 
     spec = BenchSpec(device=args.device, model=args.model, arch=args.arch, tokenizer=args.tokenizer)
-    run_bench(args.workloads, spec, smoke=args.smoke, out=Path(args.out))
+    try:
+        run_bench(args.workloads, spec, smoke=args.smoke, out=Path(args.out))
+    except BenchFailed as exc:
+        print(f"parrotlet: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

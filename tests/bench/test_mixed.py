@@ -69,6 +69,7 @@ async def test_smoke_report_has_every_run_and_ratio(tiny_bench):
     assert list(report.rows) == [
         "chats alone",
         "parrotlet",
+        "parrotlet, tight cap",
         "request-level",
         "request-level capped",
     ]
@@ -84,6 +85,8 @@ async def test_smoke_report_has_every_run_and_ratio(tiny_bench):
         ("chat per-token latency: request-level / parrotlet mixed", None),
         ("chat per-token latency: request-level capped / parrotlet mixed", None),
         ("map-reduce completion: request-level capped / parrotlet mixed", None),
+        ("tight cap: chat per-token latency, chats alone / parrotlet (higher is better)", 1 / 1.1),
+        ("tight cap: map-reduce completion, request-level / parrotlet", 1.0),
     ]
     values = [v for row in report.rows.values() for v in row.values()]
     values += [r.value for r in report.ratios]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import traceback
 from pathlib import Path
 
 from parrotlet.bench.report import Report
@@ -17,19 +18,31 @@ RESULTS = Path("benchmarks/apps/results")
 def run_bench(
     names: list[str], spec: BenchSpec, *, smoke: bool, out: Path = RESULTS
 ) -> list[Report]:
-    """Run each workload of `names` ("all" for every one) on one loaded model."""
+    """Run each workload of `names` ("all" for every one) on one loaded model. A workload that
+    fails is reported and skipped; BenchFailed lists them after the others ran."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     selected = list(WORKLOADS) if "all" in names else names
     runs = [workload(name) for name in selected]  # unknown names fail before the model loads
     started = time.perf_counter()
     bench = Bench(spec)
     print(f"loaded {spec.model_name} on {spec.device} in {time.perf_counter() - started:.1f} s")
-    reports = []
+    reports, failed = [], []
     for name, run in zip(selected, runs, strict=True):
         started = time.perf_counter()
-        report = asyncio.run(run(bench, smoke))
+        try:
+            report = asyncio.run(run(bench, smoke))
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            continue
         print(report.table(), flush=True)
         elapsed = time.perf_counter() - started
         print(f"  {name} took {elapsed:.1f} s -> {report.save(out)}", flush=True)
         reports.append(report)
+    if failed:
+        raise BenchFailed(f"workloads failed: {', '.join(failed)}")
     return reports
+
+
+class BenchFailed(RuntimeError):
+    """Some workloads raised (their tracebacks were printed); the others' reports were saved."""

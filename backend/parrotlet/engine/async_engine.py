@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from parrotlet.engine.engine import LLMEngine, PrefixPin
 from parrotlet.engine.outputs import RequestOutput
+
+logger = logging.getLogger(__name__)
 
 
 class AsyncEngine:
@@ -110,6 +113,7 @@ class AsyncEngine:
             try:
                 outputs = await asyncio.to_thread(self.engine.step)
             except Exception as exc:  # a failed step fails its requests, not the server
+                logger.exception("engine step failed; failing its %d requests", len(self._streams))
                 self._fail_all(exc)
                 continue
             for out in outputs:
