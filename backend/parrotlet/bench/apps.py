@@ -10,6 +10,7 @@ generated ids spliced by the same rule), so the two modes compute exactly the sa
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from parrotlet.graph.ir import Call, Graph, Input, Output, PerfCriterion, Text, 
 from parrotlet.graph.transforms import apply_transform
 from parrotlet.serve.config import ServeConfig
 from parrotlet.serve.core import ServeCore
+
+logger = logging.getLogger(__name__)
 
 PARROTLET = ServeConfig()
 """Every app-level optimization on: lazy graph execution, objectives and task groups, prefix
@@ -78,7 +81,10 @@ async def run_apps(
         run = run_request_level if request_level else run_app_level
         return await run(core, app, tenant, delay)
 
-    return list(await asyncio.gather(*(one(app) for app in apps)))
+    results = list(await asyncio.gather(*(one(app) for app in apps)))
+    mode = "request-level" if request_level else "app-level"
+    logger.info("%s: %d apps %s in %.2f s", tenant, len(apps), mode, time.perf_counter() - start)
+    return results
 
 
 async def run_app_level(core: ServeCore, app: App, tenant: str, delay: float) -> AppResult:

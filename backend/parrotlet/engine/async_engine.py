@@ -2,6 +2,8 @@
 
 The step runs in a worker thread (torch releases the GIL) while the event loop keeps serving.
 Adds and aborts are queued and applied by the loop between steps, so the engine needs no locks.
+Engines of one process that share a CUDA device take turns step by step (a CUDA graph capture
+forbids other threads' work on the device, and concurrent steps would gain nothing on one GPU).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,6 +20,7 @@ from parrotlet.engine.engine import LLMEngine, PrefixPin
 from parrotlet.engine.outputs import RequestOutput
 
 logger = logging.getLogger(__name__)
+_DEVICE_LOCKS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 class AsyncEngine:
@@ -27,6 +32,9 @@ class AsyncEngine:
         self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any] | None]] = []
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
+        device = engine.device
+        self._device_lock = _DEVICE_LOCKS[str(device)] if device.type == "cuda" else None
 
     async def generate(
         self, prompt: Any, params: Any = None, **kwargs: Any
@@ -87,13 +95,27 @@ class AsyncEngine:
         return await future
 
     async def close(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+        """Stop the loop once the step in flight has finished (its worker thread cannot be
+        interrupted: a new engine must not start on the device under it); requests still
+        running fail with "engine closed"."""
+        task, self._loop_task = self._loop_task, None
+        if task is None:
+            return
+        self._closing = True
+        self._wakeup.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._fail_all(RuntimeError("engine closed"))
+        for _, future in self._pending:
+            if future is not None and not future.done():
+                future.set_exception(RuntimeError("engine closed"))
+        self._pending.clear()
 
     def _submit(self, fn: Callable[[], Any], future: asyncio.Future[Any] | None) -> None:
+        if self._closing:  # nothing runs any more; an abort of a closed request is moot
+            if future is not None and not future.done():
+                future.set_exception(RuntimeError("engine closed"))
+            return
         self._pending.append((fn, future))
         loop = asyncio.get_running_loop()
         task = self._loop_task
@@ -103,7 +125,7 @@ class AsyncEngine:
         self._wakeup.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             self._apply_pending()
             if not self.engine.has_unfinished():
                 self._wakeup.clear()
@@ -111,7 +133,7 @@ class AsyncEngine:
                     await self._wakeup.wait()
                 continue
             try:
-                outputs = await asyncio.to_thread(self.engine.step)
+                outputs = await asyncio.to_thread(self._step)
             except Exception as exc:  # a failed step fails its requests, not the server
                 logger.exception("engine step failed; failing its %d requests", len(self._streams))
                 self._fail_all(exc)
@@ -120,6 +142,12 @@ class AsyncEngine:
                 queue = self._streams.get(out.request_id)
                 if queue is not None:
                     queue.put_nowait(out)
+
+    def _step(self) -> list[RequestOutput]:
+        if self._device_lock is None:
+            return self.engine.step()
+        with self._device_lock:
+            return self.engine.step()
 
     def _apply_pending(self) -> None:
         pending, self._pending = self._pending, []

@@ -71,12 +71,23 @@ class ModelRunner:
             logits = self._run_eager(batch, samplers)  # [num_samplers, vocab] or None
         sampled: list[int | None] = [None] * len(batch.seqs)
         if logits is None:
+            self._wait_for_device()
             return sampled
         seqs = [batch.seqs[i] for i in samplers]
         tokens = self.sampler(logits, [s.params for s in seqs], [self._generator(s) for s in seqs])
         for i, token in zip(samplers, tokens.tolist(), strict=True):
             sampled[i] = token
         return sampled
+
+    def _wait_for_device(self) -> None:
+        """End a step that sampled nothing (a prefill chunk) only once the device has run it.
+
+        A sampling step ends in the tokens' device->host copy; without one the host would plan
+        the next step while this one still runs, and flashinfer's plan() rewrites the pinned
+        buffers whose copies this step's kernels have not consumed yet (H100: illegal memory
+        accesses during a 5000-token prompt's chunked prefill)."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
 
     def _run_eager(self, batch: ScheduledBatch, samplers: list[int]) -> torch.Tensor | None:
         """Plan and run the model eagerly; logits `[len(samplers), vocab]`, None if no samplers."""
