@@ -201,27 +201,24 @@ def make_capped_scheduler(cap: int | None, budget: int = 2048, num_blocks: int =
     return Scheduler(config, BlockManager(num_blocks, block_size=16))
 
 
-def test_latency_cap_bounds_the_step_only_while_urgent_work_runs():
+def test_latency_cap_bounds_bulk_tokens_only_while_urgent_work_runs():
     from parrotlet.engine.sequence import PRIORITY_CLASS
 
     sched = make_capped_scheduler(cap=256)
-    sched.add(make_seq("bulk", 3000, priority=2 * PRIORITY_CLASS))
+    sched.add(make_seq("bulk", 4000, priority=2 * PRIORITY_CLASS))
     batch = sched.schedule()
     assert scheduled(batch) == [("bulk", 2048)]  # no urgent work: the full budget
     complete_step(sched, batch)
-    chat = make_seq("chat", 10, priority=0, first=5000)
-    sched.add(chat)
-    assert sched.step_budget() == 256  # class 0 heads the waiting queue
+    chat = make_seq("chat", 600, priority=0, first=5000)
+    sched.add(chat)  # class 0 heads the waiting queue: the cap binds from this step
     batch = sched.schedule()
-    assert scheduled(batch) == [("chat", 10), ("bulk", 246)]
-    assert batch.num_tokens == 256
+    assert scheduled(batch) == [("chat", 600), ("bulk", 256)]  # the chat's prefill is not cut
     complete_step(sched, batch)
     batch = sched.schedule()
-    assert scheduled(batch) == [("chat", 1), ("bulk", 255)]
+    assert scheduled(batch) == [("chat", 1), ("bulk", 256)]
     complete_step(sched, batch)
     sched.finish(chat, FinishReason.STOP)
-    assert sched.step_budget() == 2048
-    assert scheduled(sched.schedule()) == [("bulk", 3000 - 2048 - 246 - 255)]
+    assert scheduled(sched.schedule()) == [("bulk", 4000 - 2048 - 256 - 256)]
 
 
 def test_latency_cap_ignores_less_urgent_classes_and_never_raises_the_budget():

@@ -41,9 +41,10 @@ class SchedulerConfig:
     """Continuous batching: at most `max_num_seqs` sequences and `max_num_batched_tokens` per step.
 
     A prompt longer than the token budget is prefilled in chunks over several steps.
-    `latency_max_num_batched_tokens` (None = off) caps the step's tokens while a sequence of the
-    most urgent priority class (latency calls) runs or is being admitted, so bulk prefill chunks
-    cannot stretch its decode steps; without urgent work the full budget serves throughput.
+    `latency_max_num_batched_tokens` (None = off) caps the tokens that less urgent sequences add
+    to a step while a sequence of the most urgent priority class (latency calls) runs or is being
+    admitted, so bulk prefill chunks cannot stretch its steps (its own prefill is not cut);
+    without urgent work the full budget serves throughput.
     """
 
     max_num_batched_tokens: int = 2048
@@ -70,7 +71,9 @@ class EngineConfig:
     `attention_backend` "auto" picks flashinfer on CUDA when installed, else the torch reference.
     `shared_prefix_attention` attends a prefix shared by several running sequences once per step,
     for shared prefixes of at least `shared_prefix_min_tokens` tokens (below that, per-sequence
-    attention is cheaper on CPU: the split-and-merge overhead outweighs the prefix read).
+    attention is cheaper on CPU: the split-and-merge overhead outweighs the prefix read). On CUDA
+    the flashinfer backend's cascade policy decides, and it is off by default (measured slower
+    end to end than CUDA-graph decode over the shared blocks; see FlashInferBackend).
     `cuda_graphs` replays decode-only steps as CUDA graphs (CUDA with the flashinfer backend only;
     elsewhere it has no effect).
     """

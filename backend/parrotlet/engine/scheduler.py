@@ -3,8 +3,9 @@
 No prefill/decode phases: each step every scheduled sequence computes a chunk of its uncomputed
 tokens (a decode is a chunk of one). Running sequences go first, then waiting ones are admitted;
 a waiting sequence of a more urgent class is admitted before running ones of a less urgent class.
-While latency work (priority class 0) runs, the step's budget may be capped (latency vs
-throughput). When KV blocks run out, the lowest-priority running sequence is preempted by recompute.
+While latency work (priority class 0) runs, the tokens less urgent work adds to a step may be
+capped (latency vs throughput). When KV blocks run out, the lowest-priority running sequence is
+preempted by recompute.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Scheduler:
         self.waiting: list[tuple[tuple[int, int], Sequence]] = []  # heap by sort_key
         self.running: list[Sequence] = []
         self._seat_preemptions = 0  # this step's preemptions that freed seats, not blocks
+        self._latency_step = False  # the latency cap binds this step
 
     @property
     def num_waiting(self) -> int:
@@ -85,21 +87,32 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         self._yield_seats_to_urgent(batch)
-        limit = self.step_budget()
-        self._schedule_running(batch, limit)
+        self._latency_step = self._has_latency_work()
+        self._schedule_running(batch)
         if len(batch.preempted) == self._seat_preemptions:  # no memory pressure this step
-            self._admit_waiting(batch, limit)
+            self._admit_waiting(batch)
         return batch
 
-    def step_budget(self) -> int:
-        """This step's token budget: the latency cap while class-0 work runs or heads the
-        waiting queue (it is admitted this step), else the full throughput budget."""
-        full, cap = self.config.max_num_batched_tokens, self.config.latency_max_num_batched_tokens
-        if cap is None:
-            return full
+    def _has_latency_work(self) -> bool:
+        """Whether the latency cap binds this step: class-0 work runs or heads the queue."""
+        if self.config.latency_max_num_batched_tokens is None:
+            return False
         urgent = any(s.priority_class == 0 for s in self.running)
-        urgent = urgent or bool(self.waiting and self.waiting[0][1].priority_class == 0)
-        return min(full, cap) if urgent else full
+        return urgent or bool(self.waiting and self.waiting[0][1].priority_class == 0)
+
+    def room(self, seq: Sequence, batch: ScheduledBatch) -> int:
+        """Tokens `seq` may add to `batch`: what is left of the budget; while latency work
+        runs, less urgent sequences together add at most the latency cap (the latency work's
+        own prefill is never throttled)."""
+        room = self.config.max_num_batched_tokens - batch.num_tokens
+        cap = self.config.latency_max_num_batched_tokens
+        if self._latency_step and cap is not None and seq.priority_class > 0:
+            bulk = sum(
+                n for s, n in zip(batch.seqs, batch.num_new_tokens, strict=True)
+                if s.priority_class > 0
+            )  # fmt: skip
+            room = min(room, cap - bulk)
+        return room
 
     # ---- steps of schedule() -------------------------------------------------------------
     def _yield_seats_to_urgent(self, batch: ScheduledBatch) -> None:
@@ -113,7 +126,7 @@ class Scheduler:
             self._preempt(worst, batch)
         self._seat_preemptions = len(batch.preempted)
 
-    def _schedule_running(self, batch: ScheduledBatch, limit: int) -> None:
+    def _schedule_running(self, batch: ScheduledBatch) -> None:
         """Give each running sequence its next chunk; preempt from the back when blocks run out.
 
         Before the first running sequence of a class less urgent than the waiting head, the
@@ -123,12 +136,14 @@ class Scheduler:
         self.running.sort(key=Sequence.sort_key)
         queue = list(self.running)
         jumped = False
-        while queue and limit > batch.num_tokens:
+        while queue:
             if not jumped and self._waiting_outranks(queue[0], batch):
                 jumped = True
-                self._admit_waiting(batch, limit, below=queue[0].priority_class)
+                self._admit_waiting(batch, below=queue[0].priority_class)
                 continue
-            budget = limit - batch.num_tokens
+            budget = self.room(queue[0], batch)
+            if budget <= 0:
+                break  # the rest are no more urgent: no room for them either
             seq = queue.pop(0)
             num_new = min(seq.num_uncomputed_tokens, budget)
             while not self.blocks.allocate(seq, seq.num_computed_tokens + num_new):
@@ -147,17 +162,17 @@ class Scheduler:
             and len(batch.preempted) == self._seat_preemptions
         )
 
-    def _admit_waiting(self, batch: ScheduledBatch, limit: int, below: int | None = None) -> None:
+    def _admit_waiting(self, batch: ScheduledBatch, below: int | None = None) -> None:
         """Admit waiting sequences in priority order while the budget, seq cap and pool allow;
         with `below`, only those of a priority class more urgent than `below`.
 
         The members of a task group (same `group`) are admitted together or not at all, unless
         nothing else runs (then the head goes alone, so the engine never idles).
         """
-        while self.waiting and limit > batch.num_tokens:
-            budget = limit - batch.num_tokens
+        while self.waiting:
             seq = self.waiting[0][1]
-            if len(self.running) >= self.config.max_num_seqs:
+            budget = self.room(seq, batch)
+            if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                 break
             if below is not None and seq.priority_class >= below:
                 break
