@@ -72,6 +72,21 @@ async def test_common_instruction_is_computed_once(default_core):
     assert answers == shared_answers
 
 
+async def test_a_prefix_already_cached_is_not_pinned_again(default_core):
+    instruction = make_instruction("again")
+    lengths, shared = prompt_lengths(default_core, instruction)
+    decodes = len(QUESTIONS) * (PARAMS.max_tokens - 1)
+    first = await run_app(default_core, "tenant-e", instruction)
+    before = default_core.stats().engines[0]
+    second = await run_app(default_core, "tenant-e", instruction)
+    after = default_core.stats().engines[0]
+    computed, cached = engine_delta(default_core, before)
+    assert computed == sum(n - shared for n in lengths) + decodes  # no pin, no prefill
+    assert cached == len(QUESTIONS) * shared
+    assert after.num_prompt_tokens - before.num_prompt_tokens == sum(lengths)  # no pin request
+    assert second == first
+
+
 async def test_tenants_never_share_a_prefix(default_core):
     instruction = make_instruction("tenants")
     lengths, shared = prompt_lengths(default_core, instruction)

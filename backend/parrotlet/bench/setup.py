@@ -97,16 +97,10 @@ class Bench:
         *,
         num_engines: int = 1,
         engine: EngineConfig | None = None,
-        max_num_batched_tokens: int | None = None,
     ) -> AsyncIterator[dict[str, ServeCore]]:
-        """ServeCores with `configs` over the same `num_engines` fresh engines (empty caches);
-        the engines are closed and their KV pools freed on exit."""
+        """ServeCores with `configs` over the same `num_engines` fresh engines (empty caches) of
+        `engine`'s flags; the engines are closed and their KV pools freed on exit."""
         base = engine or EngineConfig()
-        if max_num_batched_tokens is not None:
-            base = replace(
-                base,
-                scheduler=replace(base.scheduler, max_num_batched_tokens=max_num_batched_tokens),
-            )
         engines = [
             LocalEngine(AsyncEngine(self._engine(base, num_engines)), name=f"local-{i}")
             for i in range(num_engines)

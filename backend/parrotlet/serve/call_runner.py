@@ -70,13 +70,17 @@ class CallRunner:
     async def _engine_for(
         self, session: Session, call: Call, ids: list[int], share: SharedPrefix | None
     ) -> EngineHandle:
-        """The engine with the shared prefix pinned (pinning it first if this call leads)."""
+        """The engine with the shared prefix pinned (pinning it first if this call leads). A
+        prefix the engine already holds whole is not pinned: the members find it cached, and
+        a pin would only make them wait a step (and recompute its last block)."""
         if share is None:
             return self.place(session, call, ids)
         if share.engine is None:
             share.engine = self.place(session, call, ids)
             try:
-                share.pin_id = await share.engine.pin_prefix(share.prompt, share.namespace)
+                cached = share.engine.cached_prefix_len(share.prompt, share.namespace)
+                if cached < len(share.prompt):
+                    share.pin_id = await share.engine.pin_prefix(share.prompt, share.namespace)
             except Exception as exc:  # the members still run, only without the shared prefill
                 logger.warning("pinning a shared prefix failed: %s", exc)
             finally:
