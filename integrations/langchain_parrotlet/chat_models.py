@@ -1,7 +1,8 @@
 """ChatParrotlet: LangChain's chat-model interface to a parrotlet server — the adapter step of the
 request path. A plain invoke is one `/v1/chat/completions` request (the server applies the model's
-chat template); a batch is one graph; inside a graph scope a one-user-message prompt becomes a
-graph call (`Call(chat=True)`) whose reply is a SemanticText future.
+chat template); a batch is one graph; inside a graph scope a prompt of text messages (system,
+human, ai) becomes a graph call (`Call(chat=True)`, with Role segments for several messages)
+whose reply is a SemanticText future.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from langchain_parrotlet import routes
 from langchain_parrotlet.futures import SemanticText, parts_of
 from langchain_parrotlet.params import ParrotletParams, usage_of
 from langchain_parrotlet.scope import GraphScope, active_scope
+from parrotlet.engine.sampling_params import SamplingParams
+from parrotlet.graph.ir import CHAT_ROLES
 
 __all__ = ["ChatParrotlet", "SemanticAIMessage"]
 
@@ -58,10 +61,11 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         ```
 
     Which path a prompt takes (chosen by the prompt, never by the caller):
-    - one human message: a graph call with `chat=True` inside a graph scope or a batch, else one
-      `/v1/chat/completions` request; both render the same chat template on the server;
-    - several messages (system, history, tool results): `/v1/chat/completions`, one request per
-      prompt, with references resolved first — the graph IR has one user message per call.
+    - text messages of roles system / human / ai (e.g. a system prompt and a question): a graph
+      call with `chat=True` (Role segments per message) inside a graph scope or a batch, else
+      one `/v1/chat/completions` request; both render the same chat template on the server;
+    - tool messages, tool calls or non-text blocks: `/v1/chat/completions`, one request per
+      prompt, with references resolved first.
     """
 
     @property
@@ -86,9 +90,8 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
         scope = active_scope(connection)
-        content = _single_user_text(messages)
-        if scope is not None and content is not None:
-            future = scope.add_call(parts_of(content), sampling, chat=True)
+        future = _graph_call(scope, messages, sampling)
+        if future is not None:
             return ChatResult(generations=[ChatGeneration(message=SemanticAIMessage.of(future))])
         dicts = routes.message_dicts(messages)
         body = routes.chat_request(dicts, self.openai_body(sampling, kwargs))
@@ -104,9 +107,8 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
         scope = active_scope(connection)
-        content = _single_user_text(messages)
-        if scope is not None and content is not None:
-            future = scope.add_call(parts_of(content), sampling, chat=True)
+        future = _graph_call(scope, messages, sampling)
+        if future is not None:
             return ChatResult(generations=[ChatGeneration(message=SemanticAIMessage.of(future))])
         dicts = await routes.amessage_dicts(messages)
         body = routes.chat_request(dicts, self.openai_body(sampling, kwargs))
@@ -122,9 +124,9 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
         scope = active_scope(connection)
-        content = _single_user_text(messages)
-        if scope is not None and content is not None:
-            (ref,) = scope.add_call(parts_of(content), sampling, chat=True).parts
+        future = _graph_call(scope, messages, sampling)
+        if scope is not None and future is not None:
+            (ref,) = future.parts
             deltas: Iterator[routes.Delta] = routes.graph_stream(scope, ref.var)  # type: ignore[union-attr]
         else:
             dicts = routes.message_dicts(messages)
@@ -146,9 +148,9 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
         scope = active_scope(connection)
-        content = _single_user_text(messages)
-        if scope is not None and content is not None:
-            (ref,) = scope.add_call(parts_of(content), sampling, chat=True).parts
+        future = _graph_call(scope, messages, sampling)
+        if scope is not None and future is not None:
+            (ref,) = future.parts
             deltas: AsyncIterator[routes.Delta] = routes.agraph_stream(scope, ref.var)  # type: ignore[union-attr]
         else:
             dicts = await routes.amessage_dicts(messages)
@@ -195,11 +197,40 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         return [_settled(o, private, self.model_name, return_exceptions) for o in outputs]
 
 
-def _single_user_text(messages: Sequence[BaseMessage]) -> str | None:
-    """The text of a prompt that is exactly one human message (a graph call), else None."""
-    if len(messages) == 1 and messages[0].type == "human":
-        return routes.message_text(messages[0])
-    return None
+def _graph_call(
+    scope: GraphScope | None, messages: Sequence[BaseMessage], sampling: SamplingParams
+) -> SemanticText | None:
+    """Add `messages` to `scope` as one chat call and return its future; None (the eager
+    route) outside a scope or for a prompt a graph call cannot carry. One human message is a
+    plain chat call; other text messages of roles system/user/assistant become Role segments."""
+    if scope is None:
+        return None
+    texts = _chat_texts(messages)
+    if texts is None:
+        return None
+    if len(texts) == 1 and texts[0][0] == "user":
+        return scope.add_call(parts_of(texts[0][1]), sampling, chat=True)
+    return scope.add_chat_call([(role, parts_of(text)) for role, text in texts], sampling)
+
+
+def _chat_texts(messages: Sequence[BaseMessage]) -> list[tuple[str, str]] | None:
+    """(role, text) of each message, or None where one is not a plain text message of a chat
+    role (tool messages and calls, non-text blocks, other roles)."""
+    texts = []
+    for message in messages:
+        role = _GRAPH_ROLES.get(message.type)
+        if message.type == "chat":
+            role = getattr(message, "role", None)
+        if role not in CHAT_ROLES or getattr(message, "tool_calls", None):
+            return None
+        try:
+            texts.append((role, routes.message_text(message)))
+        except ValueError:
+            return None
+    return texts or None
+
+
+_GRAPH_ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 
 
 def _settled(output: Any, scope: GraphScope, model_name: str | None, keep_errors: bool) -> Any:

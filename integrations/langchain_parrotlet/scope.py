@@ -19,7 +19,7 @@ from langchain_parrotlet.futures import Part, Ref, SemanticText, register
 from langchain_parrotlet.parsers import install_parser_hooks
 from parrotlet import SemanticVariable, VariableResult
 from parrotlet.engine.sampling_params import SamplingParams
-from parrotlet.graph.ir import Call, Input, Output, Text, Transform
+from parrotlet.graph.ir import Call, Input, Output, Role, Text, Transform
 
 if TYPE_CHECKING:
     from parrotlet import Session
@@ -77,16 +77,40 @@ class GraphScope:
     # ---- building ----------------------------------------------------------------------
     def add_call(self, parts: Sequence[Part], sampling: SamplingParams, chat: bool) -> SemanticText:
         """Add one call whose prompt is `parts` (text and references); return its future."""
-        if not self.open:
-            raise RuntimeError(f"graph scope {self.id} is not open")
-        segments = self.segments(parts)
-        if self.exact_prompts and any(isinstance(s, Input) for s in segments):
-            segments = (Input(self._format_prompt(segments)),)
+        self._check_open()
+        return self._add(self._prompt(parts), sampling, chat)
+
+    def add_chat_call(
+        self, messages: Sequence[tuple[str, Sequence[Part]]], sampling: SamplingParams
+    ) -> SemanticText:
+        """Add one chat call of several `messages` (role, parts): Role segments, each followed
+        by its message's prompt segments; return its future."""
+        self._check_open()
+        segments: list[Text | Input | Role] = []
+        for role, parts in messages:
+            segments.extend((Role(role), *(self._prompt(parts) or (Text(""),))))
+        return self._add(tuple(segments), sampling, chat=True)
+
+    def _add(
+        self, segments: tuple[Text | Input | Role, ...], sampling: SamplingParams, chat: bool
+    ) -> SemanticText:
         call_id = self.session.new_id("lc")
         out = f"{call_id}.out"
         self.session.add_call(Call(call_id, (*segments, Output(out, sampling)), chat))
         self._variables[out] = SemanticVariable(self.session, out)
         return SemanticText((Ref(self, out),))
+
+    def _check_open(self) -> None:
+        if not self.open:
+            raise RuntimeError(f"graph scope {self.id} is not open")
+
+    def _prompt(self, parts: Sequence[Part]) -> tuple[Text | Input, ...]:
+        """Segments of one prompt text; with `exact_prompts`, one Input of a format transform
+        where it refers to outputs not known yet."""
+        segments = self.segments(parts)
+        if self.exact_prompts and any(isinstance(s, Input) for s in segments):
+            segments = (Input(self._format_prompt(segments)),)
+        return segments
 
     def segments(self, parts: Sequence[Part]) -> tuple[Text | Input, ...]:
         """Prompt segments for `parts`: an unfetched output of this scope becomes an Input; known

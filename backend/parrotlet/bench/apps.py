@@ -133,22 +133,28 @@ class _RequestLevelClient:
                 self.values[var.name].set_result((var.value, None))
 
     async def run_call(self, call: Call) -> None:
-        encode = self.core.assembler.encode
-        ids = list(self.core.assembler.chat_head) if call.chat else []
-        before_output = True
-        for segment in call.segments:
-            if isinstance(segment, Text):
-                ids.extend(encode(segment.text))
-            elif isinstance(segment, Input):
-                text, token_ids = await self.values[segment.var]
-                ids.extend(token_ids if token_ids is not None else encode(text))
-            else:
-                if before_output and call.chat:
-                    ids.extend(self.core.assembler.chat_tail)
-                before_output = False
+        assembler = self.core.assembler
+        first = next(i for i, s in enumerate(call.segments) if isinstance(s, Output))
+        for segment in call.segments[:first]:  # the prefix needs all its inputs
+            if isinstance(segment, Input):
+                await self.values[segment.var]
+        ids = assembler.prefix_ids(call, self._ids)  # the same assembly as the server's
+        for segment in call.segments[first:]:
+            if isinstance(segment, Output):
                 text, token_ids = await self._complete(ids, segment)
                 self.values[segment.var].set_result((text, token_ids))
-                ids.extend(token_ids if token_ids is not None else encode(text))
+                ids.extend(token_ids if token_ids is not None else assembler.encode(text))
+            else:
+                if isinstance(segment, Input):
+                    await self.values[segment.var]
+                ids.extend(self._ids(segment))
+
+    def _ids(self, segment: Text | Input) -> Sequence[int]:
+        """A segment's ids (an Input's value must be known): generated ids spliced as is."""
+        if isinstance(segment, Text):
+            return self.core.assembler.encode(segment.text)
+        text, token_ids = self.values[segment.var].result()
+        return token_ids if token_ids is not None else self.core.assembler.encode(text)
 
     async def run_transform(self, transform: Transform) -> None:
         inputs = [(await self.values[v])[0] for v in transform.inputs]

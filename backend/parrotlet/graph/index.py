@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from parrotlet.graph.ir import Call, Graph, GraphError, Transform
+from parrotlet.graph.ir import CHAT_ROLES, Call, Graph, GraphError, Output, Role, Transform
 from parrotlet.graph.transforms import check_transform_args
 
 Node = Call | Transform
@@ -77,7 +77,7 @@ class GraphIndex:
                 raise GraphError(f"{kind} id {node.id!r} is used twice")
             seen.add(node.id)
             if isinstance(node, Call):
-                _check_call(node)
+                check_call(node)
             else:
                 check_transform_args(node)
             for var in _outputs(node):
@@ -118,13 +118,36 @@ class GraphIndex:
                 stack.append((parent, iter(_inputs(nodes[parent]))))
 
 
-def _check_call(call: Call) -> None:
+def check_call(call: Call) -> None:
+    """GraphError where `call` alone is malformed (outputs, roles), whatever the graph around it."""
     if not call.outputs:
         raise GraphError(f"call {call.id!r} has no output")
     if len(set(call.outputs)) != len(call.outputs):
         raise GraphError(f"call {call.id!r} names an output twice")
     if set(call.inputs) & set(call.outputs):
         raise GraphError(f"call {call.id!r} reads a variable it produces")
+    _check_roles(call)
+
+
+def _check_roles(call: Call) -> None:
+    """Role segments: chat calls only, first segment, before the first Output, known names,
+    each followed by content."""
+    roles = [i for i, s in enumerate(call.segments) if isinstance(s, Role)]
+    if not roles:
+        return
+    if not call.chat:
+        raise GraphError(f"call {call.id!r} has role segments but is not a chat call")
+    if roles[0] != 0:
+        raise GraphError(f"call {call.id!r}: with role segments, the first segment must be a role")
+    first_output = next(i for i, s in enumerate(call.segments) if isinstance(s, Output))
+    for i in roles:
+        role = call.segments[i].role  # type: ignore[union-attr]
+        if role not in CHAT_ROLES:
+            raise GraphError(f"call {call.id!r}: role {role!r} is not one of {list(CHAT_ROLES)}")
+        if i > first_output:
+            raise GraphError(f"call {call.id!r}: a role segment follows the first output")
+        if i + 1 == first_output or i + 1 in roles:
+            raise GraphError(f"call {call.id!r}: the {role!r} message at segment {i} is empty")
 
 
 def _inputs(node: Node) -> tuple[str, ...]:

@@ -46,15 +46,26 @@ class Output:
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
-Segment = Text | Input | Output
+@dataclass(frozen=True)
+class Role:
+    """In a chat call, starts a new message of `role` (one of CHAT_ROLES) before the first Output;
+    the Text and Input segments after it, up to the next Role or Output, are its content."""
+
+    role: str
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+Segment = Text | Input | Output | Role
 
 
 @dataclass(frozen=True)
 class Call:
     """One semantic call: a template whose Output segments are generated in order.
 
-    With `chat`, the text up to the first Output is sent as a user message through the model's
-    chat template (later segments continue the assistant turn as plain text).
+    With `chat`, the text up to the first Output is rendered through the model's chat template:
+    as one user message, or as the messages that Role segments start (see `messages`); later
+    segments continue the assistant turn as plain text.
     `objective`, `group` and `priority` are set by ServeCore's analysis, never by the client.
     """
 
@@ -69,6 +80,23 @@ class Call:
     @property
     def outputs(self) -> tuple[str, ...]:
         return tuple(s.var for s in self.segments if isinstance(s, Output))
+
+    @property
+    def messages(self) -> tuple[tuple[str, tuple[Text | Input, ...]], ...]:
+        """The chat messages before the first Output as (role, content segments); a call
+        without Role segments is one user message. Validation (graph/index.py) guarantees that
+        a call with Roles starts with one."""
+        messages: list[tuple[str, list[Text | Input]]] = []
+        for s in self.segments:
+            if isinstance(s, Output):
+                break
+            if isinstance(s, Role):
+                messages.append((s.role, []))
+            else:
+                if not messages:
+                    messages.append(("user", []))
+                messages[-1][1].append(s)
+        return tuple((role, tuple(content)) for role, content in messages) or (("user", ()),)
 
 
 TRANSFORM_OPS = ("join", "format", "slice", "split", "json_field", "regex", "strip")
@@ -155,6 +183,8 @@ def _call_dict(c: Call) -> dict[str, Any]:
             segments.append({"text": s.text})
         elif isinstance(s, Input):
             segments.append({"input": s.var})
+        elif isinstance(s, Role):
+            segments.append({"role": s.role})
         else:
             segments.append({"output": s.var, "sampling": s.sampling.to_dict()})
     return {"id": c.id, "chat": c.chat, "segments": segments}
@@ -204,7 +234,7 @@ def _parse_call(data: Any, where: str) -> Call:
 
 
 def _parse_segment(data: Any, where: str) -> Segment:
-    data = _mapping(data, where, ("text", "input", "output", "sampling"))
+    data = _mapping(data, where, ("text", "input", "output", "sampling", "role"))
     if "text" in data:
         if not isinstance(data["text"], str) or len(data) != 1:
             raise GraphError(f"{where}: a text segment is {{'text': str}}")
@@ -220,7 +250,12 @@ def _parse_segment(data: Any, where: str) -> Segment:
         except (ValueError, TypeError) as exc:
             raise GraphError(f"{where}.sampling: {exc}") from None
         return Output(_str(data, "output", where), params)
-    raise GraphError(f"{where} must have one of 'text', 'input', 'output'")
+    if "role" in data:
+        role = data["role"]
+        if role not in CHAT_ROLES or len(data) != 1:
+            raise GraphError(f"{where}: a role segment is {{'role': one of {list(CHAT_ROLES)}}}")
+        return Role(role)
+    raise GraphError(f"{where} must have one of 'text', 'input', 'output', 'role'")
 
 
 def _parse_transform(data: Any, where: str) -> Transform:

@@ -41,12 +41,7 @@ class CallRunner:
 
     def prompt_prefix(self, session: Session, call: Call) -> list[int]:
         """The prompt ids up to the first output (all inputs of a ready call are set)."""
-        ids = list(self.assembler.chat_head) if call.chat else []
-        for segment in call.segments:
-            if isinstance(segment, Output):
-                return ids + list(self.assembler.chat_tail) if call.chat else ids
-            ids.extend(self._segment_ids(session, segment))
-        return ids
+        return self.assembler.prefix_ids(call, lambda s: self._segment_ids(session, s))
 
     async def run(
         self,

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 from parrotlet.engine.sampling_params import SamplingParams
-from parrotlet.graph.index import GraphIndex
+from parrotlet.graph.index import GraphIndex, check_call
 from parrotlet.graph.ir import Call, Graph, Input, Output, PerfCriterion, Text, Variable
 from parrotlet.serve.config import ServeConfig
 from parrotlet.serve.engines import EngineHandle, LocalEngine, ModelInfo
@@ -265,17 +265,25 @@ class ServeCore:
         self.executor.value_set(session, "prompt", by_server=False)
 
     def _check_prompt_fits(self, session: Session, graph: Graph, call: Call) -> None:
-        """Reject at submit a call whose known text alone exceeds the model's context."""
+        """Reject at submit a malformed call, or one whose known text alone exceeds the model's
+        context (or whose role sequence the chat template rejects)."""
+        check_call(call)
         known = {v.name: v.value for v in graph.variables if v.value is not None}
         for name, state in session.variables.items():
             if state.value is not None:
                 known[name] = state.value
-        num = len(self.assembler.chat_head) + len(self.assembler.chat_tail) if call.chat else 0
-        for seg in call.segments:
+
+        def segment_ids(seg: Text | Input) -> Sequence[int]:
             if isinstance(seg, Text):
-                num += len(self.assembler.encode(seg.text))
-            elif isinstance(seg, Input) and seg.var in known:
-                num += len(self.assembler.encode(known[seg.var] or ""))
+                return self.assembler.encode(seg.text)
+            return self.assembler.encode(known[seg.var] or "") if seg.var in known else ()
+
+        num = len(self.assembler.prefix_ids(call, segment_ids))  # GraphError: template rejects
+        seen_output = False
+        for seg in call.segments:
+            seen_output = seen_output or isinstance(seg, Output)
+            if seen_output and isinstance(seg, Text | Input):
+                num += len(segment_ids(seg))
         if num >= self.max_model_len:
             raise GraphError(
                 f"call {call.id!r}: prompt has at least {num} tokens, "

@@ -1,16 +1,22 @@
 """PromptAssembler: builds a call's prompt as token ids from text segments and variable values.
 
 Generated variables are spliced as the token ids they were generated as; text is tokenized once
-per distinct string. With `chat`, the text before the first output is wrapped in the model's chat
-template (the template's head and tail are tokenized once).
+per distinct string. With `chat`, the messages before the first output (graph/ir.py
+`Call.messages`) are wrapped in the model's chat template: the template's "glue" around the
+message contents is rendered once per role sequence (with marker contents, split at the markers)
+and tokenized once, so a prompt is glue ids and content ids interleaved.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
-_MARK = "\x00parrotlet-content\x00"
+from parrotlet.graph.ir import Call, GraphError, Input, Output, Text
+
+_MARK = "\x00parrotlet-content-{}\x00"
+
+SegmentIds = Callable[[Text | Input], Sequence[int]]
 
 
 class PromptAssembler:
@@ -20,20 +26,50 @@ class PromptAssembler:
         self.tokenizer = tokenizer
         self.stop_token_ids = set(stop_token_ids)
         self.encode = lru_cache(maxsize=4096)(self._encode)
-        self.chat_head, self.chat_tail = self._chat_parts()
+        self.chat_glue = lru_cache(maxsize=256)(self._chat_glue)
+        self.chat_head, self.chat_tail = self.chat_glue(("user",))
 
     def _encode(self, text: str) -> tuple[int, ...]:
         return tuple(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _chat_parts(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Token ids the chat template puts before and after a single user message."""
+    def prefix_ids(self, call: Call, segment_ids: SegmentIds) -> list[int]:
+        """The prompt ids up to the first output; `segment_ids` gives a Text's or Input's ids."""
+        if not call.chat:
+            ids: list[int] = []
+            for segment in call.segments:
+                if isinstance(segment, Output):
+                    break
+                ids.extend(segment_ids(segment))  # type: ignore[arg-type]
+            return ids
+        messages = call.messages
+        glue = self.chat_glue(tuple(role for role, _ in messages))
+        ids = list(glue[0])
+        for (_, content), after in zip(messages, glue[1:], strict=True):
+            for segment in content:
+                ids.extend(segment_ids(segment))
+            ids.extend(after)
+        return ids
+
+    def _chat_glue(self, roles: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+        """Token ids the chat template puts before, between and after messages of `roles`
+        (len(roles) + 1 pieces); GraphError where the template rejects the role sequence."""
         if not getattr(self.tokenizer, "chat_template", None):
-            return (), ()
-        rendered = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": _MARK}], tokenize=False, add_generation_prompt=True
-        )
-        head, _, tail = rendered.partition(_MARK)
-        return self.encode(head), self.encode(tail)
+            return ((),) * (len(roles) + 1)
+        marks = [_MARK.format(i) for i in range(len(roles))]
+        messages = [{"role": r, "content": m} for r, m in zip(roles, marks, strict=True)]
+        try:
+            rest = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # jinja raises TemplateError for unsupported role orders
+            raise GraphError(f"the chat template rejects roles {list(roles)}: {exc}") from None
+        pieces = []
+        for mark in marks:
+            piece, found, rest = rest.partition(mark)
+            if not found:
+                raise GraphError(f"the chat template drops a message of roles {list(roles)}")
+            pieces.append(self.encode(piece))
+        return (*pieces, self.encode(rest))
 
     def spliceable_ids(self, value: str, generated: Sequence[int]) -> list[int] | None:
         """The generated ids to splice for `value`, or None where they do not spell it exactly

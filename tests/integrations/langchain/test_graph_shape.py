@@ -17,7 +17,9 @@ from examples.langchain_map_reduce import MAP, REDUCE, lcel_map_reduce
 from examples.langchain_refine import REFINE, SUMMARIZE, refine_summary
 from langchain_parrotlet import ChatParrotlet, SemanticText, as_graph, parrotlet_graph
 from parrotlet.engine.sampling_params import SamplingParams
-from parrotlet.graph.ir import Call, Graph, Input, Output, Text, Transform
+from parrotlet.graph.ir import Call, Graph, Input, Output, Role, Text, Transform
+
+from .test_system_prompt import SHORTENER, SUMMARIZER, TEXT, two_steps
 
 GREEDY_4 = SamplingParams(temperature=0, max_tokens=4)
 
@@ -94,3 +96,28 @@ def test_as_graph_returns_plain_values(chat: ChatParrotlet) -> None:
     assert outputs == ["value", "value"] and all(type(o) is str for o in outputs)
     message = as_graph(chat, chat).invoke("hi")
     assert type(message.content) is str and message.content == "value"
+
+
+def test_system_prompt_steps_are_calls_with_role_segments(chat: ChatParrotlet) -> None:
+    with parrotlet_graph(chat) as scope:
+        two_steps(chat, TEXT)
+        graph = scope.session.take_pending()
+    sampling = GREEDY_4
+    assert graph == Graph(
+        calls=(
+            Call(
+                "lc-1",
+                (Role("system"), Text(SUMMARIZER), Role("user"), Text(f"Summarize: {TEXT}"),
+                 Output("lc-1.out", sampling)),
+            ),
+            Call(
+                "lc-2",
+                (Role("system"), Text(SHORTENER), Role("user"), Input("lc-prompt-1"),
+                 Output("lc-2.out", sampling)),
+            ),
+        ),
+        transforms=(
+            Transform("lc-prompt-1", "format", ("lc-1.out",), "lc-prompt-1",
+                      {"template": "Shorten: {0}"}),
+        ),
+    )  # fmt: skip

@@ -14,7 +14,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 import parrotlet as P
-from langchain_parrotlet import ChatParrotlet, ParrotletLLM, parrotlet_graph
+from langchain_parrotlet import ChatParrotlet, ParrotletLLM, SemanticText, parrotlet_graph
 
 from .conftest import Requests
 
@@ -82,15 +82,19 @@ def test_chat_batch_is_one_graph_with_the_same_template(
     assert replies[0].response_metadata["finish_reason"] == "length"
 
 
-def test_several_messages_go_through_the_chat_route(client: P.Client) -> None:
+def test_several_messages_are_a_chat_request_or_one_graph_call(client: P.Client) -> None:
     chat = make_chat(client)
     prompt = [SystemMessage("You only answer with numbers."), HumanMessage("How many legs?")]
     requests = Requests(client)
     reply = chat.invoke(prompt)
     assert requests.delta() == {"complete": 1}
+    assert reply.content == "The answer is 2."
+    requests = Requests(client)
     with parrotlet_graph(chat):
-        assert type(chat.invoke(prompt).content) is str  # not a graph call: real text
-    assert chat.invoke(prompt).content == reply.content
+        content = chat.invoke(prompt).content
+        assert isinstance(content, SemanticText)  # a graph call with Role segments
+        assert content == reply.content
+    assert requests.delta() == {"create_session": 1, "submit": 1, "get": 1, "delete_session": 1}
 
 
 def test_streams_concatenate_to_invokes(client: P.Client, replies: list[AIMessage]) -> None:
