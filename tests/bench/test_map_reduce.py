@@ -10,26 +10,11 @@ import pytest
 from parrotlet.bench.apps import PARROTLET, REQUEST_LEVEL, run_apps
 from parrotlet.bench.workloads import map_reduce
 from parrotlet.bench.workloads.map_reduce import MAP_TAIL, SMOKE, engines, map_reduce_app
-from parrotlet.engine.scheduler import Scheduler
 from parrotlet.graph.ir import Input, PerfCriterion, Transform
 
 pytestmark = pytest.mark.anyio
 
 SIZES = dict(SMOKE, instruction_tokens=20)
-
-
-@pytest.fixture
-def admissions(monkeypatch) -> list[tuple[int, int, bool]]:
-    """(prompt tokens, priority class, in a task group) of each sequence the engine queues."""
-    seen: list[tuple[int, int, bool]] = []
-    add = Scheduler.add
-
-    def record(self, seq):
-        seen.append((seq.num_tokens, seq.priority_class, seq.group is not None))
-        add(self, seq)
-
-    monkeypatch.setattr(Scheduler, "add", record)
-    return seen
 
 
 def n_tokens(bench, text: str) -> int:

@@ -11,24 +11,9 @@ from parrotlet.bench.apps import PARROTLET, REQUEST_LEVEL, run_apps
 from parrotlet.bench.workloads import mixed
 from parrotlet.bench.workloads.map_reduce import MAP_TAIL
 from parrotlet.bench.workloads.mixed import SMOKE, bulk_apps, chat_apps
-from parrotlet.engine.scheduler import Scheduler
 from parrotlet.graph.ir import PerfCriterion
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def admissions(monkeypatch) -> list[tuple[int, int, bool]]:
-    """(prompt tokens, priority class, in a task group) of each sequence the engine queues."""
-    seen: list[tuple[int, int, bool]] = []
-    add = Scheduler.add
-
-    def record(self, seq):
-        seen.append((seq.num_tokens, seq.priority_class, seq.group is not None))
-        add(self, seq)
-
-    monkeypatch.setattr(Scheduler, "add", record)
-    return seen
 
 
 def test_chats_arrive_as_a_seeded_poisson_stream(tiny_bench, synthetic):

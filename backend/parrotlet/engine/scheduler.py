@@ -27,14 +27,15 @@ class ScheduledBatch:
     admitted: list[Sequence] = field(default_factory=list)  # first admissions, for accounting
     preempted: list[Sequence] = field(default_factory=list)
     failed: list[Sequence] = field(default_factory=list)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(self.num_new_tokens)
+    num_tokens: int = 0  # sum(num_new_tokens), kept as sequences are added
+    num_bulk_tokens: int = 0  # of those, the tokens of sequences less urgent than class 0
 
     def add(self, seq: Sequence, num_tokens: int) -> None:
         self.seqs.append(seq)
         self.num_new_tokens.append(num_tokens)
+        self.num_tokens += num_tokens
+        if seq.priority_class > 0:
+            self.num_bulk_tokens += num_tokens
 
 
 class Scheduler:
@@ -107,11 +108,7 @@ class Scheduler:
         room = self.config.max_num_batched_tokens - batch.num_tokens
         cap = self.config.latency_max_num_batched_tokens
         if self._latency_step and cap is not None and seq.priority_class > 0:
-            bulk = sum(
-                n for s, n in zip(batch.seqs, batch.num_new_tokens, strict=True)
-                if s.priority_class > 0
-            )  # fmt: skip
-            room = min(room, cap - bulk)
+            room = min(room, cap - batch.num_bulk_tokens)
         return room
 
     # ---- steps of schedule() -------------------------------------------------------------
