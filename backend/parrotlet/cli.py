@@ -104,19 +104,23 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser, SchedulerConfig)
 
 
+FLAG_ALIASES = {"attention_backend": ("--attention",)}
+"""Shorter spellings of some config flags (the long form always works too)."""
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """One `--field-name` flag per scalar field of the config dataclass `cls`."""
+    """One `--field-name` flag per scalar field of the config dataclass `cls` (plus aliases)."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__)
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
         kind = _scalar_type(hints[field.name])
-        flag = "--" + field.name.replace("_", "-")
+        flags = ("--" + field.name.replace("_", "-"), *FLAG_ALIASES.get(field.name, ()))
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=field.default)
         else:
-            group.add_argument(flag, type=kind, default=field.default, dest=field.name)
+            group.add_argument(*flags, type=kind, default=field.default, dest=field.name)
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **nested: object) -> object:

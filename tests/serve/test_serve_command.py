@@ -36,6 +36,14 @@ def test_serve_parser_accepts_its_flags() -> None:
     )
 
 
+def test_serve_attention_flag_and_its_alias() -> None:
+    for flag in ("--attention", "--attention-backend"):
+        args = _build_parser().parse_args(["serve", "--device", "cuda", flag, "reference"])
+        engine = _engine_config(args)
+        assert (engine.device, engine.attention_backend) == ("cuda", "reference")
+    assert _engine_config(_build_parser().parse_args(["serve"])).attention_backend == "auto"
+
+
 def test_serve_defaults() -> None:
     args = _build_parser().parse_args(["serve"])
 

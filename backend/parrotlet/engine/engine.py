@@ -76,12 +76,13 @@ class LLMEngine:
         self._ids = itertools.count()
         self._counters = dict.fromkeys(("computed", "prompt", "cached", "preemptions", "steps"), 0)
         logger.info(
-            "KV cache: %d blocks x %d tokens = %d tokens of capacity (%s, %s)",
+            "KV cache: %d blocks x %d tokens = %d tokens of capacity (%s, %s); attention: %s",
             spec.num_blocks,
             spec.block_size,
             self.capacity_tokens,
             spec.dtype,
             spec.device,
+            type(attention).__name__,
         )
 
     @classmethod

@@ -1,0 +1,190 @@
+"""Where a decode step's GPU time goes: per-kernel device time of the engine's CUDA-graph step.
+
+Builds a Llama-3-8B architecture with random bf16 weights (nothing is downloaded), runs a decode
+batch through the engine so its CUDA graph is captured, then profiles graph replays and prints,
+per kernel family, the device microseconds per step next to the replay's wall time and the
+bytes floor (weights + KV over the copy bandwidth measured in the same run). Writes
+benchmarks/results/profile_decode_step.json (and $OUT/profile_decode_step.json when $OUT is set).
+
+    python benchmarks/profile_decode_step.py [--batches 1 64] [--context 160]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from parrotlet.bench.setup import random_model
+from parrotlet.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from parrotlet.engine.cuda_graphs import bucket_for
+from parrotlet.engine.engine import LLMEngine
+from parrotlet.engine.sampling_params import SamplingParams
+
+VOCAB = 128256  # Llama 3's vocabulary, as benchmarks/engine_decode.py uses
+FAMILIES = [  # (family, regex over the kernel name), first match wins
+    ("gemm", r"gemm|gemv|cutlass|sm90_xmma|nvjet|splitK"),
+    ("attention", r"flashinfer.*(Prefill|Decode|Merge|Partition|VariableLength)|PersistentKernel"),
+    ("rmsnorm", r"RMSNorm|rmsnorm"),
+    ("rope", r"Rope|rope|Rotary"),
+    ("silu_mul", r"act_and_mul|silu"),
+    ("kv_write", r"index_copy|indexing_backward|index_put|scatter"),
+    ("copy", r"copy|Copy|elementwise_kernel|vectorized"),
+    ("sampling", r"argmax|reduce|Reduce"),
+]
+
+
+def family(name: str) -> str:
+    for fam, pattern in FAMILIES:
+        if re.search(pattern, name):
+            return fam
+    return "other"
+
+
+def make_engine(model, batch: int, context: int) -> LLMEngine:
+    blocks = batch * -(-(context + 64) // 16) + 16
+    config = EngineConfig(
+        device="cuda",
+        dtype="bfloat16",
+        shared_prefix_attention=False,
+        cache=CacheConfig(block_size=16, num_blocks=blocks, enable_prefix_caching=False),
+        scheduler=SchedulerConfig(max_num_batched_tokens=batch * context, max_num_seqs=batch),
+    )
+    return LLMEngine(config, model, tokenizer=None)
+
+
+def capture(engine: LLMEngine, batch: int, context: int) -> int:
+    """Run a batch to `context` tokens so the decode graph of its size exists; its bucket."""
+    g = torch.Generator().manual_seed(batch)
+    prompts = torch.randint(1, VOCAB, (batch, context - 8), generator=g).tolist()
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    for p in prompts:
+        engine.add_request(p, params)
+    while engine.has_unfinished():
+        engine.step()
+    graphs = engine.runner.graphs
+    assert graphs is not None, "CUDA graphs are off: is flashinfer installed?"
+    size = bucket_for(graphs.sizes, batch)
+    assert size in graphs.captured_sizes
+    return size
+
+
+def replay_ms(engine: LLMEngine, size: int, replays: int = 30) -> float:
+    graphs = engine.runner.graphs
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graphs.replay_last(size)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def kernel_table(engine: LLMEngine, size: int, replays: int = 10) -> dict[str, dict]:
+    """Per kernel name: calls and device microseconds per step."""
+    graphs = engine.runner.graphs
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graphs.replay_last(size)
+        torch.cuda.synchronize()
+    table: dict[str, dict] = {}
+    for event in prof.key_averages():
+        device_us = getattr(event, "device_time_total", 0.0) or 0.0
+        if device_us and event.count:
+            table[event.key] = dict(calls=event.count / replays, us=device_us / replays)
+    return table
+
+
+def floor_ms(model, batch: int, context: int, bandwidth: float) -> float:
+    cfg = model.config
+    weights = sum(p.numel() for p in model.parameters()) - model.embed_tokens.weight.numel()
+    kv = batch * context * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim
+    return (weights + kv + batch * cfg.hidden_size) * 2 / bandwidth * 1e3
+
+
+def copy_bandwidth() -> float:
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    end.synchronize()
+    return 2 * src.numel() * 10 / (start.elapsed_time(end) / 1e3)
+
+
+def profile_batch(model, batch: int, context: int, bandwidth: float) -> dict:
+    engine = make_engine(model, batch, context)
+    size = capture(engine, batch, context)
+    wall = replay_ms(engine, size)
+    table = kernel_table(engine, size)
+    families: dict[str, float] = defaultdict(float)
+    for name, row in table.items():
+        families[family(name)] += row["us"]
+    kernels_ms = sum(r["us"] for r in table.values()) / 1e3
+    result = dict(
+        batch=batch,
+        context=context,
+        replay_ms=round(wall, 3),
+        kernels_ms=round(kernels_ms, 3),
+        floor_ms=round(floor_ms(model, batch, context, bandwidth), 3),
+        launches=round(sum(r["calls"] for r in table.values())),
+        families_us={k: round(v, 1) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
+        kernels=[
+            dict(name=name[:120], calls=r["calls"], us=round(r["us"], 1))
+            for name, r in sorted(table.items(), key=lambda kv: -kv[1]["us"])
+        ],
+    )
+    del engine
+    torch.cuda.empty_cache()
+    return result
+
+
+def print_result(r: dict) -> None:
+    print(
+        f"batch {r['batch']}: replay {r['replay_ms']} ms, kernels {r['kernels_ms']} ms, "
+        f"floor {r['floor_ms']} ms, {r['launches']} launches/step"
+    )
+    for fam, us in r["families_us"].items():
+        print(f"  {fam:<10} {us:9.1f} us")
+    for k in r["kernels"][:14]:
+        print(f"    {k['us']:8.1f} us {k['calls']:6.1f}x  {k['name'][:90]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--context", type=int, default=160)
+    args = parser.parse_args()
+    model = random_model("llama3-8b-random", VOCAB, torch.bfloat16, torch.device("cuda"))
+    bandwidth = copy_bandwidth()
+    report = dict(
+        benchmark="profile_decode_step",
+        device=torch.cuda.get_device_name(),
+        copy_bandwidth_gb_s=round(bandwidth / 1e9, 1),
+        rows=[profile_batch(model, b, args.context, bandwidth) for b in args.batches],
+    )
+    for row in report["rows"]:
+        print_result(row)
+    paths = [Path(__file__).parent / "results" / "profile_decode_step.json"]
+    if os.environ.get("OUT"):
+        paths.append(Path(os.environ["OUT"]) / "profile_decode_step.json")
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
