@@ -2,7 +2,8 @@
 
 Builds a Llama-3-8B architecture with random bf16 weights on the GPU (nothing is downloaded), runs
 B requests (random prompts, fixed output length, EOS ignored) through the parrotlet engine with
-CUDA graphs (the default) and without (eager), and the same batch through `transformers`
+CUDA graphs and async scheduling (the defaults), without async scheduling, and without CUDA graphs
+(eager), and the same batch through `transformers`
 generate. The floor of a decode step is (weight bytes + KV bytes read) / the device copy
 bandwidth measured in the same run. Prints one summary line and writes
 benchmarks/results/engine_decode.json (and $OUT/engine_decode.json when $OUT is set).
@@ -84,7 +85,11 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeats: int = 1
 
 
 def make_engine(
-    model: LlamaForCausalLM, device: str, args: argparse.Namespace, cuda_graphs: bool
+    model: LlamaForCausalLM,
+    device: str,
+    args: argparse.Namespace,
+    cuda_graphs: bool,
+    async_scheduling: bool = True,
 ) -> LLMEngine:
     max_batch = max(args.batches)
     tokens_per_seq = args.prompt_len + args.max_tokens + 16
@@ -93,6 +98,7 @@ def make_engine(
         dtype="bfloat16" if device != "cpu" else "float32",
         shared_prefix_attention=False,
         cuda_graphs=cuda_graphs,
+        async_scheduling=async_scheduling,
         cache=CacheConfig(
             block_size=16,
             num_blocks=max_batch * -(-tokens_per_seq // 16) + 16,
@@ -205,7 +211,7 @@ def replay_seconds(engine: LLMEngine, batch: int, replays: int = 20) -> float | 
 
 
 def bench_batch(engines, hf_model, model, batch: int, args, bandwidth: float) -> dict:
-    """`engines`: (with CUDA graphs, eager)."""
+    """`engines`: (CUDA graphs, eager, CUDA graphs without async scheduling)."""
     g = torch.Generator().manual_seed(batch)
     vocab = model.config.vocab_size
     prompts = torch.randint(1, vocab, (batch, args.prompt_len), generator=g).tolist()
@@ -213,11 +219,12 @@ def bench_batch(engines, hf_model, model, batch: int, args, bandwidth: float) ->
     for engine in engines:
         run_engine(engine, prompts, 4)  # warm-up: JIT kernels, allocator, graph capture
         timings.append(run_engine(engine, prompts, args.max_tokens))
-    (total, steps), (_, eager_steps) = timings
+    (total, steps), (_, eager_steps), (_, sync_steps) = timings
     replay = replay_seconds(engines[0], batch)
     run_transformers(hf_model, prompts, 2)
     hf_seconds = run_transformers(hf_model, prompts, args.max_tokens)
     step, eager_step = statistics.median(steps), statistics.median(eager_steps)
+    sync_step = statistics.median(sync_steps)
     context = args.prompt_len + args.max_tokens // 2
     floor = floor_seconds(model, batch, context, bandwidth)
     eager = engines[1]
@@ -229,6 +236,8 @@ def bench_batch(engines, hf_model, model, batch: int, args, bandwidth: float) ->
         "floor_ms": round(floor * 1e3, 3),
         "step_over_floor": round(step / floor, 3),
         "replay_ms": None if replay is None else round(replay * 1e3, 3),
+        "sync_step_ms": round(sync_step * 1e3, 3),
+        "sync_over_floor": round(sync_step / floor, 3),
         "eager_step_ms": round(eager_step * 1e3, 3),
         "eager_over_floor": round(eager_step / floor, 3),
         "graph_step_ms": round(graph * 1e3, 3),
@@ -252,7 +261,10 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     arch = TINY if args.tiny else LLAMA3_8B
     hf_model, model = build_models(arch, device, dtype)
-    engines = [make_engine(model, args.device, args, cuda_graphs=g) for g in (True, False)]
+    engines = [
+        make_engine(model, args.device, args, cuda_graphs=g, async_scheduling=a)
+        for g, a in ((True, True), (False, True), (True, False))
+    ]
     engine = engines[0]
     bandwidth = copy_bandwidth(device)
     rows = [bench_batch(engines, hf_model, model, b, args, bandwidth) for b in args.batches]
@@ -274,7 +286,8 @@ def main() -> None:
     first, big = by_batch[min(by_batch)], by_batch[max(by_batch)]
     print(
         f"engine_decode on {report['device']}: batch {first['batch']} step {first['step_ms']} ms"
-        f" = {first['step_over_floor']}x the floor (eager {first['eager_over_floor']}x, eager"
+        f" = {first['step_over_floor']}x the floor (without async scheduling"
+        f" {first['sync_over_floor']}x, eager {first['eager_over_floor']}x, eager"
         f" kernels in one CUDA graph {first['graph_over_floor']}x); batch {big['batch']}"
         f" {big['engine_tok_s']} tok/s = {big['speedup_vs_transformers']}x transformers"
         f" ({report['attention']}, CUDA graphs {report['cuda_graphs']})"

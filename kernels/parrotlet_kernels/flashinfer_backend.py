@@ -257,6 +257,30 @@ def flashinfer_ops(device: torch.device, prefill_backend: str = "fa2") -> FlashI
     )
 
 
+class PlanFence:
+    """Keeps plan() from rewriting pinned host buffers whose copies have not run yet.
+
+    flashinfer's plan() copies its host-side schedule from a pinned buffer to the device
+    asynchronously and rewrites that buffer on the next plan(). When the host runs ahead of the
+    device (async scheduling), the next plan() could overwrite it before the copy ran; `wait()`
+    at the start of a plan blocks until the previous plan's copies are done (at once in
+    practice: they run first in the step the device starts next), `passed()` marks the end.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._event: torch.cuda.Event | None = None
+
+    def wait(self) -> None:
+        if self._event is not None and not self._event.query():
+            self._event.synchronize()
+
+    def passed(self) -> None:
+        if self._cuda:
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+
 @dataclass(frozen=True)
 class _Plan:
     """What forward() needs for one step, built once by plan()."""
@@ -308,6 +332,7 @@ class FlashInferBackend:
         )
         self._rows = [c.view(-1, spec.num_kv_heads, spec.head_dim) for c in kv_caches]
         self._plan: _Plan | None = None
+        self._fence = PlanFence(spec.device)
 
     def cascaded_groups(self, groups: Sequence[PrefixGroup]) -> list[PrefixGroup]:
         """The groups whose shared prefix plan() attends once per group (the cascade policy)."""
@@ -323,6 +348,7 @@ class FlashInferBackend:
     def plan(self, metadata: AttentionMetadata) -> None:
         """Check the host side of `metadata` (ValueError) and plan this step's kernels."""
         validate_metadata(metadata, self.spec, device=False)
+        self._fence.wait()
         spec = self.spec
         groups = self.cascaded_groups(metadata.prefix_groups)
         layout = plan_step(
@@ -347,6 +373,7 @@ class FlashInferBackend:
         self._plan = _Plan(
             metadata.num_tokens, key_rows, key_rows + spec.block_size, order, inverse, own, shared
         )
+        self._fence.passed()
 
     def forward(
         self,
@@ -451,6 +478,7 @@ class GraphDecodeAttention:
         self._key_rows = torch.zeros(max_batch_size, dtype=torch.long, device=device)
         self._value_rows = torch.zeros(max_batch_size, dtype=torch.long, device=device)
         self._wrappers: dict[int, Any] = {}
+        self._fence = PlanFence(device)
 
     @property
     def max_pages(self) -> int:
@@ -467,6 +495,7 @@ class GraphDecodeAttention:
         batch_size, spec, bs = len(last_page_len), self.spec, self.spec.block_size
         if pages.numel() > self.max_pages:
             raise ValueError(f"{pages.numel()} pages exceed the buffer of {self.max_pages}")
+        self._fence.wait()
         key_rows, value_rows = self._key_rows[:batch_size], self._value_rows[:batch_size]
         torch.add(slots, slots.div(bs, rounding_mode="floor") * bs, out=key_rows)
         torch.add(key_rows, bs, out=value_rows)
@@ -483,6 +512,7 @@ class GraphDecodeAttention:
             kv_data_type=spec.dtype,
             sm_scale=spec.scale,
         )
+        self._fence.passed()
 
     def forward(
         self,

@@ -34,16 +34,23 @@ def checkpoint(tmp_path_factory) -> tuple[Path, transformers.PreTrainedModel]:
     return folder, model
 
 
-def make_engine(folder: Path, dtype: str, cuda_graphs: bool) -> LLMEngine:
+def make_engine(
+    folder: Path,
+    dtype: str,
+    cuda_graphs: bool,
+    async_scheduling: bool | None = None,
+    budget: int = 4096,
+) -> LLMEngine:
     config = EngineConfig(
         model=str(folder),
         device="cuda",
         dtype=dtype,
         attention_backend="flashinfer",
         cuda_graphs=cuda_graphs,
+        async_scheduling=async_scheduling,
         shared_prefix_min_tokens=0,
         cache=CacheConfig(block_size=16, num_blocks=512),
-        scheduler=SchedulerConfig(max_num_batched_tokens=4096, max_num_seqs=64),
+        scheduler=SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=64),
     )
     model, _ = load_model(folder, dtype=resolve_dtype(config), device=torch.device("cuda"))
     return LLMEngine(config, model, tokenizer=None)
@@ -93,6 +100,18 @@ def test_graph_tokens_equal_eager_tokens(checkpoint, dtype, batch):
     assert graphs is not None and graphs.num_replays > 0
     assert bucket_for(graphs.sizes, batch) in graphs.captured_sizes
     assert_equal_up_to_near_ties(hf_model, prompts, actual, expected, NEAR_TIE[dtype])
+
+
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+@pytest.mark.parametrize("budget", [4096, 48])  # 48: chunked prefills mixed with decodes
+def test_async_scheduling_tokens_equal_sync(checkpoint, cuda_graphs, budget):
+    """Async scheduling runs the same batches with the same kernels: identical tokens."""
+    folder, _ = checkpoint
+    prompts = make_prompts([3 + (17 * i) % 90 for i in range(13)], seed=5)
+    sync = make_engine(folder, "bfloat16", cuda_graphs, async_scheduling=False, budget=budget)
+    engine = make_engine(folder, "bfloat16", cuda_graphs, budget=budget)
+    assert engine.async_scheduling and not sync.async_scheduling  # on by default on CUDA
+    assert generate(engine, prompts) == generate(sync, prompts)
 
 
 @pytest.mark.parametrize("cascade", ["auto", "always"])

@@ -250,3 +250,45 @@ def test_latency_cap_must_be_positive():
 
     with pytest.raises(ValueError, match="latency_max_num_batched_tokens must be >= 1, got 0"):
         SchedulerConfig(latency_max_num_batched_tokens=0)
+
+
+def launch_step(batch) -> None:
+    """What the async engine does when it launches a batch: advance, mark sampled tokens
+    pending (their ids are read a step later)."""
+    for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+        seq.num_computed_tokens += n
+        if seq.num_computed_tokens == seq.num_tokens:
+            seq.add_pending()
+
+
+def test_pending_tokens_are_scheduled_but_never_past_max_len():
+    sched = make_scheduler()
+    a, b = make_seq("a", 6), make_seq("b", 6)
+    a.max_len, b.max_len = 8, 7  # a may generate 2 tokens, b 1
+    sched.add(a)
+    sched.add(b)
+    launch_step(first := sched.schedule())
+    second = sched.schedule()  # both pending: a computes its pending token, b awaits finish
+
+    assert scheduled(first) == [("a", 6), ("b", 6)]
+    assert scheduled(second) == [("a", 1)]
+    assert (a.num_known_tokens, a.num_tokens, b.awaits_finish) == (6, 7, True)
+    launch_step(second)
+    assert a.num_pending == 2 and a.awaits_finish and scheduled(sched.schedule()) == []
+
+
+def test_a_preempted_sequence_with_a_pending_token_waits_for_its_id():
+    sched = make_scheduler(max_seqs=1)
+    bulk = make_seq("bulk", 5, priority=2_000_000_000)
+    sched.add(bulk)
+    launch_step(sched.schedule())  # bulk's first token is pending
+    sched.add(make_seq("chat", 3))
+    batch = sched.schedule()  # chat takes bulk's seat
+    assert scheduled(batch) == [("chat", 3)] and batch.preempted == [bulk]
+    launch_step(batch)
+    sched.finish(batch.seqs[0], FinishReason.STOP)
+
+    assert scheduled(sched.schedule()) == []  # bulk's pending id is not known yet
+    bulk.resolve_pending(77)
+    assert scheduled(sched.schedule()) == [("bulk", 6)]
+    assert bulk.token_ids[-1] == 77

@@ -89,10 +89,11 @@ class BlockManager:
         seq.num_cached_blocks = 0
 
     def cache_full_blocks(self, seq: Sequence) -> None:
-        """Record the sequence's newly full, computed blocks in the prefix tree."""
+        """Record the sequence's newly full, computed blocks whose token ids are all known in
+        the prefix tree (a block holding a pending token waits for its id)."""
         if not self.enable_prefix_caching:
             return
-        num_full = seq.num_computed_tokens // self.block_size
+        num_full = min(seq.num_computed_tokens, seq.num_known_tokens) // self.block_size
         if num_full <= seq.num_cached_blocks:
             return
         tokens = seq.token_ids[: num_full * self.block_size]

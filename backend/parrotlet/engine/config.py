@@ -76,6 +76,9 @@ class EngineConfig:
     end to end than CUDA-graph decode over the shared blocks; see FlashInferBackend).
     `cuda_graphs` replays decode-only steps as CUDA graphs (CUDA with the flashinfer backend only;
     elsewhere it has no effect).
+    `async_scheduling` (None: on for CUDA, off for CPU) schedules and launches step N+1 before
+    reading step N's tokens, so the host's work hides behind the device's; every output then
+    arrives one step later, which only pays where the device computes asynchronously.
     """
 
     model: str | None = None
@@ -86,6 +89,7 @@ class EngineConfig:
     shared_prefix_attention: bool = True
     shared_prefix_min_tokens: int = 256
     cuda_graphs: bool = True
+    async_scheduling: bool | None = None
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

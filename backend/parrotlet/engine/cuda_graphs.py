@@ -8,6 +8,7 @@ size in `graph_batch_sizes`; prefill, mixed and cascade steps stay eager (ModelR
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -146,15 +147,20 @@ class CudaGraphRunner:
             return None
         return pad_decode_batch(seqs, size, self.block_size)
 
-    def run(self, step: PaddedDecode) -> torch.Tensor:
+    def run(
+        self, step: PaddedDecode, fill: Callable[[torch.Tensor], None] | None = None
+    ) -> torch.Tensor:
         """float32 logits `[num_seqs, vocab]` of the step's last tokens (a view, valid until the
-        next run); writes the step's keys and values into the KV cache."""
+        next run); writes the step's keys and values into the KV cache. `fill(input_ids)` writes
+        the input ids the host does not know yet (they are on the device)."""
         b = step.batch_size
         host = torch.tensor(
             step.input_ids + step.positions + step.slots + step.pages, dtype=torch.int32
         )
         self._inputs[: host.numel()].copy_(host, non_blocking=True)  # the step's one H2D copy
         ids, positions, slots = self._inputs[: 3 * b].view(3, b)  # [b] each
+        if fill is not None:
+            fill(ids)
         pages = self._inputs[3 * b : 3 * b + len(step.pages)]  # [num_pages]
         self.attention.plan(slots, step.kv_indptr, step.last_page_len, pages)
         if b not in self._graphs:

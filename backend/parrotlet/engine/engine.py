@@ -1,7 +1,9 @@
 """LLMEngine: add / step / abort over the scheduler, the model runner and the KV pool.
 
-`step()` reads as schedule -> run -> postprocess. The app layer (ServeCore) drives it through the
-AsyncEngine and uses the prefix operations (`pin_prefix`, `cached_prefix_len`) to share prompts.
+`step()` reads as schedule -> launch -> postprocess. With async scheduling (the default on CUDA)
+the step it postprocesses is the previous one, so the host schedules and plans step N+1 while the
+device runs step N. The app layer (ServeCore) drives it through the AsyncEngine and uses the
+prefix operations (`pin_prefix`, `cached_prefix_len`) to share prompts.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import torch
 from parrotlet.engine.block_manager import BlockManager
 from parrotlet.engine.config import EngineConfig
 from parrotlet.engine.detokenizer import IncrementalDetokenizer
-from parrotlet.engine.model_runner import ModelRunner
+from parrotlet.engine.model_runner import LaunchedStep, ModelRunner
 from parrotlet.engine.models.config import ModelConfig
 from parrotlet.engine.models.llama import LlamaForCausalLM
 from parrotlet.engine.outputs import EngineStats, RequestOutput
 from parrotlet.engine.sampling_params import SamplingParams
-from parrotlet.engine.scheduler import Scheduler
+from parrotlet.engine.scheduler import ScheduledBatch, Scheduler
 from parrotlet.engine.sequence import FinishReason, Sequence
 from parrotlet_kernels.interface import AttentionSpec
 from parrotlet_kernels.registry import get_attention_backend
@@ -71,6 +73,12 @@ class LLMEngine:
             cuda_graphs=config.cuda_graphs,
             max_num_seqs=config.scheduler.max_num_seqs,
         )
+        self.async_scheduling = (
+            config.async_scheduling
+            if config.async_scheduling is not None
+            else self.device.type == "cuda"
+        )
+        self._in_flight: tuple[ScheduledBatch, LaunchedStep] | None = None
         self._requests: dict[str, tuple[Sequence, IncrementalDetokenizer | None]] = {}
         self._pins: dict[str, PrefixPin] = {}
         self._ids = itertools.count()
@@ -121,6 +129,7 @@ class LLMEngine:
         seq = Sequence(
             request_id, list(token_ids), params, next(self._ids), priority, cache_namespace, group
         )
+        seq.max_len = min(len(token_ids) + params.max_tokens, self.max_model_len)
         detok = (
             IncrementalDetokenizer(self.tokenizer, seq.token_ids, params, self._eos_ids(params))
             if self.tokenizer is not None
@@ -138,28 +147,20 @@ class LLMEngine:
             self.runner.release(entry[0])
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None
 
     # ---- the step ------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one batch: schedule -> run the model -> append tokens, detokenize, finish."""
+        """Schedule and launch one batch, then postprocess a launched one (append its tokens,
+        detokenize, finish): this batch, or with async scheduling the previous batch, whose
+        tokens the device has produced meanwhile."""
         batch = self.scheduler.schedule()
         outputs = [self._fail(seq) for seq in batch.failed]
-        if not batch.seqs:
-            return outputs
-        for seq in batch.admitted:
-            self._counters["prompt"] += seq.num_prompt_tokens
-            self._counters["cached"] += seq.num_cached_tokens
-        sampled = self.runner.execute(batch)
-        self._counters["steps"] += 1
-        self._counters["computed"] += batch.num_tokens
-        self._counters["preemptions"] += len(batch.preempted)
-        for seq, num_new, token in zip(batch.seqs, batch.num_new_tokens, sampled, strict=True):
-            seq.num_computed_tokens += num_new
-            self.blocks.cache_full_blocks(seq)
-            output = self._postprocess(seq, token)
-            if output is not None:
-                outputs.append(output)
+        launched = (batch, self._launch(batch)) if batch.seqs else None
+        if self.async_scheduling:
+            launched, self._in_flight = self._in_flight, launched
+        if launched is not None:
+            outputs += self._complete(*launched)
         return outputs
 
     def generate(
@@ -225,8 +226,41 @@ class LLMEngine:
         )
 
     # ---- internals -----------------------------------------------------------------------
-    def _postprocess(self, seq: Sequence, token: int | None) -> RequestOutput | None:
-        if token is None and seq.num_uncomputed_tokens > 0:
+    def _launch(self, batch: ScheduledBatch) -> LaunchedStep:
+        """Queue the batch on the device; its tokens count as computed from now on, and each
+        sampled token is PENDING in its sequence until `_complete` reads it."""
+        for seq in batch.admitted:
+            self._counters["prompt"] += seq.num_prompt_tokens
+            self._counters["cached"] += seq.num_cached_tokens
+        launched = self.runner.launch(batch)
+        self._counters["steps"] += 1
+        self._counters["computed"] += batch.num_tokens
+        self._counters["preemptions"] += len(batch.preempted)
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            seq.num_computed_tokens += num_new
+        for i in launched.samplers:
+            batch.seqs[i].add_pending()
+        return launched
+
+    def _complete(self, batch: ScheduledBatch, launched: LaunchedStep) -> list[RequestOutput]:
+        """Read a launched batch's tokens and postprocess each sequence still running."""
+        outputs = []
+        tokens = launched.tokens()
+        for seq, caught_up, token in zip(batch.seqs, launched.caught_up, tokens, strict=True):
+            if seq.is_finished:  # aborted, or stopped by a token of an earlier step
+                continue
+            if token is not None:
+                seq.resolve_pending(token)
+            self.blocks.cache_full_blocks(seq)
+            output = self._postprocess(seq, caught_up, token)
+            if output is not None:
+                outputs.append(output)
+        return outputs
+
+    def _postprocess(
+        self, seq: Sequence, caught_up: bool, token: int | None
+    ) -> RequestOutput | None:
+        if not caught_up:
             return None  # a prefill chunk: nothing to report yet
         if seq.keep_prefix:
             self._finish_pin(seq)
@@ -235,7 +269,6 @@ class LLMEngine:
         if token is None:  # max_tokens == 0: the prefill was all there was to do
             delta, reason, new = "", FinishReason.LENGTH, ()
         else:
-            seq.token_ids.append(token)
             delta, reason = self._check_stop(seq, token, detok)
             new = (token,)
         if reason is not None:
@@ -245,6 +278,7 @@ class LLMEngine:
         return self._output(seq, new, delta, detok)
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        seq.drop_pending()
         self.scheduler.finish(seq, reason)
         self._requests.pop(seq.request_id)
         self.runner.release(seq)
@@ -261,7 +295,7 @@ class LLMEngine:
             delta = ""
             if token in seq.params.stop_token_ids or token in self._eos_ids(seq.params):
                 return delta, FinishReason.STOP
-        if seq.num_output_tokens >= seq.params.max_tokens or seq.num_tokens >= self.max_model_len:
+        if seq.max_len is not None and seq.num_known_tokens >= seq.max_len:
             return delta, FinishReason.LENGTH
         return delta, None
 

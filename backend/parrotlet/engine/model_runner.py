@@ -2,8 +2,11 @@
 
 It builds the step's AttentionMetadata once (one host->device copy per step), finds groups of
 sequences that share a prefix of KV blocks for the shared-prefix attention path, runs the model and
-samples the sequences that caught up with their last token. On CUDA with flashinfer, decode-only
-steps replay a CUDA graph (cuda_graphs.py) and the model runs flashinfer's fused kernels.
+samples the sequences that caught up with their last token. `launch` only queues that work: the
+tokens come back through `LaunchedStep.tokens()`, so the engine can schedule the next step while
+the device runs this one; an input token still being sampled is read from the previous step's
+device tensor. On CUDA with flashinfer, decode-only steps replay a CUDA graph (cuda_graphs.py)
+and the model runs flashinfer's fused kernels.
 """
 
 from __future__ import annotations
@@ -11,15 +14,49 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 
 import torch
 
 from parrotlet.engine.cuda_graphs import CudaGraphRunner, PaddedDecode
 from parrotlet.engine.models.llama import LlamaForCausalLM, load_fused_kernels
-from parrotlet.engine.sampler import Sampler, make_generator
+from parrotlet.engine.sampler import Sampler, make_generator, to_device
 from parrotlet.engine.scheduler import ScheduledBatch
 from parrotlet.engine.sequence import Sequence
 from parrotlet_kernels.interface import AttentionBackend, AttentionMetadata, PrefixGroup
+
+
+@dataclass(frozen=True)
+class LaunchedStep:
+    """A step whose work is queued on the device; `tokens()` waits for its sampled tokens.
+
+    `caught_up[i]`: sequence i's computed tokens reach its last token this step (its prompt is
+    done); `samplers` are those of them that sample (max_tokens > 0), in the order of `sampled`.
+    """
+
+    caught_up: tuple[bool, ...]
+    samplers: tuple[int, ...]
+    sampled: torch.Tensor | None  # [len(samplers)] int64 on the host, valid once `ready` fired
+    ready: torch.cuda.Event | None  # None: `sampled` is valid now (CPU)
+
+    def tokens(self) -> list[int | None]:
+        """The sampled token of each sequence of the batch, None where none was due."""
+        out: list[int | None] = [None] * len(self.caught_up)
+        if self.sampled is None:
+            return out
+        if self.ready is not None:
+            self.ready.synchronize()
+        for i, token in zip(self.samplers, self.sampled.tolist(), strict=True):
+            out[i] = token
+        return out
+
+
+@dataclass(frozen=True)
+class _Sampled:
+    """The last sampling step's tokens on the device, by request id (inputs of the next step)."""
+
+    tokens: torch.Tensor  # [num_samplers] int64
+    rows: dict[str, int]
 
 
 class ModelRunner:
@@ -49,49 +86,76 @@ class ModelRunner:
         self.min_shared_blocks = max(1, -(-min_shared_prefix_tokens // self.block_size))
         self.sampler = Sampler()
         self._generators: dict[str, torch.Generator | None] = {}
+        self._last: _Sampled | None = None
         spec = attention.spec
         if spec.device.type == "cuda" and spec.dtype in (torch.float16, torch.bfloat16):
             model.use_fused_kernels(load_fused_kernels())
         self.graphs = self._graph_runner(max_num_seqs) if cuda_graphs else None
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> list[int | None]:
-        """Compute the batch; return the sampled token of each sequence, None where none is due."""
-        samplers = [
-            i
-            for i, (s, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True))
-            if s.num_computed_tokens + n == s.num_tokens and s.params.max_tokens > 0
-        ]
+    def launch(self, batch: ScheduledBatch) -> LaunchedStep:
+        """Queue the batch's forward pass and sampling; nothing here waits for the device."""
+        caught_up = tuple(
+            s.num_computed_tokens + n == s.num_tokens
+            for s, n in zip(batch.seqs, batch.num_new_tokens, strict=True)
+        )
+        samplers = [i for i, c in enumerate(caught_up) if c and batch.seqs[i].params.max_tokens]
         decode = self._graph_step(batch)
         if decode is not None and self.graphs is not None:
-            logits = self.graphs.run(decode)  # [num_seqs, vocab] float32
+            logits = self.graphs.run(decode, fill=self._pending_filler(batch))
             if len(samplers) < len(batch.seqs):
-                logits = logits[torch.tensor(samplers, device=self.device)] if samplers else None
+                logits = logits[to_device(samplers, self.device)] if samplers else None
         else:
             logits = self._run_eager(batch, samplers)  # [num_samplers, vocab] or None
-        sampled: list[int | None] = [None] * len(batch.seqs)
         if logits is None:
-            self._wait_for_device()
-            return sampled
+            self._last = None
+            return LaunchedStep(caught_up, (), None, None)
         seqs = [batch.seqs[i] for i in samplers]
         tokens = self.sampler(logits, [s.params for s in seqs], [self._generator(s) for s in seqs])
-        for i, token in zip(samplers, tokens.tolist(), strict=True):
-            sampled[i] = token
-        return sampled
+        self._last = _Sampled(tokens, {s.request_id: row for row, s in enumerate(seqs)})
+        return LaunchedStep(caught_up, tuple(samplers), *self._to_host(tokens))
 
-    def _wait_for_device(self) -> None:
-        """End a step that sampled nothing (a prefill chunk) only once the device has run it.
+    def _to_host(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """Start the tokens' device->host copy; the event fires when they have arrived."""
+        if self.device.type != "cuda":
+            return tokens, None
+        host = tokens.to("cpu", non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return host, ready
 
-        A sampling step ends in the tokens' device->host copy; without one the host would plan
-        the next step while this one still runs, and flashinfer's plan() rewrites the pinned
-        buffers whose copies this step's kernels have not consumed yet (H100: illegal memory
-        accesses during a 5000-token prompt's chunked prefill)."""
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
+    def _pending_filler(self, batch: ScheduledBatch):
+        """A function that writes the previous step's sampled tokens into this step's input ids
+        where the host does not know them yet (PENDING); None when every input id is known."""
+        index, rows = [], []
+        offset = 0
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            start = seq.num_computed_tokens
+            for pos in range(max(start, seq.num_known_tokens), start + n):
+                assert self._last is not None and seq.request_id in self._last.rows, (
+                    f"{seq.request_id}: input token {pos} is pending but the last step did not "
+                    "sample it"
+                )
+                index.append(offset + pos - start)
+                rows.append(self._last.rows[seq.request_id])
+            offset += n
+        if not index:
+            return None
+        assert self._last is not None
+        last = self._last.tokens
+        where = to_device(index + rows, self.device).view(2, len(index))  # [2, num_pending]
+
+        def fill(input_ids: torch.Tensor) -> None:  # [num_tokens] on the device
+            input_ids.index_copy_(0, where[0], last[where[1]].to(input_ids.dtype))
+
+        return fill
 
     def _run_eager(self, batch: ScheduledBatch, samplers: list[int]) -> torch.Tensor | None:
         """Plan and run the model eagerly; logits `[len(samplers), vocab]`, None if no samplers."""
         input_ids, positions, metadata = self.prepare(batch)
+        fill = self._pending_filler(batch)
+        if fill is not None:
+            fill(input_ids)
         self.attention.plan(metadata)
         hidden = self.model(input_ids, positions, self.attention)  # [num_tokens, hidden]
         if not samplers:
@@ -100,7 +164,7 @@ class ModelRunner:
             rows = metadata.query_start_loc[1:].long() - 1  # [num_seqs]
         else:
             ends = list(itertools.accumulate(metadata.query_lens_host))
-            rows = torch.tensor([ends[i] - 1 for i in samplers], device=self.device)
+            rows = to_device([ends[i] - 1 for i in samplers], self.device)
         return self.model.compute_logits(hidden[rows])  # [num_samplers, vocab] float32
 
     def _graph_runner(self, max_num_seqs: int) -> CudaGraphRunner | None:

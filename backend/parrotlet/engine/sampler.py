@@ -13,6 +13,13 @@ from parrotlet.engine.sampling_params import SamplingParams
 _NEVER = 2.0  # a top_p threshold that cumulative probabilities never reach: top-p off
 
 
+def to_device(values: Sequence[int] | Sequence[float], device: torch.device) -> torch.Tensor:
+    """A small host list as a device tensor without waiting for the device's queue (a plain
+    `torch.tensor(..., device=cuda)` copy synchronizes the stream, which async scheduling must
+    never do)."""
+    return torch.tensor(values).to(device, non_blocking=True)
+
+
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
     """A generator seeded for one sequence, or None (use the global RNG) when ``seed`` is None.
 
@@ -47,10 +54,10 @@ class Sampler:
             return logits.argmax(dim=-1)
         out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)  # [B]
         if greedy:
-            rows = torch.tensor(greedy, device=logits.device)
+            rows = to_device(greedy, logits.device)
             out[rows] = logits[rows].argmax(dim=-1)
         sampled = [i for i, p in enumerate(params) if not p.greedy]
-        rows = torch.tensor(sampled, device=logits.device)
+        rows = to_device(sampled, logits.device)
         out[rows] = _sample(
             logits[rows], [params[i] for i in sampled], [generators[i] for i in sampled]
         )
@@ -78,13 +85,13 @@ def _sample(
     generators: list[torch.Generator | None],
 ) -> torch.Tensor:  # [N]
     device, vocab = logits.device, logits.shape[1]
-    temps = torch.tensor([p.temperature for p in params], device=device)  # [N]
+    temps = to_device([p.temperature for p in params], device)  # [N]
     logits = logits / temps.unsqueeze(1)  # [N, V]
     top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
     top_p = [p.top_p if p.top_p < 1 else _NEVER for p in params]
     if any(k < vocab for k in top_k) or any(p < 1 for p in top_p):
-        top_k_t = torch.tensor(top_k, device=device)  # [N]
-        top_p_t = torch.tensor(top_p, device=device)  # [N]
+        top_k_t = to_device(top_k, device)  # [N]
+        top_p_t = to_device(top_p, device)  # [N]
         logits = logits.masked_fill(_top_k_top_p_mask(logits, top_k_t, top_p_t), float("-inf"))
     probs = logits.softmax(dim=-1)  # [N, V]
     return _draw(probs, generators)

@@ -71,16 +71,16 @@ class Scheduler:
 
     def abort(self, seq: Sequence) -> None:
         """Remove `seq` wherever it is and free its blocks."""
-        if seq in self.running:
-            self.running.remove(seq)
-        else:
-            self.waiting = [(k, s) for k, s in self.waiting if s is not seq]
-            heapq.heapify(self.waiting)
         self.finish(seq, FinishReason.ABORT)
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
+        """Take `seq` out of running or waiting (a preempted sequence may finish when its last
+        pending token is read) and free its blocks."""
         if seq.status is SequenceStatus.RUNNING and seq in self.running:
             self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting = [(k, s) for k, s in self.waiting if s is not seq]
+            heapq.heapify(self.waiting)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         self.blocks.free(seq)
@@ -131,7 +131,7 @@ class Scheduler:
         prefill of bulk work that started before it).
         """
         self.running.sort(key=Sequence.sort_key)
-        queue = list(self.running)
+        queue = [s for s in self.running if s.num_uncomputed_tokens and not s.awaits_finish]
         jumped = False
         while queue:
             if not jumped and self._waiting_outranks(queue[0], batch):
@@ -173,6 +173,8 @@ class Scheduler:
                 break
             if below is not None and seq.priority_class >= below:
                 break
+            if seq.num_pending:  # preempted while its last token was being sampled: next step
+                break
             if seq.group is not None and self._admit_group(seq.group, batch, budget):
                 continue
             if seq.group is not None and (self.running or batch.seqs):
@@ -189,6 +191,8 @@ class Scheduler:
         as far as there is room, the rest following as members finish.
         """
         members = sorted((s for _, s in self.waiting if s.group == group), key=Sequence.sort_key)
+        if any(s.num_pending for s in members):
+            return False
         cached = [self.blocks.match_prefix(s.token_ids[:-1], s.cache_namespace) for s in members]
         needed = sum(
             -(-s.num_tokens // self.blocks.block_size) - len(c)

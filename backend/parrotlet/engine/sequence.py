@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 from parrotlet.engine.sampling_params import SamplingParams
 
+PENDING = -1
+"""The id held in `token_ids` by a token that a launched step samples but the host has not read
+yet (async scheduling); the next step takes its input from the device instead."""
+
 PRIORITY_CLASS = 1_000_000_000
 """Priorities are ordered as ints; `priority // PRIORITY_CLASS` is the class. A waiting sequence
 of a more urgent class may take the seat of a running one (preemption); within a class the
@@ -34,9 +38,12 @@ class FinishReason(enum.StrEnum):
 class Sequence:
     """One request's tokens and progress.
 
-    `token_ids` is the prompt followed by the generated tokens. After a preemption by recompute,
+    `token_ids` is the prompt followed by the generated tokens, of which the last `num_pending`
+    are PENDING: sampled by a launched step whose result the host has not read yet (at most the
+    last two with async scheduling; none otherwise). After a preemption by recompute,
     `num_computed_tokens` drops to 0 and the generated tokens are recomputed like prompt tokens;
     a new token is sampled only in a step where the sequence catches up with `num_tokens`.
+    `max_len` (None: no limit) is the length at which it stops for length.
     """
 
     request_id: str
@@ -55,6 +62,8 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    num_pending: int = 0
+    max_len: int | None = None
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)
@@ -64,12 +73,40 @@ class Sequence:
         return len(self.token_ids)
 
     @property
+    def num_known_tokens(self) -> int:
+        """Tokens whose ids the host knows: all but the pending ones."""
+        return len(self.token_ids) - self.num_pending
+
+    @property
     def num_output_tokens(self) -> int:
-        return len(self.token_ids) - self.num_prompt_tokens
+        """Generated tokens the host knows."""
+        return self.num_known_tokens - self.num_prompt_tokens
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
+        return self.token_ids[self.num_prompt_tokens : self.num_known_tokens]
+
+    @property
+    def awaits_finish(self) -> bool:
+        """A pending token takes it to `max_len`: it finishes once that token is read (the
+        scheduler gives it no further step)."""
+        return self.num_pending > 0 and self.max_len is not None and self.num_tokens >= self.max_len
+
+    def add_pending(self) -> None:
+        """A launched step samples this sequence's next token; its id comes later."""
+        self.token_ids.append(PENDING)
+        self.num_pending += 1
+
+    def resolve_pending(self, token: int) -> None:
+        """The oldest pending token's id has arrived."""
+        assert self.num_pending > 0, f"{self.request_id}: no pending token"
+        self.token_ids[self.num_known_tokens] = token
+        self.num_pending -= 1
+
+    def drop_pending(self) -> None:
+        """Forget tokens sampled past the finish (their steps ran ahead of the stop)."""
+        del self.token_ids[self.num_known_tokens :]
+        self.num_pending = 0
 
     @property
     def num_uncomputed_tokens(self) -> int:
