@@ -12,6 +12,7 @@ from parrotlet.bench.workloads import multi_app
 from parrotlet.bench.workloads.multi_app import (
     KINDS,
     SMOKE,
+    next_probe,
     poisson_apps,
     poisson_arrivals,
     sustainable_rate,
@@ -101,6 +102,29 @@ def test_sustainable_rate_rule():
     assert sustainable_rate({}, target=1.0) is None
     with pytest.raises(ValueError, match="target must be > 0"):
         sustainable_rate(latency, target=0.0)
+
+
+def test_next_probe_bisects_between_the_last_met_and_the_first_missed_rate():
+    assert next_probe({1.0: 0.1, 2.0: 0.2, 4.0: 0.5}, target=0.4) == 2.83
+    assert next_probe({1.0: 0.1, 2.0: 0.2, 4.0: 0.5, 2.83: 0.3}, target=0.4) == 3.36
+    assert next_probe({1.0: 0.1, 2.0: 0.2}, target=0.4) is None  # no miss to bisect towards
+    assert next_probe({1.0: 0.5, 2.0: 0.6}, target=0.4) is None  # nothing sustained
+    assert next_probe({1.0: 0.1, 1.001: 0.5}, target=0.4) is None  # adjacent at 3 digits
+
+
+async def test_refine_runs_the_probes_in_bisection_order():
+    """A variant whose latency crosses the target at 3.0 req/s: three bisections from the grid."""
+    probed: list[tuple[str, float]] = []
+
+    async def probe(name: str, rate: float) -> float:
+        probed.append((name, rate))
+        return 0.1 * rate
+
+    measured = {"a": {1.0: 0.1, 2.0: 0.2, 4.0: 0.4}, "b": {1.0: 0.1, 2.0: 0.2}}
+    await multi_app.refine(measured, target=0.3, steps=3, probe=probe)
+
+    assert probed == [("a", 2.83), ("a", 3.36), ("a", 3.08)]
+    assert sustainable_rate(measured["a"], 0.3) == 2.83 and measured["b"] == {1.0: 0.1, 2.0: 0.2}
 
 
 async def test_app_level_outputs_equal_request_level_on_two_engines(tiny_bench, synthetic):

@@ -7,16 +7,19 @@ prompts fit many times over). The rule: the unloaded per-token latency is the me
 each kind run alone at request level; the target is `target_factor` times it. Rates are
 `load_factors` divided by the mean unloaded app latency. A variant's sustainable rate is the
 highest rate whose mean per-token latency is <= the target with every lower rate also meeting it
-(a variant stops at its first miss); None when even the lowest rate misses.
+(a variant stops at its first miss); None when even the lowest rate misses. After the grid, each
+variant bisects (geometric midpoints) between its highest met and lowest missed rate for
+`refine_steps` more runs, so the sustainable rate is known to a finer step than the grid's x2.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
 from parrotlet.bench.apps import PARROTLET, REQUEST_LEVEL, App, fixed_length, run_apps
@@ -38,6 +41,7 @@ FULL = dict(
     output_tokens=dict(chat=64, chain=32, map=32, reduce=48, qa=48),
     num_engines=4,
     load_factors=[1, 2, 4, 8],
+    refine_steps=3,  # bisections after the grid: the x2 grid step becomes 2 ** (1/8) ~ 1.09
     window_s=8.0,  # requests per rate: rate * window_s, clamped to [min_requests, max_requests]
     min_requests=12,
     max_requests=32,
@@ -55,6 +59,7 @@ SMOKE = dict(
     output_tokens=dict(chat=4, chain=3, map=3, reduce=4, qa=3),
     num_engines=2,
     load_factors=[1, 4],
+    refine_steps=1,
     min_requests=8,
     max_requests=8,
     target_factor=20.0,  # CPU timings are noisy; the smoke run checks the plumbing
@@ -200,6 +205,37 @@ def sustainable_rate(latency_by_rate: Mapping[float, float], target: float) -> f
     return best
 
 
+def next_probe(latency_by_rate: Mapping[float, float], target: float) -> float | None:
+    """The rate to measure next: the geometric midpoint (3 significant digits) between the
+    sustainable rate and the lowest missed rate above it; None when there is no such pair or the
+    two are adjacent at that precision."""
+    low = sustainable_rate(latency_by_rate, target)
+    if low is None:
+        return None
+    misses = [r for r, ptl in latency_by_rate.items() if r > low and ptl > target]
+    if not misses:
+        return None
+    high = min(misses)
+    mid = float(f"{math.sqrt(low * high):.3g}")
+    return mid if low < mid < high else None
+
+
+async def refine(
+    measured: dict[str, dict[float, float]],
+    target: float,
+    steps: int,
+    probe: Callable[[str, float], Awaitable[float]],
+) -> None:
+    """Bisect each variant's sustainable rate: up to `steps` runs of `probe(variant, rate)`
+    (its mean per-token latency, s), recorded into `measured`."""
+    for name, latencies in measured.items():
+        for _ in range(steps):
+            rate = next_probe(latencies, target)
+            if rate is None:
+                break
+            latencies[rate] = await probe(name, rate)
+
+
 def num_requests(rate: float, sizes: Mapping) -> int:
     n = round(rate * sizes["window_s"])
     return max(sizes["min_requests"], min(sizes["max_requests"], n))
@@ -304,20 +340,26 @@ async def sweep(
     report: Report,
 ) -> dict[str, dict[float, float]]:
     """Each variant at each rate (the same apps for both; which goes first alternates), until
-    its first miss of the target; rows go into `report`. Returns mean per-token latency (s) by
-    variant and rate."""
+    its first miss of the target, then `refine`; rows go into `report`. Returns mean per-token
+    latency (s) by variant and rate."""
     measured: dict[str, dict[float, float]] = {name: {} for name in VARIANTS}
+
+    async def probe(name: str, rate: float, apps: Sequence[App] | None = None) -> float:
+        apps = apps or poisson_apps(text, systems, sizes, rate, num_requests(rate, sizes))
+        row, hits = await measure(
+            cores[name], apps, _tenant(name), name == "request-level", sizes["delay_s"]
+        )
+        report.rows[f"{name}: {rate:g} req/s"] = {"rate_req_s": rate, **row}
+        report.params["engine_prefix_hit"][f"{name}: {rate:g} req/s"] = hits
+        return row["mean_ptl_ms"] / 1000
+
     for i, rate in enumerate(rates):
         apps = poisson_apps(text, systems, sizes, rate, num_requests(rate, sizes))
         for name in list(VARIANTS)[:: 1 if i % 2 == 0 else -1]:
             if any(ptl > target for ptl in measured[name].values()):
                 continue  # missed the target at a lower rate: higher rates miss too
-            row, hits = await measure(
-                cores[name], apps, _tenant(name), name == "request-level", sizes["delay_s"]
-            )
-            measured[name][rate] = row["mean_ptl_ms"] / 1000
-            report.rows[f"{name}: {rate:g} req/s"] = {"rate_req_s": rate, **row}
-            report.params["engine_prefix_hit"][f"{name}: {rate:g} req/s"] = hits
+            measured[name][rate] = await probe(name, rate, apps)
+    await refine(measured, target, sizes["refine_steps"], probe)
     return measured
 
 
