@@ -294,10 +294,11 @@ def main() -> None:
     )
 
 
-def write_report(report: dict) -> None:
-    paths = [Path(__file__).parent / "results" / "engine_decode.json"]
+def write_report(report: dict, name: str = "engine_decode") -> None:
+    """benchmarks/results/NAME.json, and $OUT/NAME.json when $OUT is set."""
+    paths = [Path(__file__).parent / "results" / f"{name}.json"]
     if os.environ.get("OUT"):
-        paths.append(Path(os.environ["OUT"]) / "engine_decode.json")
+        paths.append(Path(os.environ["OUT"]) / f"{name}.json")
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")

@@ -12,14 +12,13 @@ benchmarks/results/profile_decode_step.json (and $OUT/profile_decode_step.json w
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import statistics
 from collections import defaultdict
-from pathlib import Path
 
 import torch
+from engine_decode import write_report  # benchmarks/ is the script's folder
+from kernel_shared_prefix import copy_bandwidth
 from torch.profiler import ProfilerActivity, profile
 
 from parrotlet.bench.setup import random_model
@@ -112,19 +111,6 @@ def floor_ms(model, batch: int, context: int, bandwidth: float) -> float:
     return (weights + kv + batch * cfg.hidden_size) * 2 / bandwidth * 1e3
 
 
-def copy_bandwidth() -> float:
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        dst.copy_(src)
-    end.record()
-    end.synchronize()
-    return 2 * src.numel() * 10 / (start.elapsed_time(end) / 1e3)
-
-
 def profile_batch(model, batch: int, context: int, bandwidth: float) -> dict:
     engine = make_engine(model, batch, context)
     size = capture(engine, batch, context)
@@ -169,7 +155,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=160)
     args = parser.parse_args()
     model = random_model("llama3-8b-random", VOCAB, torch.bfloat16, torch.device("cuda"))
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth(torch.device("cuda"))
     report = dict(
         benchmark="profile_decode_step",
         device=torch.cuda.get_device_name(),
@@ -178,12 +164,7 @@ def main() -> None:
     )
     for row in report["rows"]:
         print_result(row)
-    paths = [Path(__file__).parent / "results" / "profile_decode_step.json"]
-    if os.environ.get("OUT"):
-        paths.append(Path(os.environ["OUT"]) / "profile_decode_step.json")
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(report, "profile_decode_step")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import itertools
 from collections import defaultdict
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -102,7 +103,7 @@ class ModelRunner:
         samplers = [i for i, c in enumerate(caught_up) if c and batch.seqs[i].params.max_tokens]
         decode = self._graph_step(batch)
         if decode is not None and self.graphs is not None:
-            logits = self.graphs.run(decode, fill=self._pending_filler(batch))
+            logits = self.graphs.run(decode, fill=partial(self._fill_pending, batch))
             if len(samplers) < len(batch.seqs):
                 logits = logits[to_device(samplers, self.device)] if samplers else None
         else:
@@ -124,9 +125,9 @@ class ModelRunner:
         ready.record()
         return host, ready
 
-    def _pending_filler(self, batch: ScheduledBatch):
-        """A function that writes the previous step's sampled tokens into this step's input ids
-        where the host does not know them yet (PENDING); None when every input id is known."""
+    def _fill_pending(self, batch: ScheduledBatch, input_ids: torch.Tensor) -> None:
+        """Write the previous step's sampled tokens into this step's input ids (`[num_tokens]`
+        on the device) where the host does not know them yet (PENDING)."""
         index, rows = [], []
         offset = 0
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
@@ -139,23 +140,14 @@ class ModelRunner:
                 index.append(offset + pos - start)
                 rows.append(self._last.rows[seq.request_id])
             offset += n
-        if not index:
-            return None
-        assert self._last is not None
-        last = self._last.tokens
-        where = to_device(index + rows, self.device).view(2, len(index))  # [2, num_pending]
-
-        def fill(input_ids: torch.Tensor) -> None:  # [num_tokens] on the device
-            input_ids.index_copy_(0, where[0], last[where[1]].to(input_ids.dtype))
-
-        return fill
+        if index and self._last is not None:
+            where = to_device(index + rows, self.device).view(2, len(index))  # [2, num_pending]
+            input_ids.index_copy_(0, where[0], self._last.tokens[where[1]].to(input_ids.dtype))
 
     def _run_eager(self, batch: ScheduledBatch, samplers: list[int]) -> torch.Tensor | None:
         """Plan and run the model eagerly; logits `[len(samplers), vocab]`, None if no samplers."""
         input_ids, positions, metadata = self.prepare(batch)
-        fill = self._pending_filler(batch)
-        if fill is not None:
-            fill(input_ids)
+        self._fill_pending(batch, input_ids)
         self.attention.plan(metadata)
         hidden = self.model(input_ids, positions, self.attention)  # [num_tokens, hidden]
         if not samplers:
