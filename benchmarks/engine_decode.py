@@ -2,8 +2,9 @@
 
 Builds a Llama-3-8B architecture with random bf16 weights on the GPU (nothing is downloaded), runs
 B requests (random prompts, fixed output length, EOS ignored) through the parrotlet engine with
-CUDA graphs and async scheduling (the defaults), without async scheduling, and without CUDA graphs
-(eager), and the same batch through `transformers`
+CUDA graphs, async scheduling and the small-batch Triton linear kernel (the defaults), without async
+scheduling, without CUDA graphs (eager), with cuBLAS for every linear layer, and the same batch
+through `transformers`
 generate. The floor of a decode step is (weight bytes + KV bytes read) / the device copy
 bandwidth measured in the same run. Prints one summary line and writes
 benchmarks/results/engine_decode.json (and $OUT/engine_decode.json when $OUT is set).
@@ -27,7 +28,7 @@ from parrotlet.engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from parrotlet.engine.cuda_graphs import bucket_for
 from parrotlet.engine.engine import LLMEngine
 from parrotlet.engine.models.config import ModelConfig
-from parrotlet.engine.models.llama import LlamaForCausalLM
+from parrotlet.engine.models.llama import LlamaForCausalLM, load_fused_kernels
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet_kernels.interface import AttentionMetadata
 
@@ -90,6 +91,7 @@ def make_engine(
     args: argparse.Namespace,
     cuda_graphs: bool,
     async_scheduling: bool = True,
+    small_batch_linear: bool = True,
 ) -> LLMEngine:
     max_batch = max(args.batches)
     tokens_per_seq = args.prompt_len + args.max_tokens + 16
@@ -99,6 +101,7 @@ def make_engine(
         shared_prefix_attention=False,
         cuda_graphs=cuda_graphs,
         async_scheduling=async_scheduling,
+        small_batch_linear=small_batch_linear,
         cache=CacheConfig(
             block_size=16,
             num_blocks=max_batch * -(-tokens_per_seq // 16) + 16,
@@ -211,15 +214,17 @@ def replay_seconds(engine: LLMEngine, batch: int, replays: int = 20) -> float | 
 
 
 def bench_batch(engines, hf_model, model, batch: int, args, bandwidth: float) -> dict:
-    """`engines`: (CUDA graphs, eager, CUDA graphs without async scheduling)."""
+    """`engines`: (default, eager, without async scheduling, cuBLAS linear layers)."""
     g = torch.Generator().manual_seed(batch)
     vocab = model.config.vocab_size
     prompts = torch.randint(1, vocab, (batch, args.prompt_len), generator=g).tolist()
     timings = []
     for engine in engines:
+        with_engine_kernels(model, engine)
         run_engine(engine, prompts, 4)  # warm-up: JIT kernels, allocator, graph capture
         timings.append(run_engine(engine, prompts, args.max_tokens))
-    (total, steps), (_, eager_steps), (_, sync_steps) = timings
+    with_engine_kernels(model, engines[0])
+    (total, steps), (_, eager_steps), (_, sync_steps), (_, cublas_steps) = timings
     replay = replay_seconds(engines[0], batch)
     run_transformers(hf_model, prompts, 2)
     hf_seconds = run_transformers(hf_model, prompts, args.max_tokens)
@@ -236,6 +241,8 @@ def bench_batch(engines, hf_model, model, batch: int, args, bandwidth: float) ->
         "floor_ms": round(floor * 1e3, 3),
         "step_over_floor": round(step / floor, 3),
         "replay_ms": None if replay is None else round(replay * 1e3, 3),
+        "cublas_step_ms": round(statistics.median(cublas_steps) * 1e3, 3),
+        "cublas_over_floor": round(statistics.median(cublas_steps) / floor, 3),
         "sync_step_ms": round(sync_step * 1e3, 3),
         "sync_over_floor": round(sync_step / floor, 3),
         "eager_step_ms": round(eager_step * 1e3, 3),
@@ -247,6 +254,12 @@ def bench_batch(engines, hf_model, model, batch: int, args, bandwidth: float) ->
         "transformers_tok_s": round(tokens / hf_seconds, 1),
         "speedup_vs_transformers": round(hf_seconds / total, 2),
     }
+
+
+def with_engine_kernels(model: LlamaForCausalLM, engine: LLMEngine) -> None:
+    """The engines share one model: give it this engine's fused kernels before it runs."""
+    if model.fused is not None:
+        model.use_fused_kernels(load_fused_kernels(engine.config.small_batch_linear))
 
 
 def main() -> None:
@@ -262,8 +275,15 @@ def main() -> None:
     arch = TINY if args.tiny else LLAMA3_8B
     hf_model, model = build_models(arch, device, dtype)
     engines = [
-        make_engine(model, args.device, args, cuda_graphs=g, async_scheduling=a)
-        for g, a in ((True, True), (False, True), (True, False))
+        make_engine(
+            model, args.device, args, cuda_graphs=g, async_scheduling=a, small_batch_linear=t
+        )
+        for g, a, t in (
+            (True, True, True),
+            (False, True, True),
+            (True, False, True),
+            (True, True, False),
+        )
     ]
     engine = engines[0]
     bandwidth = copy_bandwidth(device)
@@ -287,7 +307,8 @@ def main() -> None:
     print(
         f"engine_decode on {report['device']}: batch {first['batch']} step {first['step_ms']} ms"
         f" = {first['step_over_floor']}x the floor (without async scheduling"
-        f" {first['sync_over_floor']}x, eager {first['eager_over_floor']}x, eager"
+        f" {first['sync_over_floor']}x, cuBLAS linear {first['cublas_over_floor']}x,"
+        f" eager {first['eager_over_floor']}x, eager"
         f" kernels in one CUDA graph {first['graph_over_floor']}x); batch {big['batch']}"
         f" {big['engine_tok_s']} tok/s = {big['speedup_vs_transformers']}x transformers"
         f" ({report['attention']}, CUDA graphs {report['cuda_graphs']})"

@@ -29,7 +29,7 @@ from parrotlet.engine.sampling_params import SamplingParams
 
 VOCAB = 128256  # Llama 3's vocabulary, as benchmarks/engine_decode.py uses
 FAMILIES = [  # (family, regex over the kernel name), first match wins
-    ("gemm", r"gemm|gemv|cutlass|sm90_xmma|nvjet|splitK"),
+    ("gemm", r"gemm|gemv|cutlass|sm90_xmma|nvjet|splitK|small_batch_linear"),
     ("attention", r"flashinfer.*(Prefill|Decode|Merge|Partition|VariableLength)|PersistentKernel"),
     ("rmsnorm", r"RMSNorm|rmsnorm"),
     ("rope", r"Rope|rope|Rotary"),

@@ -79,6 +79,8 @@ class EngineConfig:
     `async_scheduling` (None: on for CUDA, off for CPU) schedules and launches step N+1 before
     reading step N's tokens, so the host's work hides behind the device's; every output then
     arrives one step later, which only pays where the device computes asynchronously.
+    `small_batch_linear` runs linear layers of at most 16 rows (decode steps) through parrotlet's
+    weight-streaming Triton kernel on CUDA in 16-bit (off: cuBLAS).
     """
 
     model: str | None = None
@@ -90,6 +92,7 @@ class EngineConfig:
     shared_prefix_min_tokens: int = 256
     cuda_graphs: bool = True
     async_scheduling: bool | None = None
+    small_batch_linear: bool = True
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

@@ -72,6 +72,7 @@ class LLMEngine:
             min_shared_prefix_tokens=config.shared_prefix_min_tokens,
             cuda_graphs=config.cuda_graphs,
             max_num_seqs=config.scheduler.max_num_seqs,
+            small_batch_linear=config.small_batch_linear,
         )
         self.async_scheduling = (
             config.async_scheduling

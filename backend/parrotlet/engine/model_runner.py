@@ -66,7 +66,8 @@ class ModelRunner:
     With `cuda_graphs` and a flashinfer backend, a step in which every sequence computes one
     token and no prefix group is cascaded runs as a CUDA graph of its batch size rounded up to a
     bucket of `max_num_seqs`; other steps run eagerly. On CUDA in 16-bit the model uses
-    flashinfer's fused kernels where flashinfer is installed.
+    flashinfer's fused kernels where flashinfer is installed, and with `small_batch_linear`
+    parrotlet's Triton kernel for linear layers of a few rows.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class ModelRunner:
         min_shared_prefix_tokens: int = 0,
         cuda_graphs: bool = False,
         max_num_seqs: int = 64,
+        small_batch_linear: bool = True,
     ) -> None:
         self.model = model
         self.attention = attention
@@ -90,7 +92,7 @@ class ModelRunner:
         self._last: _Sampled | None = None
         spec = attention.spec
         if spec.device.type == "cuda" and spec.dtype in (torch.float16, torch.bfloat16):
-            model.use_fused_kernels(load_fused_kernels())
+            model.use_fused_kernels(load_fused_kernels(small_batch_linear))
         self.graphs = self._graph_runner(max_num_seqs) if cuda_graphs else None
 
     @torch.inference_mode()

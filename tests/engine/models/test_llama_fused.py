@@ -47,11 +47,16 @@ def torch_apply_rope(positions, q, k, head_dim, cos_sin) -> None:
     k.copy_(apply_rope(k, cos, sin))
 
 
+def torch_swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor) -> torch.Tensor:
+    return torch_silu_and_mul(F.linear(x, gate_up_weight))
+
+
 TORCH_KERNELS = FusedKernels(
     rmsnorm=torch_rmsnorm,
     fused_add_rmsnorm=torch_fused_add_rmsnorm,
-    silu_and_mul=torch_silu_and_mul,
     apply_rope=torch_apply_rope,
+    linear=F.linear,
+    swiglu=torch_swiglu,
 )
 
 
@@ -103,9 +108,12 @@ def test_cpu_engine_uses_neither_fused_kernels_nor_graphs(tmp_path: Path) -> Non
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_flashinfer_kernels_are_as_accurate_as_plain_path(tmp_path: Path, dtype: torch.dtype):
+@pytest.mark.parametrize("small_batch_linear", [True, False])
+def test_fused_kernels_are_as_accurate_as_plain_path(
+    tmp_path: Path, dtype: torch.dtype, small_batch_linear: bool
+):
     """Against the float32 model, the fused 16-bit logits err no more than the plain ones."""
-    kernels = load_fused_kernels()
+    kernels = load_fused_kernels(small_batch_linear)
     assert kernels is not None, "flashinfer is not installed"
     hd128 = {**SMALL, "hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 2}
     make_checkpoint(tmp_path, LlamaConfig(**hd128, rope_parameters=dict(LLAMA3_ROPE)))

@@ -1,8 +1,9 @@
 """The Llama family (Llama, Mistral, Qwen2, Qwen3) in plain torch over a flat varlen batch.
 
 The model runner calls `forward` once per engine step; each layer hands q/k/v to the attention
-backend. On CUDA in 16-bit the runner may switch on flashinfer's fused kernels (`FusedKernels`);
-the plain torch path is the reference and the only path on CPU.
+backend. On CUDA in 16-bit the runner may switch on fused kernels (`FusedKernels`: flashinfer's
+elementwise kernels, parrotlet's small-batch linear kernel); the plain torch path is the reference
+and the only path on CPU.
 """
 
 from __future__ import annotations
@@ -10,43 +11,62 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from parrotlet.engine.models.config import ModelConfig, RopeScaling
+from parrotlet_kernels import triton_linear
 from parrotlet_kernels.interface import AttentionBackend
 
 
 @dataclass(frozen=True)
 class FusedKernels:
-    """flashinfer's fused kernels for the elementwise work of a layer (CUDA, float16 / bfloat16).
+    """Fused kernels for a layer's elementwise work and small-batch matmuls (CUDA, 16-bit).
 
     `rmsnorm(x, weight, eps)` returns the norm; `fused_add_rmsnorm(x, residual, weight, eps)`
-    does `residual += x; x = rmsnorm(residual)` in place; `silu_and_mul(gate_up)` returns
-    `silu(gate) * up`; `apply_rope(positions, q, k, head_dim, cos_sin_cache)` rotates q and k in
-    place (rotate-half). They compute in float32 and round once, so outputs differ from the torch
-    path in the last bits.
+    does `residual += x; x = rmsnorm(residual)` in place; `apply_rope(positions, q, k, head_dim,
+    cos_sin_cache)` rotates q and k in place (rotate-half); `linear(x, weight, bias)` is
+    F.linear; `swiglu(x, gate_up_weight)` is `silu(gate) * up` of `F.linear(x, gate_up_weight)`.
+    They compute in float32 and round once, so outputs differ from the torch path in the last
+    bits.
     """
 
     rmsnorm: Callable[..., torch.Tensor]
     fused_add_rmsnorm: Callable[..., None]
-    silu_and_mul: Callable[..., torch.Tensor]
     apply_rope: Callable[..., None]
+    linear: Callable[..., torch.Tensor]
+    swiglu: Callable[..., torch.Tensor]
 
 
-def load_fused_kernels() -> FusedKernels | None:
-    """flashinfer's fused kernels, or None where flashinfer is not installed."""
+def load_fused_kernels(small_batch_linear: bool = True) -> FusedKernels | None:
+    """flashinfer's elementwise kernels, or None where flashinfer is not installed.
+
+    With `small_batch_linear`, linear layers of at most `triton_linear.MAX_ROWS` rows (decode
+    steps) run parrotlet's weight-streaming Triton kernel, SwiGLU's product fused into gate_up's;
+    otherwise cuBLAS and flashinfer's silu_and_mul.
+    """
     try:
         import flashinfer
     except ImportError:
         return None
+    if small_batch_linear:
+        linear = triton_linear.linear
+        swiglu = partial(triton_linear.swiglu, silu_and_mul=flashinfer.silu_and_mul)
+    else:
+        linear = F.linear
+
+        def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor) -> torch.Tensor:
+            return flashinfer.silu_and_mul(F.linear(x, gate_up_weight))
+
     return FusedKernels(
         rmsnorm=flashinfer.rmsnorm,
         fused_add_rmsnorm=flashinfer.fused_add_rmsnorm,
-        silu_and_mul=flashinfer.silu_and_mul,
         apply_rope=flashinfer.apply_rope_with_cos_sin_cache_inplace,
+        linear=linear,
+        swiglu=swiglu,
     )
 
 
@@ -166,9 +186,10 @@ class Attention(nn.Module):
         attn: AttentionBackend,
         kernels: FusedKernels,
     ) -> torch.Tensor:  # [num_tokens, hidden]
-        """`forward` with RoPE applied in place by one fused kernel."""
+        """`forward` with the fused linear kernels and RoPE applied in place by one kernel."""
         num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
+        qkv = kernels.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
+        q, k, v = qkv.split(self.sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)  # [num_tokens, num_heads, head_dim]
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [num_tokens, kv_heads, head_dim]
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [num_tokens, kv_heads, head_dim]
@@ -176,7 +197,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         kernels.apply_rope(positions, q, k, self.head_dim, cos_sin)
         out = attn.forward(q, k, v, self.layer_idx)  # [num_tokens, num_heads, head_dim]
-        return self.o_proj(out.reshape(num_tokens, -1))  # [num_tokens, hidden]
+        out = out.reshape(num_tokens, -1)  # [num_tokens, q_size]
+        return kernels.linear(out, self.o_proj.weight, self.o_proj.bias)  # [num_tokens, hidden]
 
 
 class MLP(nn.Module):
@@ -192,8 +214,8 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(gate) * up)  # [num_tokens, hidden]
 
     def forward_fused(self, x: torch.Tensor, kernels: FusedKernels) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)  # [num_tokens, 2 * intermediate]
-        return self.down_proj(kernels.silu_and_mul(gate_up))  # [num_tokens, hidden]
+        hidden = kernels.swiglu(x, self.gate_up_proj.weight)  # [num_tokens, intermediate]
+        return kernels.linear(hidden, self.down_proj.weight)  # [num_tokens, hidden]
 
 
 class DecoderLayer(nn.Module):
@@ -254,7 +276,7 @@ class LlamaForCausalLM(nn.Module):
         self.fused: FusedKernels | None = None
 
     def use_fused_kernels(self, kernels: FusedKernels | None) -> None:
-        """Run norms, residual adds, SiLU and RoPE with `kernels` (CUDA, 16-bit); None: torch."""
+        """Run norms, residual adds, SiLU, RoPE and matmuls with `kernels` (CUDA, 16-bit)."""
         self.fused = kernels
 
     def forward(
@@ -288,7 +310,8 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits `[num_rows, vocab]` for the given hidden rows `[num_rows, hidden]`."""
-        return self.lm_head(hidden).float()
+        linear = F.linear if self.fused is None else self.fused.linear
+        return linear(hidden, self.lm_head.weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy Hugging Face-named tensors into the (possibly fused) parameters.

@@ -1,0 +1,149 @@
+"""Decode-step linear layers on one GPU: parrotlet's Triton kernel vs cuBLAS vs the bytes floor.
+
+For each Llama-3-8B projection (qkv, o, gate_up with SwiGLU's product, down, lm_head) and a few
+rows (decode batch sizes 1-16), times `F.linear` (gate_up: then flashinfer's silu_and_mul), the
+Triton kernel with `plan_linear`'s launch, and a sweep of launches, each as a CUDA graph of
+calls cycling over weight copies larger than L2 together (each call streams its weight from HBM).
+The floor is the weight bytes over the copy bandwidth measured in the same run. Checks each
+Triton result against F.linear. Prints a line per layer and size, then a summary line; writes
+benchmarks/results/kernel_linear.json (and $OUT/kernel_linear.json when $OUT is set).
+
+    python benchmarks/kernel_linear.py [--rows 1 2 4 8 16] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from engine_decode import copy_bandwidth, write_report
+
+from parrotlet_kernels import triton_linear
+from parrotlet_kernels.triton_linear import LinearLaunch
+
+SHAPES = {  # name: (out features, in features), Llama-3-8B
+    "qkv": (6144, 4096),
+    "o_proj": (4096, 4096),
+    "gate_up": (28672, 4096),
+    "down": (4096, 14336),
+    "lm_head": (128256, 4096),
+}
+SWEEP = [
+    LinearLaunch(16, block_n, block_k, num_warps, num_stages)
+    for block_n, block_k, num_warps, num_stages in itertools.product(
+        (32, 64, 128), (64, 128, 256), (4, 8), (4, 6)
+    )
+]
+L2_MULTIPLE_BYTES = 256 << 20  # weight copies per graph: at least this many bytes in all
+
+
+def time_us(call: Callable[[int], torch.Tensor], copies: int, reps: int = 3) -> float:
+    """Microseconds per call, from CUDA-graph replays of `copies` calls (one per weight copy)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for i in range(copies):
+            call(i)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(copies):
+            call(i)
+    graph.replay()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) * 1e3 / copies)
+    return best
+
+
+def measure(name: str, rows: int, sweep: bool, bandwidth: float, silu_and_mul) -> dict:
+    n, k = SHAPES[name]
+    weight_bytes = n * k * 2
+    copies = max(2, -(-L2_MULTIPLE_BYTES // weight_bytes))
+    weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+    swiglu = name == "gate_up"
+
+    def cublas(i: int) -> torch.Tensor:
+        y = F.linear(x, weights[i])
+        return silu_and_mul(y) if swiglu else y
+
+    def ours(i: int, launch: LinearLaunch | None = None) -> torch.Tensor:
+        if swiglu:
+            return triton_linear.swiglu(x, weights[i], silu_and_mul, launch=launch)
+        return triton_linear.linear(x, weights[i], launch=launch)
+
+    planned = triton_linear.plan_linear(rows, n // 2 if swiglu else n, k, 2 if swiglu else 1)
+    error = (ours(0).float() - cublas(0).float()).abs().max().item()
+    row = {
+        "layer": name, "rows": rows, "floor_us": weight_bytes / bandwidth * 1e6,
+        "cublas_us": time_us(cublas, copies), "planned": str(planned),
+        "planned_us": time_us(ours, copies) if planned else None, "max_abs_err": error,
+    }  # fmt: skip
+    if sweep:
+        out = n // 2 if swiglu else n
+        timings = [(_sweep_time(ours, c, copies), c) for c in SWEEP if c.fits(rows, out, k)]
+        best_us, best = min(timings, key=lambda t: t[0])
+        row |= {"best_us": best_us, "best": str(best)}
+    return row
+
+
+def format_row(r: dict) -> str:
+    best = f"  best {r['best_us']:.1f} {r['best']}" if "best_us" in r else ""
+    return (
+        f"{r['layer']:8s} rows {r['rows']:2d}: floor {r['floor_us']:7.1f} us"
+        f"  cublas {r['cublas_us']:7.1f}  triton {r['planned_us'] or float('nan'):7.1f}"
+        f"  err {r['max_abs_err']:.3g}{best}"
+    )
+
+
+def _sweep_time(ours: Callable, launch: LinearLaunch, copies: int) -> float:
+    try:
+        return time_us(lambda i: ours(i, launch), copies)
+    except Exception as exc:  # a launch that needs more shared memory than the SM has
+        print(f"  {launch}: {type(exc).__name__}", flush=True)
+        return float("inf")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--layers", nargs="+", default=list(SHAPES))
+    parser.add_argument("--sweep", action="store_true", help="also time the launch sweep")
+    args = parser.parse_args()
+    import flashinfer
+
+    bandwidth = copy_bandwidth(torch.device("cuda"))
+    rows = []
+    for name in args.layers:
+        for m in args.rows:
+            r = measure(name, m, args.sweep, bandwidth, flashinfer.silu_and_mul)
+            torch.cuda.empty_cache()
+            rows.append(r)
+            print(format_row(r), flush=True)
+    total = {
+        key: sum(r[key] for r in rows if r["rows"] == 1 and r[key] is not None)
+        for key in ("floor_us", "cublas_us", "planned_us")
+    }
+    print(
+        f"kernel_linear on {torch.cuda.get_device_name()}: one row through all layers "
+        f"{total['planned_us']:.0f} us Triton vs {total['cublas_us']:.0f} us cuBLAS "
+        f"(floor {total['floor_us']:.0f} us)"
+    )
+    write_report(
+        {"device": torch.cuda.get_device_name(), "copy_bandwidth_gb_s": bandwidth / 1e9,
+         "rows": rows}, "kernel_linear",
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
