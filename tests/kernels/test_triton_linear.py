@@ -35,14 +35,14 @@ def test_plan_streams_64_rows_per_program_where_they_divide():
 
 
 def test_plan_fits_the_stages_in_shared_memory():
-    # 2 bytes * 128 * (64 + 32) = 24 KB a stage; with gate and up 40 KB; with 64 rows 48 KB
-    assert plan_linear(17, 4096, 4096) == LinearLaunch(32, 64, 128, num_stages=5)
-    assert plan_linear(32, 14336, 4096, weight_tiles=2) == LinearLaunch(32, 64, 128, num_stages=5)
-    assert plan_linear(64, 14336, 4096, weight_tiles=2) == LinearLaunch(64, 64, 128, num_stages=4)
+    # 2 bytes * 64 * (4 * 64 + 16) = 34 KB a stage: 5 would need 170 KB of the 200 KB budget
+    assert plan_linear(16, 4096, 64 * 3, weight_tiles=4) == LinearLaunch(16, 64, 64, num_stages=5)
+    # 2 bytes * 128 * (8 * 64 + 16) = 132 KB a stage: one fits
+    assert plan_linear(1, 4096, 4096, weight_tiles=8) == LinearLaunch(16, 64, 128, num_stages=1)
 
 
 def test_plan_declines_what_cublas_should_run():
-    assert plan_linear(65, 4096, 4096) is None  # more rows than MAX_ROWS
+    assert plan_linear(17, 4096, 4096) is None  # more rows than MAX_ROWS
     assert plan_linear(0, 4096, 4096) is None
     assert plan_linear(1, 4104, 4096) is None  # no block of 16 divides the features
     assert plan_linear(1, 4096, 4104) is None  # nor of 64 the inputs
@@ -141,7 +141,7 @@ def test_kernel_on_gpu(dtype: torch.dtype) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("rows", [1, 3, 8, 16, 33, 64])
+@pytest.mark.parametrize("rows", [1, 3, 8, 16])
 def test_planned_llama3_8b_shapes_match_cublas(rows: int) -> None:
     """Each planned launch for Llama-3-8B's projections (gate_up with SwiGLU) against cuBLAS."""
     gen = torch.Generator(device="cuda").manual_seed(rows)

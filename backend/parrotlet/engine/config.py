@@ -80,7 +80,7 @@ class EngineConfig:
     reading step N's tokens, so the host's work hides behind the device's; every output then
     arrives one step later, which only pays where the device computes asynchronously.
     `small_batch_linear` runs linear layers of at most 16 rows (decode steps) through parrotlet's
-    weight-streaming Triton kernel on CUDA in 16-bit (off: cuBLAS).
+    weight-streaming Triton kernel on CUDA in 16-bit where triton is installed (off: cuBLAS).
     """
 
     model: str | None = None
