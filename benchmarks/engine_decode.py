@@ -28,7 +28,7 @@ from parrotlet.engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from parrotlet.engine.cuda_graphs import bucket_for
 from parrotlet.engine.engine import LLMEngine
 from parrotlet.engine.models.config import ModelConfig
-from parrotlet.engine.models.llama import LlamaForCausalLM, load_fused_kernels
+from parrotlet.engine.models.llama import LlamaForCausalLM
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet_kernels.interface import AttentionMetadata
 
@@ -183,7 +183,8 @@ def graph_step_seconds(engine: LLMEngine, batch: int, context: int, replays: int
     positions = torch.full((batch,), context - 1, device=device)
 
     def step() -> torch.Tensor:
-        return runner.model.compute_logits(runner.model(ids, positions, attention))
+        hidden = runner.model(ids, positions, attention, runner.kernels)
+        return runner.model.compute_logits(hidden, runner.kernels)
 
     step()  # warm-up outside the graph (RoPE table, workspaces)
     graph = torch.cuda.CUDAGraph()
@@ -220,10 +221,8 @@ def bench_batch(engines, hf_model, model, batch: int, args, bandwidth: float) ->
     prompts = torch.randint(1, vocab, (batch, args.prompt_len), generator=g).tolist()
     timings = []
     for engine in engines:
-        with_engine_kernels(model, engine)
         run_engine(engine, prompts, 4)  # warm-up: JIT kernels, allocator, graph capture
         timings.append(run_engine(engine, prompts, args.max_tokens))
-    with_engine_kernels(model, engines[0])
     (total, steps), (_, eager_steps), (_, sync_steps), (_, cublas_steps) = timings
     replay = replay_seconds(engines[0], batch)
     run_transformers(hf_model, prompts, 2)
@@ -254,12 +253,6 @@ def bench_batch(engines, hf_model, model, batch: int, args, bandwidth: float) ->
         "transformers_tok_s": round(tokens / hf_seconds, 1),
         "speedup_vs_transformers": round(hf_seconds / total, 2),
     }
-
-
-def with_engine_kernels(model: LlamaForCausalLM, engine: LLMEngine) -> None:
-    """The engines share one model: give it this engine's fused kernels before it runs."""
-    if model.fused is not None:
-        model.use_fused_kernels(load_fused_kernels(engine.config.small_batch_linear))
 
 
 def main() -> None:
@@ -295,7 +288,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "attention": type(engine.runner.attention).__name__,
         "cuda_graphs": engine.runner.graphs is not None,
-        "fused_kernels": engine.runner.model.fused is not None,
+        "fused_kernels": engine.runner.kernels is not None,
         "prompt_len": args.prompt_len,
         "max_tokens": args.max_tokens,
         "copy_bandwidth_gb_s": round(bandwidth / 1e9, 1),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from parrotlet.engine.models.llama import LlamaForCausalLM
+from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM
 from parrotlet.engine.sequence import Sequence
 from parrotlet_kernels.flashinfer_backend import FlashInferBackend, GraphDecodeAttention
 from parrotlet_kernels.interface import PrefixGroup
@@ -117,8 +117,9 @@ class CudaGraphRunner:
         attention: FlashInferBackend,
         max_num_seqs: int,
         max_pages: int,
+        kernels: FusedKernels | None = None,
     ) -> None:
-        self.model = model
+        self.model, self.kernels = model, kernels
         self.backend = attention
         self.sizes = graph_batch_sizes(max_num_seqs)
         self.block_size = attention.spec.block_size
@@ -185,5 +186,5 @@ class CudaGraphRunner:
         return _Graph(graph, logits)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(ids, positions, self.attention)  # [b, hidden]
-        return self.model.compute_logits(hidden)  # [b, vocab] float32
+        hidden = self.model(ids, positions, self.attention, self.kernels)  # [b, hidden]
+        return self.model.compute_logits(hidden, self.kernels)  # [b, vocab] float32

@@ -6,7 +6,7 @@ samples the sequences that caught up with their last token. `launch` only queues
 tokens come back through `LaunchedStep.tokens()`, so the engine can schedule the next step while
 the device runs this one; an input token still being sampled is read from the previous step's
 device tensor. On CUDA with flashinfer, decode-only steps replay a CUDA graph (cuda_graphs.py)
-and the model runs flashinfer's fused kernels.
+and the model runs fused kernels (flashinfer's elementwise ones, parrotlet's small-batch linear).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from functools import partial
 import torch
 
 from parrotlet.engine.cuda_graphs import CudaGraphRunner, PaddedDecode
-from parrotlet.engine.models.llama import LlamaForCausalLM, load_fused_kernels
+from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM, load_fused_kernels
 from parrotlet.engine.sampler import Sampler, make_generator, to_device
 from parrotlet.engine.scheduler import ScheduledBatch
 from parrotlet.engine.sequence import Sequence
@@ -91,8 +91,9 @@ class ModelRunner:
         self._generators: dict[str, torch.Generator | None] = {}
         self._last: _Sampled | None = None
         spec = attention.spec
+        self.kernels: FusedKernels | None = None
         if spec.device.type == "cuda" and spec.dtype in (torch.float16, torch.bfloat16):
-            model.use_fused_kernels(load_fused_kernels(small_batch_linear))
+            self.kernels = load_fused_kernels(small_batch_linear)
         self.graphs = self._graph_runner(max_num_seqs) if cuda_graphs else None
 
     @torch.inference_mode()
@@ -151,7 +152,7 @@ class ModelRunner:
         input_ids, positions, metadata = self.prepare(batch)
         self._fill_pending(batch, input_ids)
         self.attention.plan(metadata)
-        hidden = self.model(input_ids, positions, self.attention)  # [num_tokens, hidden]
+        hidden = self.model(input_ids, positions, self.attention, self.kernels)
         if not samplers:
             return None
         if len(samplers) == len(batch.seqs):  # every sequence's last row, already on the device
@@ -159,7 +160,7 @@ class ModelRunner:
         else:
             ends = list(itertools.accumulate(metadata.query_lens_host))
             rows = to_device([ends[i] - 1 for i in samplers], self.device)
-        return self.model.compute_logits(hidden[rows])  # [num_samplers, vocab] float32
+        return self.model.compute_logits(hidden[rows], self.kernels)  # [num_samplers, vocab]
 
     def _graph_runner(self, max_num_seqs: int) -> CudaGraphRunner | None:
         """A CudaGraphRunner where the device is CUDA and the backend is flashinfer, else None."""
@@ -169,7 +170,7 @@ class ModelRunner:
             return None
         max_blocks_per_seq = -(-self.model.config.max_position_embeddings // self.block_size)
         max_pages = max_num_seqs * max_blocks_per_seq
-        return CudaGraphRunner(self.model, self.attention, max_num_seqs, max_pages)
+        return CudaGraphRunner(self.model, self.attention, max_num_seqs, max_pages, self.kernels)
 
     def _graph_step(self, batch: ScheduledBatch) -> PaddedDecode | None:
         """The padded graph inputs when this step can replay a CUDA graph, else None."""

@@ -74,12 +74,15 @@ class DenseCausalAttention:
 PROMPTS = make_prompts(SMALL["vocab_size"])
 
 
-def logits_of(model: LlamaForCausalLM, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
+def logits_of(
+    model: LlamaForCausalLM, prompts: list[torch.Tensor], kernels: FusedKernels | None = None
+) -> list[torch.Tensor]:
     device = model.embed_tokens.weight.device
+    attn = DenseCausalAttention()
     with torch.no_grad():
         return [
             model.compute_logits(
-                model(p.to(device), torch.arange(len(p), device=device), DenseCausalAttention())
+                model(p.to(device), torch.arange(len(p), device=device), attn, kernels), kernels
             )
             for p in prompts
         ]
@@ -90,8 +93,7 @@ def test_fused_path_matches_plain_path(tmp_path: Path, case: str) -> None:
     make_checkpoint(tmp_path, make_hf_config(case))
     model, _ = load_model(tmp_path)
     expected = logits_of(model, PROMPTS)
-    model.use_fused_kernels(TORCH_KERNELS)
-    for ours, theirs in zip(logits_of(model, PROMPTS), expected, strict=True):
+    for ours, theirs in zip(logits_of(model, PROMPTS, TORCH_KERNELS), expected, strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
@@ -102,7 +104,7 @@ def test_cpu_engine_uses_neither_fused_kernels_nor_graphs(tmp_path: Path) -> Non
     make_engine_checkpoint("llama", tmp_path)
     engine = make_engine(tmp_path)
     assert engine.config.cuda_graphs
-    assert engine.runner.model.fused is None
+    assert engine.runner.kernels is None
     assert engine.runner.graphs is None
 
 
@@ -121,8 +123,7 @@ def test_fused_kernels_are_as_accurate_as_plain_path(
     exact = logits_of(load_model(tmp_path, dtype=torch.float32, device=cuda)[0], PROMPTS)
     model, _ = load_model(tmp_path, dtype=dtype, device=cuda)
     plain = logits_of(model, PROMPTS)
-    model.use_fused_kernels(kernels)
-    fused = logits_of(model, PROMPTS)
+    fused = logits_of(model, PROMPTS, kernels)
     for e, p, f in zip(exact, plain, fused, strict=True):
         plain_err, fused_err = (p - e).abs().max().item(), (f - e).abs().max().item()
         assert fused_err <= 1.5 * plain_err + 1e-2, (fused_err, plain_err)

@@ -1,9 +1,9 @@
 """The Llama family (Llama, Mistral, Qwen2, Qwen3) in plain torch over a flat varlen batch.
 
 The model runner calls `forward` once per engine step; each layer hands q/k/v to the attention
-backend. On CUDA in 16-bit the runner may switch on fused kernels (`FusedKernels`: flashinfer's
-elementwise kernels, parrotlet's small-batch linear kernel); the plain torch path is the reference
-and the only path on CPU.
+backend. On CUDA in 16-bit the runner passes fused kernels (`FusedKernels`: flashinfer's
+elementwise kernels, parrotlet's small-batch linear kernel); without them the plain torch path
+runs, the reference and the only path on CPU.
 """
 
 from __future__ import annotations
@@ -273,19 +273,21 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = RotaryEmbedding(config)
-        self.fused: FusedKernels | None = None
-
-    def use_fused_kernels(self, kernels: FusedKernels | None) -> None:
-        """Run norms, residual adds, SiLU, RoPE and matmuls with `kernels` (CUDA, 16-bit)."""
-        self.fused = kernels
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionBackend
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        attn: AttentionBackend,
+        kernels: FusedKernels | None = None,
     ) -> torch.Tensor:
-        """Hidden states after the final norm, `[num_tokens, hidden]`; attn must be planned."""
+        """Hidden states after the final norm, `[num_tokens, hidden]`; attn must be planned.
+
+        With `kernels` (CUDA, 16-bit) norms, residual adds, SwiGLU, RoPE and matmuls run fused.
+        """
         hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden]
-        if self.fused is not None:
-            return self._forward_fused(hidden, positions, attn, self.fused)
+        if kernels is not None:
+            return self._forward_fused(hidden, positions, attn, kernels)
         cos, sin = self.rotary(positions, hidden.dtype)  # [num_tokens, 1, head_dim] each
         for layer in self.layers:
             hidden = layer(hidden, cos, sin, attn)
@@ -308,9 +310,11 @@ class LlamaForCausalLM(nn.Module):
         kernels.fused_add_rmsnorm(hidden, residual, self.norm.weight, self.norm.eps)
         return hidden
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(
+        self, hidden: torch.Tensor, kernels: FusedKernels | None = None
+    ) -> torch.Tensor:
         """float32 logits `[num_rows, vocab]` for the given hidden rows `[num_rows, hidden]`."""
-        linear = F.linear if self.fused is None else self.fused.linear
+        linear = F.linear if kernels is None else kernels.linear
         return linear(hidden, self.lm_head.weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
