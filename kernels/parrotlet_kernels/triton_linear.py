@@ -1,7 +1,7 @@
 """Linear layers of decode steps (a few rows) as one weight-streaming Triton kernel per layer.
 
 At a handful of rows a linear layer is a read of its weight. cuBLAS's kernels for Llama-3-8B's
-decode shapes reach 68-93% of the copy bandwidth (o_proj the least; qkv and down_proj run split-K
+decode shapes reach 67-94% of the copy bandwidth (o_proj the least; qkv and down_proj run split-K
 plus a reduce kernel), and SwiGLU's `silu(gate) * up` is a kernel of its own. The model's fused
 path (CUDA, 16-bit) calls `linear` and `swiglu`: they run the Triton kernel where `plan_linear`
 returns a launch (`swiglu` forms the product in the gate/up kernel's epilogue), and cuBLAS / the
@@ -18,7 +18,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-MAX_ROWS = 16  # the rows measured and checked on the H100; 17-64 (block_m 32 / 64) not yet
+MAX_ROWS = 16  # measured and checked on the H100; 17-64 rows (32- / 64-row tiles) are not yet
 _SMEM_BYTES = 200 * 1024  # for the pipeline's stages; an H100 SM has 227 KB
 _DTYPES = (torch.float16, torch.bfloat16)
 

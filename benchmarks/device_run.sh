@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Run GPU checks and benchmarks in one call on the lent GPU machine (its compile cache and the
+# machine itself last only while calls keep coming, so one call should do build + check + bench).
+#
+#   bash benchmarks/device_run.sh [STEP ...]      # from the repo root, with .device/ carried
+#
+# Steps (default: tests decode): tests, decode (engine_decode.py), profile (profile_decode_step.py),
+# linear (kernel_linear.py), shared-prefix (kernel_shared_prefix.py), apps-a (chain-summary,
+# map-reduce, shared-prompt), apps-b (multi-agent, mixed, multi-app). Each step's log, and the JSON
+# it writes, land in $OUT. Needs .device/wheels from ../shared/device/prepare.sh and, for the app
+# workloads, the default model's tokenizer files in .device/tokenizer.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+out=${OUT:-$root/build/device}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .device/wheels/*.whl
+export PYTHONPATH=/tmp/site:$root/backend:$root/kernels:$root/integrations:$root
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PARROTLET_TEST_TOKENIZER=$root/.device/tokenizer OUT=$out
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+gpu_tests=(
+  tests/kernels/test_flashinfer_backend.py tests/kernels/test_triton_linear.py
+  tests/kernels/test_triton_shared_prefix.py tests/engine/models/test_llama_fused.py
+  tests/engine/test_engine_gpu.py tests/engine/test_cuda_graphs_gpu.py tests/serve/test_serve_gpu.py
+)
+
+run_step() {
+  case "$1" in
+    tests) python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short "${gpu_tests[@]}" ;;
+    decode) python3 benchmarks/engine_decode.py ;;
+    profile) python3 benchmarks/profile_decode_step.py ;;
+    linear) python3 benchmarks/kernel_linear.py ;;
+    shared-prefix) python3 benchmarks/kernel_shared_prefix.py ;;
+    apps-a | apps-b)
+      local workloads=(chain-summary map-reduce shared-prompt)
+      [ "$1" = apps-b ] && workloads=(multi-agent mixed multi-app)
+      python3 -m parrotlet.cli bench "${workloads[@]}" --device cuda --arch llama3-8b-random \
+        --tokenizer .device/tokenizer --out "$out" ;;
+    *) echo "unknown step $1" >&2; return 2 ;;
+  esac
+}
+
+status=0
+for step in "${@:-tests decode}"; do
+  for one in $step; do
+    echo "=== $one"
+    run_step "$one" 2>&1 | tee "$out/$one.log" | tail -40
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  done
+done
+exit $status
