@@ -5,7 +5,8 @@
 #   bash benchmarks/device_run.sh [STEP ...]      # from the repo root, with .device/ carried
 #
 # Steps (default: tests decode): tests, decode (engine_decode.py), profile (profile_decode_step.py),
-# linear (kernel_linear.py), shared-prefix (kernel_shared_prefix.py), apps-a (chain-summary,
+# linear (kernel_linear.py), attention (kernel_decode_attention.py), shared-prefix
+# (kernel_shared_prefix.py), apps-a (chain-summary,
 # map-reduce, shared-prompt), apps-b (multi-agent, mixed, multi-app). Each step's log, and the JSON
 # it writes, land in $OUT. Needs .device/wheels from ../shared/device/prepare.sh and, for the app
 # workloads, the default model's tokenizer files in .device/tokenizer.
@@ -23,7 +24,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 gpu_tests=(
   tests/kernels/test_flashinfer_backend.py tests/kernels/test_triton_linear.py
-  tests/kernels/test_triton_shared_prefix.py tests/engine/models/test_llama_fused.py
+  tests/kernels/test_triton_paged_decode.py tests/kernels/test_triton_shared_prefix.py tests/engine/models/test_llama_fused.py
   tests/engine/test_engine_gpu.py tests/engine/test_cuda_graphs_gpu.py tests/serve/test_serve_gpu.py
 )
 
@@ -33,6 +34,7 @@ run_step() {
     decode) python3 benchmarks/engine_decode.py ;;
     profile) python3 benchmarks/profile_decode_step.py ;;
     linear) python3 benchmarks/kernel_linear.py ;;
+    attention) python3 benchmarks/kernel_decode_attention.py ;;
     shared-prefix) python3 benchmarks/kernel_shared_prefix.py ;;
     apps-a | apps-b)
       local workloads=(chain-summary map-reduce shared-prompt)

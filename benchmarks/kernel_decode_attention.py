@@ -1,0 +1,162 @@
+"""Decode attention of one layer with the step's K/V append: Triton's fused kernel vs flashinfer.
+
+For Llama-3-8B's heads (32 q / 8 KV, head dim 128, bf16, page 16), batch 1-64 and contexts of
+160-4096 tokens, times what a CUDA-graph decode step does per layer: flashinfer (two index_copy_
+cache writes, then the tensor-core paged decode with its split merge, as GraphDecodeAttention
+runs it) and `triton_paged_decode.paged_decode` (write + attend in one launch, a merge where it
+splits). Each is a CUDA graph over 32 layers' caches; the floor is the KV bytes over the copy
+bandwidth measured in the same run. Checks the Triton output against flashinfer's first.
+Prints a line per point and a summary; writes benchmarks/results/kernel_decode_attention.json
+(and $OUT/kernel_decode_attention.json when $OUT is set).
+
+    python benchmarks/kernel_decode_attention.py [--batches 1 8 32 64] [--contexts 160 1024 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+from engine_decode import copy_bandwidth, write_report
+
+from parrotlet_kernels.triton_paged_decode import paged_decode, plan_splits
+
+HEADS, KV_HEADS, HEAD_DIM, PAGE, LAYERS = 32, 8, 128, 16, 32
+
+
+class Problem:
+    """`LAYERS` caches holding `batch` sequences of `context` tokens (this step's included)."""
+
+    def __init__(self, batch: int, context: int) -> None:
+        dev, bf16 = torch.device("cuda"), torch.bfloat16
+        pages = -(-context // PAGE)
+        self.caches = [
+            torch.randn(batch * pages, 2, PAGE, KV_HEADS, HEAD_DIM, device=dev, dtype=bf16)
+            for _ in range(LAYERS)
+        ]
+        self.indptr = torch.arange(batch + 1, dtype=torch.int32, device=dev) * pages
+        self.indices = torch.randperm(batch * pages, device=dev).to(torch.int32)
+        last = context - (pages - 1) * PAGE
+        self.last = torch.full((batch,), last, dtype=torch.int32, device=dev)
+        last_pages = self.indices[self.indptr[1:].long() - 1].long()
+        self.key_rows = last_pages * 2 * PAGE + last - 1
+        self.q = torch.randn(batch, HEADS, HEAD_DIM, device=dev, dtype=bf16)
+        self.k = torch.randn(batch, KV_HEADS, HEAD_DIM, device=dev, dtype=bf16)
+        self.v = torch.randn_like(self.k)
+        self.batch, self.context = batch, context
+
+    def kv_bytes(self) -> int:
+        return self.batch * self.context * KV_HEADS * HEAD_DIM * 2 * 2
+
+    def rows(self, layer: int) -> torch.Tensor:
+        return self.caches[layer].view(-1, KV_HEADS, HEAD_DIM)
+
+
+def flashinfer_layer(problem: Problem, workspace: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    import flashinfer
+
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+        workspace, "NHD", use_cuda_graph=True, use_tensor_cores=True,
+        paged_kv_indptr_buffer=problem.indptr.clone(),
+        paged_kv_indices_buffer=problem.indices.clone(),
+        paged_kv_last_page_len_buffer=problem.last.clone(),
+    )  # fmt: skip
+    wrapper.plan(
+        problem.indptr.cpu(), problem.indices, problem.last.cpu(), HEADS, KV_HEADS, HEAD_DIM,
+        PAGE, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16,
+    )  # fmt: skip
+
+    def layer(i: int) -> torch.Tensor:
+        rows = problem.rows(i)
+        rows.index_copy_(0, problem.key_rows, problem.k)
+        rows.index_copy_(0, problem.key_rows + PAGE, problem.v)
+        return wrapper.run(problem.q, problem.caches[i])
+
+    return layer
+
+
+def triton_layer(problem: Problem, num_splits: int) -> Callable[[int], torch.Tensor]:
+    def layer(i: int) -> torch.Tensor:
+        return paged_decode(
+            problem.q, problem.k, problem.v, problem.caches[i], problem.indptr,
+            problem.indices, problem.last, problem.key_rows, num_splits,
+        )  # fmt: skip
+
+    return layer
+
+
+def time_us(layer: Callable[[int], torch.Tensor], repeats: int = 5) -> float:
+    """Microseconds per layer from replays of one CUDA graph over every layer."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for i in range(LAYERS):
+            layer(i)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(LAYERS):
+            layer(i)
+    graph.replay()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) * 1e3 / LAYERS)
+    return best
+
+
+def measure(batch: int, context: int, bandwidth: float, workspace: torch.Tensor) -> dict:
+    problem = Problem(batch, context)
+    num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+    splits = plan_splits(batch, KV_HEADS, num_sms)
+    ours, theirs = triton_layer(problem, splits), flashinfer_layer(problem, workspace)
+    error = (ours(0).float() - theirs(0).float()).abs().max().item()
+    row = {
+        "batch": batch, "context": context, "num_splits": splits, "max_abs_err": error,
+        "floor_us": problem.kv_bytes() / bandwidth * 1e6,
+        "flashinfer_us": time_us(theirs), "triton_us": time_us(ours),
+    }  # fmt: skip
+    row["speedup"] = row["flashinfer_us"] / row["triton_us"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[160, 1024, 4096])
+    args = parser.parse_args()
+    bandwidth = copy_bandwidth(torch.device("cuda"))
+    workspace = torch.zeros(256 << 20, dtype=torch.uint8, device="cuda")
+    rows = []
+    for batch in args.batches:
+        for context in args.contexts:
+            r = measure(batch, context, bandwidth, workspace)
+            rows.append(r)
+            print(
+                f"batch {batch:3d} context {context:5d}: flashinfer {r['flashinfer_us']:7.2f} us"
+                f"  triton {r['triton_us']:7.2f} us ({r['num_splits']} splits)"
+                f"  floor {r['floor_us']:7.2f}  {r['speedup']:.2f}x  err {r['max_abs_err']:.3g}",
+                flush=True,
+            )
+            torch.cuda.empty_cache()
+    wins = sum(r["speedup"] > 1 for r in rows)
+    first = rows[0]
+    print(
+        f"kernel_decode_attention on {torch.cuda.get_device_name()}: Triton faster at {wins} of"
+        f" {len(rows)} points; batch {first['batch']} / {first['context']} tokens"
+        f" {first['triton_us']:.2f} vs {first['flashinfer_us']:.2f} us a layer"
+    )
+    write_report(
+        {"device": torch.cuda.get_device_name(), "copy_bandwidth_gb_s": bandwidth / 1e9,
+         "rows": rows}, "kernel_decode_attention",
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

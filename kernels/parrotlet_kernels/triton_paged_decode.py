@@ -1,0 +1,126 @@
+"""Paged decode attention with the step's K/V append in the same Triton launch.
+
+A decode step's attention on flashinfer is four launches a layer at small batch: two cache writes,
+the paged kernel, and a merge of its KV splits; at batch 1 and short contexts they are bound by
+launch latency, not bytes (about 14 us a layer on the H100 for 0.7 MB of KV). `paged_decode`
+writes k/v and attends in one launch, plus a merge only where it splits the KV. Its inputs are
+the page-table buffers GraphDecodeAttention fills (lengths are read on the device), so one CUDA
+graph serves every length. Not yet wired into the engine: benchmarks/kernel_decode_attention.py
+compares it with flashinfer first. Importing this module does not import triton.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_DTYPES = (torch.float16, torch.bfloat16)
+MAX_SPLITS = 16
+
+
+def plan_splits(batch: int, num_kv_heads: int, num_sms: int) -> int:
+    """KV splits per (sequence, KV head): enough programs to give every SM one, at most 16."""
+    return max(1, min(MAX_SPLITS, num_sms // (batch * num_kv_heads)))
+
+
+def paged_decode(
+    q: torch.Tensor,  # [batch, num_heads, head_dim]
+    k: torch.Tensor,  # [batch, num_kv_heads, head_dim], this step's keys
+    v: torch.Tensor,  # [batch, num_kv_heads, head_dim]
+    kv_cache: torch.Tensor,  # [num_blocks, 2, page_size, num_kv_heads, head_dim]
+    kv_indptr: torch.Tensor,  # [batch + 1] int32
+    kv_indices: torch.Tensor,  # int32 page ids
+    last_page_len: torch.Tensor,  # [batch] int32, this step's token included
+    key_rows: torch.Tensor,  # [batch] int64, cache row of this step's key (value: + page_size)
+    num_splits: int,
+    scale: float | None = None,
+) -> torch.Tensor:  # [batch, num_heads, head_dim]
+    """Write each sequence's k/v at `key_rows`, then attend its pages (this token last).
+
+    Sequence b reads pages `kv_indices[kv_indptr[b]:kv_indptr[b + 1]]`, full but for the last,
+    which holds `last_page_len[b]` tokens; its new token sits at the last of them. Rows are
+    rows of `kv_cache.view(-1, num_kv_heads, head_dim)`. Page ids and lengths are trusted (reading
+    them would sync the device). Equal to softmax attention over the sequence's tokens.
+
+    Raises:
+        ValueError: a shape, dtype or device does not fit the description above.
+    """
+    check_inputs(q, k, v, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, num_splits)
+    from parrotlet_kernels.triton_paged_decode_kernels import paged_decode_kernel
+
+    batch, num_heads, head_dim = q.shape
+    page_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    group = num_heads // num_kv_heads
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous
+    if num_splits == 1:
+        o_part, lse_part = out, out.new_empty(0, dtype=torch.float32)
+    else:
+        o_part = q.new_empty((batch, num_heads, num_splits, head_dim), dtype=torch.float32)
+        lse_part = q.new_empty((batch, num_heads, num_splits), dtype=torch.float32)
+    scale = head_dim**-0.5 if scale is None else scale
+    paged_decode_kernel[(batch, num_kv_heads, num_splits)](
+        q, k, v, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, o_part, lse_part,
+        num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
+        v.stride(1), scale * math.log2(math.e), GROUP=group,
+        BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim, PAGE_SIZE=page_size,
+        NUM_SPLITS=num_splits, num_warps=4,
+    )  # fmt: skip
+    if num_splits > 1:
+        from parrotlet_kernels.triton_shared_prefix_kernels import merge_kernel
+
+        slots = 1 << (num_splits - 1).bit_length()
+        merge_kernel[(batch * num_heads,)](
+            o_part, lse_part, out, num_splits, SLOTS=slots, HEAD_DIM=head_dim, num_warps=2
+        )
+    return out
+
+
+def check_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    last_page_len: torch.Tensor,
+    key_rows: torch.Tensor,
+    num_splits: int,
+) -> None:
+    """ValueError naming the first argument that does not fit `paged_decode`'s description."""
+    if q.dim() != 3 or kv_cache.dim() != 5 or kv_cache.shape[1] != 2:
+        raise ValueError(
+            "q must be [batch, num_heads, head_dim] and kv_cache [num_blocks, 2, page_size, "
+            f"num_kv_heads, head_dim], got {tuple(q.shape)} and {tuple(kv_cache.shape)}"
+        )
+    batch, num_heads, head_dim = q.shape
+    _, _, page_size, num_kv_heads, cache_dim = kv_cache.shape
+    if q.dtype not in _DTYPES or kv_cache.dtype != q.dtype:
+        raise ValueError(f"q and kv_cache must share float16 / bfloat16, got {q.dtype}, "
+                         f"{kv_cache.dtype}")  # fmt: skip
+    if cache_dim != head_dim or head_dim < 16 or head_dim & (head_dim - 1):
+        raise ValueError(f"head_dim must be a power of two >= 16 on q and kv_cache, got "
+                         f"{head_dim} and {cache_dim}")  # fmt: skip
+    if page_size < 16 or page_size & (page_size - 1):
+        raise ValueError(f"page_size must be a power of two >= 16, got {page_size}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"q's num_heads ({num_heads}) must be a multiple of num_kv_heads "
+                         f"({num_kv_heads})")  # fmt: skip
+    for name, x in (("k", k), ("v", v)):
+        if tuple(x.shape) != (batch, num_kv_heads, head_dim) or x.dtype != q.dtype:
+            raise ValueError(f"{name} must be [{batch}, {num_kv_heads}, {head_dim}] "
+                             f"{q.dtype}, got {tuple(x.shape)} {x.dtype}")  # fmt: skip
+    _check_index("kv_indptr", kv_indptr, torch.int32, (batch + 1,))
+    _check_index("last_page_len", last_page_len, torch.int32, (batch,))
+    _check_index("key_rows", key_rows, torch.int64, (batch,))
+    _check_index("kv_indices", kv_indices, torch.int32, None)
+    if not 1 <= num_splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits must be in [1, {MAX_SPLITS}], got {num_splits}")
+    if not kv_cache.is_contiguous() or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("kv_cache must be contiguous and q, k, v contiguous in head_dim")
+
+
+def _check_index(name: str, x: torch.Tensor, dtype: torch.dtype, shape: tuple | None) -> None:
+    if x.dtype != dtype or x.dim() != 1 or (shape is not None and tuple(x.shape) != shape):
+        want = "1-D" if shape is None else f"shape {shape}"
+        raise ValueError(f"{name} must be {dtype} of {want}, got {x.dtype} {tuple(x.shape)}")

@@ -1,0 +1,149 @@
+"""The fused append + paged decode kernel: input checks and split planning on CPU; its output and
+its cache writes against plain torch attention under Triton's interpreter (float16; skipped
+without triton) and on the GPU (`-m gpu`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from parrotlet_kernels.attention_math import attention_with_lse
+from parrotlet_kernels.triton_paged_decode import check_inputs, paged_decode, plan_splits
+
+KERNELS = "parrotlet_kernels.triton_paged_decode_kernels"
+
+
+class Step:
+    """One decode step: a random paged cache, shuffled distinct pages, this step's q/k/v."""
+
+    def __init__(self, seq_lens, heads=(8, 2), head_dim=16, page_size=16, dtype=torch.float16,
+                 device="cpu") -> None:  # fmt: skip
+        gen = torch.Generator().manual_seed(sum(seq_lens))
+        num_heads, num_kv_heads = heads
+        pages = [-(-n // page_size) for n in seq_lens]
+        num_blocks = sum(pages) + 3
+        order = torch.randperm(num_blocks, generator=gen).to(torch.int32)
+        shape = (num_blocks, 2, page_size, num_kv_heads, head_dim)
+        self.cache = torch.randn(shape, generator=gen).to(dtype).to(device)
+        self.indptr = torch.tensor([0, *torch.tensor(pages).cumsum(0).tolist()], dtype=torch.int32)
+        self.indices = order[: sum(pages)]
+        last = [n - (p - 1) * page_size for n, p in zip(seq_lens, pages, strict=True)]
+        self.last = torch.tensor(last, dtype=torch.int32)
+        last_pages = self.indices[self.indptr[1:].long() - 1].long()
+        self.key_rows = last_pages * 2 * page_size + self.last.long() - 1
+        batch = len(seq_lens)
+        self.q = torch.randn(batch, num_heads, head_dim, generator=gen).to(dtype).to(device)
+        qkv = torch.randn(batch, 3, num_kv_heads, head_dim, generator=gen).to(dtype).to(device)
+        self.k, self.v = qkv[:, 1], qkv[:, 2]  # strided views, as the model's split gives
+        self.indptr, self.indices = self.indptr.to(device), self.indices.to(device)
+        self.last, self.key_rows = self.last.to(device), self.key_rows.to(device)
+        self.seq_lens, self.page_size = seq_lens, page_size
+
+    def args(self, num_splits: int) -> tuple:
+        return (self.q, self.k, self.v, self.cache, self.indptr, self.indices, self.last,
+                self.key_rows, num_splits)  # fmt: skip
+
+    def reference(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the cache with this step's k/v written, float32 attention of each sequence)."""
+        cache = self.cache.clone()
+        rows = cache.view(-1, *cache.shape[3:])
+        rows[self.key_rows] = self.k
+        rows[self.key_rows + self.page_size] = self.v
+        outs = []
+        for b, n in enumerate(self.seq_lens):
+            pages = self.indices[self.indptr[b] : self.indptr[b + 1]].long()
+            kv = cache[pages].transpose(1, 2).flatten(0, 1)[:n].float()  # [n, 2, kv_heads, dim]
+            scale = self.q.shape[-1] ** -0.5
+            out, _ = attention_with_lse(self.q[b][None].float(), kv[:, 0], kv[:, 1], scale)
+            outs.append(out[0])
+        return cache, torch.stack(outs)
+
+
+CASES = [  # (sequence lengths, heads, num_splits)
+    ([1], (8, 2), 1),  # only this step's token
+    ([1, 17, 16, 33], (8, 2), 3),  # splits left empty, page boundaries
+    ([100, 5, 64], (8, 8), 4),  # GQA 1
+    ([300, 129], (16, 2), 16),  # GQA 8, more splits than pages for one sequence
+    ([47], (4, 4), 1),
+]
+
+
+def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
+    for seq_lens, heads, splits in CASES:
+        step = Step(seq_lens, heads, head_dim, dtype=dtype, device=device)
+        cache, expected = step.reference()
+        out = paged_decode(*step.args(splits))
+        assert out.shape == step.q.shape and out.dtype == dtype
+        torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+        assert torch.equal(step.cache, cache), "only this step's k/v are written"
+
+
+# ---- CPU: planning and input checks ----------------------------------------------------------
+def test_plan_splits_fills_the_sms_up_to_16():
+    assert [plan_splits(b, 8, 132) for b in (1, 2, 8, 16, 64)] == [16, 8, 2, 1, 1]
+    assert plan_splits(1, 1, 4) == 4
+
+
+BAD = [
+    (lambda s: dict(q=s.q[0]), r"q must be \[batch, num_heads, head_dim\]"),
+    (lambda s: dict(q=s.q.float()), "q and kv_cache must share float16 / bfloat16"),
+    (lambda s: dict(k=s.k[:1]), r"k must be \[4, 2, 16\]"),
+    (lambda s: dict(v=s.v.bfloat16()), r"v must be \[4, 2, 16\] torch.float16"),
+    (lambda s: dict(q=s.q[:, :7]), r"num_heads \(7\) must be a multiple of num_kv_heads \(2\)"),
+    (lambda s: dict(indptr=s.indptr.long()), "kv_indptr must be torch.int32 of shape"),
+    (lambda s: dict(last=s.last[:2]), r"last_page_len must be torch.int32 of shape \(4,\)"),
+    (lambda s: dict(key_rows=s.key_rows.int()), "key_rows must be torch.int64"),
+    (lambda s: dict(num_splits=17), r"num_splits must be in \[1, 16\], got 17"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD)
+def test_check_inputs_names_the_bad_argument(change, message):
+    step = Step([1, 17, 16, 33])
+    names = ["q", "k", "v", "cache", "indptr", "indices", "last", "key_rows", "num_splits"]
+    args = dict(zip(names, step.args(2), strict=True))
+    check_inputs(*args.values())
+    with pytest.raises(ValueError, match=message):
+        check_inputs(*(args | change(step)).values())
+
+
+def test_reference_reads_the_sequence_in_order():
+    """The oracle itself: a sequence over two shuffled pages reads them in page-table order."""
+    step = Step([20], heads=(2, 2))
+    cache, expected = step.reference()
+    pages = step.indices.tolist()
+    tokens = [cache[pages[t // 16], :, t % 16] for t in range(20)]  # [2, kv_heads, dim] each
+    kv = torch.stack(tokens).float()
+    out, _ = attention_with_lse(step.q.float(), kv[:, 0], kv[:, 1], 16**-0.5)
+    torch.testing.assert_close(expected, out)
+
+
+def test_import_does_not_load_triton():
+    code = f"import sys, parrotlet_kernels.triton_paged_decode; print({KERNELS!r} in sys.modules)"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr
+
+
+# ---- the kernel: Triton's interpreter on CPU, then the GPU -------------------------------------
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_kernel_under_the_triton_interpreter():
+    """float16 only: the interpreter mishandles bfloat16 loads (seen with triton 3.6)."""
+    code = "from tests.kernels.test_triton_paged_decode import check_kernel; import torch; "
+    code += "check_kernel('cpu', torch.float16)"
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_kernel_on_gpu(dtype: torch.dtype, head_dim: int) -> None:
+    check_kernel("cuda", dtype, head_dim)
