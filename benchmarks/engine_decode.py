@@ -2,9 +2,9 @@
 
 Builds a Llama-3-8B architecture with random bf16 weights on the GPU (nothing is downloaded), runs
 B requests (random prompts, fixed output length, EOS ignored) through the parrotlet engine with
-CUDA graphs, async scheduling and the small-batch Triton linear kernel (the defaults), without async
-scheduling, without CUDA graphs (eager), with cuBLAS for every linear layer, and the same batch
-through `transformers`
+its defaults (CUDA graphs, async scheduling, the small-batch Triton linear kernel) and with one of
+them changed at a time (VARIANTS: eager, without async scheduling, cuBLAS linear layers, Triton
+decode attention in the graphs), and the same batch through `transformers`
 generate. The floor of a decode step is (weight bytes + KV bytes read) / the device copy
 bandwidth measured in the same run. Prints one summary line and writes
 benchmarks/results/engine_decode.json (and $OUT/engine_decode.json when $OUT is set).
@@ -85,13 +85,17 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeats: int = 1
     return 2 * nbytes * repeats / (time.perf_counter() - start)
 
 
+VARIANTS = {  # name: EngineConfig fields changed from the defaults
+    "default": {},
+    "eager": {"cuda_graphs": False},
+    "sync": {"async_scheduling": False},
+    "cublas": {"small_batch_linear": False},
+    "triton_attention": {"graph_decode_attention": "triton"},
+}
+
+
 def make_engine(
-    model: LlamaForCausalLM,
-    device: str,
-    args: argparse.Namespace,
-    cuda_graphs: bool,
-    async_scheduling: bool = True,
-    small_batch_linear: bool = True,
+    model: LlamaForCausalLM, device: str, args: argparse.Namespace, **changes
 ) -> LLMEngine:
     max_batch = max(args.batches)
     tokens_per_seq = args.prompt_len + args.max_tokens + 16
@@ -99,9 +103,7 @@ def make_engine(
         device=device,
         dtype="bfloat16" if device != "cpu" else "float32",
         shared_prefix_attention=False,
-        cuda_graphs=cuda_graphs,
-        async_scheduling=async_scheduling,
-        small_batch_linear=small_batch_linear,
+        **{"async_scheduling": True, **changes},
         cache=CacheConfig(
             block_size=16,
             num_blocks=max_batch * -(-tokens_per_seq // 16) + 16,
@@ -214,38 +216,39 @@ def replay_seconds(engine: LLMEngine, batch: int, replays: int = 20) -> float | 
     return (time.perf_counter() - start) / replays
 
 
-def bench_batch(engines, hf_model, model, batch: int, args, bandwidth: float) -> dict:
-    """`engines`: (default, eager, without async scheduling, cuBLAS linear layers)."""
+def bench_batch(engines: dict, hf_model, model, batch: int, args, bandwidth: float) -> dict:
+    """`engines`: one per VARIANTS name; "step" is the default engine's median decode step."""
     g = torch.Generator().manual_seed(batch)
     vocab = model.config.vocab_size
     prompts = torch.randint(1, vocab, (batch, args.prompt_len), generator=g).tolist()
-    timings = []
-    for engine in engines:
+    steps, total = {}, 0.0
+    for name, engine in engines.items():
         run_engine(engine, prompts, 4)  # warm-up: JIT kernels, allocator, graph capture
-        timings.append(run_engine(engine, prompts, args.max_tokens))
-    (total, steps), (_, eager_steps), (_, sync_steps), (_, cublas_steps) = timings
-    replay = replay_seconds(engines[0], batch)
+        seconds, step_times = run_engine(engine, prompts, args.max_tokens)
+        steps[name] = statistics.median(step_times)
+        total = seconds if name == "default" else total
+    replay = replay_seconds(engines["default"], batch)
     run_transformers(hf_model, prompts, 2)
     hf_seconds = run_transformers(hf_model, prompts, args.max_tokens)
-    step, eager_step = statistics.median(steps), statistics.median(eager_steps)
-    sync_step = statistics.median(sync_steps)
+    step = steps["default"]
     context = args.prompt_len + args.max_tokens // 2
     floor = floor_seconds(model, batch, context, bandwidth)
-    eager = engines[1]
+    eager = engines["eager"]
     graph = graph_step_seconds(eager, batch, context) if eager.device.type == "cuda" else step
     tokens = batch * args.max_tokens
+    variants = {}
+    for name, seconds in steps.items():
+        ms, ratio = (
+            ("step_ms", "step_over_floor")
+            if name == "default"
+            else (f"{name}_step_ms", f"{name}_over_floor")
+        )
+        variants |= {ms: round(seconds * 1e3, 3), ratio: round(seconds / floor, 3)}
     return {
         "batch": batch,
-        "step_ms": round(step * 1e3, 3),
         "floor_ms": round(floor * 1e3, 3),
-        "step_over_floor": round(step / floor, 3),
         "replay_ms": None if replay is None else round(replay * 1e3, 3),
-        "cublas_step_ms": round(statistics.median(cublas_steps) * 1e3, 3),
-        "cublas_over_floor": round(statistics.median(cublas_steps) / floor, 3),
-        "sync_step_ms": round(sync_step * 1e3, 3),
-        "sync_over_floor": round(sync_step / floor, 3),
-        "eager_step_ms": round(eager_step * 1e3, 3),
-        "eager_over_floor": round(eager_step / floor, 3),
+        **variants,
         "graph_step_ms": round(graph * 1e3, 3),
         "graph_over_floor": round(graph / floor, 3),
         "decode_tok_s": round(batch / step, 1),
@@ -267,18 +270,8 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     arch = TINY if args.tiny else LLAMA3_8B
     hf_model, model = build_models(arch, device, dtype)
-    engines = [
-        make_engine(
-            model, args.device, args, cuda_graphs=g, async_scheduling=a, small_batch_linear=t
-        )
-        for g, a, t in (
-            (True, True, True),
-            (False, True, True),
-            (True, False, True),
-            (True, True, False),
-        )
-    ]
-    engine = engines[0]
+    engines = {name: make_engine(model, args.device, args, **c) for name, c in VARIANTS.items()}
+    engine = engines["default"]
     bandwidth = copy_bandwidth(device)
     rows = [bench_batch(engines, hf_model, model, b, args, bandwidth) for b in args.batches]
     report = {
@@ -300,7 +293,8 @@ def main() -> None:
     print(
         f"engine_decode on {report['device']}: batch {first['batch']} step {first['step_ms']} ms"
         f" = {first['step_over_floor']}x the floor (without async scheduling"
-        f" {first['sync_over_floor']}x, cuBLAS linear {first['cublas_over_floor']}x,"
+        f" {first['sync_over_floor']}x, cuBLAS linear {first['cublas_over_floor']}x, Triton"
+        f" decode attention {first['triton_attention_over_floor']}x,"
         f" eager {first['eager_over_floor']}x, eager"
         f" kernels in one CUDA graph {first['graph_over_floor']}x); batch {big['batch']}"
         f" {big['engine_tok_s']} tok/s = {big['speedup_vs_transformers']}x transformers"

@@ -464,10 +464,20 @@ class GraphDecodeAttention:
     from a device tensor the caller filled, so a step costs the caller's single host->device copy
     plus flashinfer's own plan copies. forward() writes k/v at those slots, then attends; it does
     only device work, so a graph captured once per batch size replays any later plan of that size.
+    With `kernel="triton"` forward() is one launch of parrotlet's fused append + paged decode
+    (triton_paged_decode.py) over the same buffers, plus a merge where it splits the KV.
     """
 
-    def __init__(self, backend: FlashInferBackend, max_batch_size: int, max_pages: int) -> None:
-        if backend._ops.make_graph_decode is None:
+    def __init__(
+        self,
+        backend: FlashInferBackend,
+        max_batch_size: int,
+        max_pages: int,
+        kernel: str = "flashinfer",
+    ) -> None:
+        if kernel not in ("flashinfer", "triton"):
+            raise ValueError(f"kernel must be flashinfer or triton, got {kernel!r}")
+        if kernel == "flashinfer" and backend._ops.make_graph_decode is None:
             raise ValueError("the backend's FlashInferOps has no make_graph_decode")
         self.spec, self.kv_caches = backend.spec, backend.kv_caches
         self._rows, self._make = backend._rows, backend._ops.make_graph_decode
@@ -479,6 +489,8 @@ class GraphDecodeAttention:
         self._value_rows = torch.zeros(max_batch_size, dtype=torch.long, device=device)
         self._wrappers: dict[int, Any] = {}
         self._fence = PlanFence(device)
+        self.kernel = kernel
+        self._splits: dict[int, int] = {}
 
     @property
     def max_pages(self) -> int:
@@ -499,6 +511,11 @@ class GraphDecodeAttention:
         key_rows, value_rows = self._key_rows[:batch_size], self._value_rows[:batch_size]
         torch.add(slots, slots.div(bs, rounding_mode="floor") * bs, out=key_rows)
         torch.add(key_rows, bs, out=value_rows)
+        if self.kernel == "triton":
+            self._indptr[: batch_size + 1].copy_(_int32(kv_indptr), non_blocking=True)
+            self._last[:batch_size].copy_(_int32(last_page_len), non_blocking=True)
+            self._indices[: pages.numel()].copy_(pages, non_blocking=True)
+            return
         wrapper = self._wrapper(batch_size)
         wrapper.plan(
             torch.tensor(kv_indptr, dtype=torch.int32),
@@ -523,10 +540,26 @@ class GraphDecodeAttention:
     ) -> torch.Tensor:  # [batch_size, num_heads, head_dim]
         """Write k/v at the planned slots of `layer`'s cache, then decode every row."""
         batch_size = q.shape[0]
+        if self.kernel == "triton":
+            return self._triton_forward(q, k, v, layer)
         rows = self._rows[layer]  # [num_blocks * 2 * block_size, num_kv_heads, head_dim]
         rows.index_copy_(0, self._key_rows[:batch_size], k.to(rows.dtype))
         rows.index_copy_(0, self._value_rows[:batch_size], v.to(rows.dtype))
         return self._wrappers[batch_size].run(q.contiguous(), self.kv_caches[layer])
+
+    def _triton_forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int
+    ) -> torch.Tensor:
+        from parrotlet_kernels.triton_paged_decode import paged_decode, plan_splits
+
+        batch_size, spec = q.shape[0], self.spec
+        if batch_size not in self._splits:
+            self._splits[batch_size] = plan_splits(batch_size, spec.num_kv_heads, _num_sms(spec))
+        return paged_decode(
+            q, k.to(spec.dtype), v.to(spec.dtype), self.kv_caches[layer],
+            self._indptr[: batch_size + 1], self._indices, self._last[:batch_size],
+            self._key_rows[:batch_size], self._splits[batch_size], scale=spec.scale,
+        )  # fmt: skip
 
     def _wrapper(self, batch_size: int) -> Any:
         if batch_size not in self._wrappers:
@@ -534,6 +567,16 @@ class GraphDecodeAttention:
                 self._indptr[: batch_size + 1], self._indices, self._last[:batch_size]
             )
         return self._wrappers[batch_size]
+
+
+def _int32(values: Sequence[int]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int32)
+
+
+def _num_sms(spec: AttentionSpec) -> int:
+    if spec.device.type != "cuda":
+        return 1  # Triton's interpreter on CPU (tests)
+    return torch.cuda.get_device_properties(spec.device).multi_processor_count
 
 
 def _check_caches(spec: AttentionSpec, kv_caches: Sequence[torch.Tensor]) -> None:

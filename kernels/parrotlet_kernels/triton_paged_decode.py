@@ -5,13 +5,15 @@ the paged kernel, and a merge of its KV splits; at batch 1 and short contexts th
 launch latency, not bytes (about 14 us a layer on the H100 for 0.7 MB of KV). `paged_decode`
 writes k/v and attends in one launch, plus a merge only where it splits the KV. Its inputs are
 the page-table buffers GraphDecodeAttention fills (lengths are read on the device), so one CUDA
-graph serves every length. Not yet wired into the engine: benchmarks/kernel_decode_attention.py
-compares it with flashinfer first. Importing this module does not import triton.
+graph serves every length. The engine uses it with `EngineConfig.graph_decode_attention="triton"`
+(opt-in until benchmarks/kernel_decode_attention.py shows where it beats flashinfer). Importing
+this module does not import triton.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -47,6 +49,8 @@ def paged_decode(
         ValueError: a shape, dtype or device does not fit the description above.
     """
     check_inputs(q, k, v, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, num_splits)
+    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"paged_decode needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
     from parrotlet_kernels.triton_paged_decode_kernels import paged_decode_kernel
 
     batch, num_heads, head_dim = q.shape

@@ -40,6 +40,7 @@ def make_engine(
     cuda_graphs: bool,
     async_scheduling: bool | None = None,
     budget: int = 4096,
+    graph_decode_attention: str = "flashinfer",
 ) -> LLMEngine:
     config = EngineConfig(
         model=str(folder),
@@ -48,6 +49,7 @@ def make_engine(
         attention_backend="flashinfer",
         cuda_graphs=cuda_graphs,
         async_scheduling=async_scheduling,
+        graph_decode_attention=graph_decode_attention,
         shared_prefix_min_tokens=0,
         cache=CacheConfig(block_size=16, num_blocks=512),
         scheduler=SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=64),
@@ -100,6 +102,19 @@ def test_graph_tokens_equal_eager_tokens(checkpoint, dtype, batch):
     assert graphs is not None and graphs.num_replays > 0
     assert bucket_for(graphs.sizes, batch) in graphs.captured_sizes
     assert_equal_up_to_near_ties(hf_model, prompts, actual, expected, NEAR_TIE[dtype])
+
+
+@pytest.mark.parametrize("batch", [1, 13, 64])
+def test_triton_decode_graphs_equal_eager_tokens(checkpoint, batch):
+    """Graphs whose attention is parrotlet's fused append + decode kernel, against eager steps."""
+    folder, hf_model = checkpoint
+    prompts = make_prompts([3 + (17 * i) % 90 for i in range(batch)], seed=batch)
+    expected = generate(make_engine(folder, "bfloat16", cuda_graphs=False), prompts)
+    engine = make_engine(folder, "bfloat16", cuda_graphs=True, graph_decode_attention="triton")
+    actual = generate(engine, prompts)
+    graphs = engine.runner.graphs
+    assert graphs is not None and graphs.num_replays > 0 and graphs.attention.kernel == "triton"
+    assert_equal_up_to_near_ties(hf_model, prompts, actual, expected, NEAR_TIE["bfloat16"])
 
 
 @pytest.mark.parametrize("cuda_graphs", [True, False])

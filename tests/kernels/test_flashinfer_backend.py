@@ -5,7 +5,11 @@ wrappers), and the real kernels on the GPU (`-m gpu`).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Sequence
 from itertools import accumulate
@@ -217,36 +221,71 @@ def test_plan_uses_cascade_only_for_accepted_groups():
     assert rows == slice(4, 12)  # group 0: decodes 0, 1 then the 6 query tokens of 2
 
 
-def test_graph_decode_padding_leaves_live_kv_alone():
-    """5 decodes padded to 8 rows: real rows equal the reference; padding writes only a slot past
-    the end of sequence 0 (37 tokens, its last block a quarter full)."""
-    spec, metadata, caches, q, k, v = build(CASES["decode"], block_size=4, num_layers=2)
+def check_graph_decode_padding(
+    kernel: str = "flashinfer",
+    block_size: int = 4,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    tol: float = 1e-5,
+) -> None:
+    """5 decodes padded to 8 rows: real rows equal the reference; padding writes only one slot
+    past the end of sequence 0. flashinfer runs as torch fakes; Triton runs its kernel."""
+    spec, metadata, caches, q, k, v = build(
+        CASES["decode"], block_size=block_size, num_layers=2, dtype=dtype
+    )
     ref_caches = [c.clone() for c in caches]
     expected = run_backend(TorchReferenceBackend(spec, ref_caches), metadata, q, k, v)
     tables, lens = metadata.block_tables.tolist(), metadata.seq_lens_host
     pad_slot = int(metadata.slot_mapping[0]) + 1
-    pages = [b for t, n in zip(tables, lens, strict=True) for b in t[: -(-n // 4)]]
-    kv_indptr = [0, *accumulate(-(-n // 4) for n in lens)]
-    backend = FlashInferBackend(spec, [c.clone() for c in caches], ops=FAKE_OPS)
-    graph = GraphDecodeAttention(backend, max_batch_size=8, max_pages=len(pages) + 8)
+    pages = [b for t, n in zip(tables, lens, strict=True) for b in t[: -(-n // block_size)]]
+    kv_indptr = [0, *accumulate(-(-n // block_size) for n in lens)]
+    spec = dataclasses.replace(spec, device=torch.device(device))
+    backend = FlashInferBackend(spec, [c.to(device) for c in caches], ops=FAKE_OPS)
+    graph = GraphDecodeAttention(backend, max_batch_size=8, max_pages=len(pages) + 8, kernel=kernel)
     graph.plan(
-        torch.tensor(metadata.slot_mapping.tolist() + [pad_slot] * 3),
+        torch.tensor(metadata.slot_mapping.tolist() + [pad_slot] * 3, device=device),
         kv_indptr + [kv_indptr[-1] + 1 + i for i in range(3)],
-        [(n - 1) % 4 + 1 for n in lens] + [1] * 3,
-        torch.tensor(pages + [tables[0][0]] * 3, dtype=torch.int32),
+        [(n - 1) % block_size + 1 for n in lens] + [1] * 3,
+        torch.tensor(pages + [tables[0][0]] * 3, dtype=torch.int32, device=device),
     )
-    pad_q = torch.randn(3, *q.shape[1:])
-    pad_kv = torch.randn(1, *k.shape[1:]).expand(3, -1, -1)  # one value: duplicate writes agree
+    pad_q = torch.randn(3, *q.shape[1:]).to(dtype)
+    pad_kv = torch.randn(1, *k.shape[1:]).to(dtype).expand(3, -1, -1)  # duplicate writes agree
+    padded = [torch.cat(x).to(device) for x in ([q, pad_q], [k, pad_kv], [v, pad_kv])]
     for layer in range(spec.num_layers):
-        out = graph.forward(
-            torch.cat([q, pad_q]), torch.cat([k, pad_kv]), torch.cat([v, pad_kv]), layer
-        )
-        torch.testing.assert_close(out[:5], expected[layer], atol=1e-5, rtol=1e-5)
-        block, offset = divmod(pad_slot, 4)
-        written = backend.kv_caches[layer].clone()
+        out = graph.forward(*padded, layer).cpu()
+        torch.testing.assert_close(out[:5].float(), expected[layer].float(), atol=tol, rtol=tol)
+        block, offset = divmod(pad_slot, block_size)
+        written = backend.kv_caches[layer].cpu()
         assert torch.equal(written[block, :, offset], pad_kv[-1].expand(2, -1, -1))
         written[block, :, offset] = ref_caches[layer][block, :, offset]
         assert torch.equal(written, ref_caches[layer])
+
+
+def test_graph_decode_padding_leaves_live_kv_alone():
+    check_graph_decode_padding()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_triton_graph_decode_under_the_interpreter():
+    """The Triton kernel (float16, page 16: the interpreter mishandles bfloat16)."""
+    code = "from tests.kernels.test_flashinfer_backend import check_graph_decode_padding as c; "
+    code += "import torch; c('triton', 16, torch.float16, tol=2e-2)"
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_graph_decode_on_gpu(dtype):
+    check_graph_decode_padding("triton", 16, dtype, device="cuda", tol=2e-2)
+
+
+def test_graph_decode_kernel_must_be_known():
+    spec, _, caches, *_ = build(CASES["decode"])
+    backend = FlashInferBackend(spec, caches, ops=FAKE_OPS)
+    with pytest.raises(ValueError, match="kernel must be flashinfer or triton, got 'cuda'"):
+        GraphDecodeAttention(backend, max_batch_size=8, max_pages=64, kernel="cuda")
 
 
 def test_forward_before_plan_and_token_mismatch():

@@ -81,6 +81,9 @@ class EngineConfig:
     arrives one step later, which only pays where the device computes asynchronously.
     `small_batch_linear` runs linear layers of at most 16 rows (decode steps) through parrotlet's
     weight-streaming Triton kernel on CUDA in 16-bit where triton is installed (off: cuBLAS).
+    `graph_decode_attention` is the decode attention inside CUDA graphs: "flashinfer" (paged
+    decode after two cache writes) or "triton" (parrotlet's kernel with the K/V append fused; not
+    yet measured end to end, so opt-in).
     """
 
     model: str | None = None
@@ -93,6 +96,7 @@ class EngineConfig:
     cuda_graphs: bool = True
     async_scheduling: bool | None = None
     small_batch_linear: bool = True
+    graph_decode_attention: str = "flashinfer"
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -106,6 +110,11 @@ class EngineConfig:
             raise ValueError(
                 "attention_backend must be auto, reference or flashinfer, "
                 f"got {self.attention_backend!r}"
+            )
+        if self.graph_decode_attention not in ("flashinfer", "triton"):
+            raise ValueError(
+                "graph_decode_attention must be flashinfer or triton, "
+                f"got {self.graph_decode_attention!r}"
             )
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")

@@ -109,6 +109,7 @@ class CudaGraphRunner:
     input ids `[0, B)`, positions `[B, 2B)`, cache slots `[2B, 3B)` and page ids from `3B`, filled
     by the step's single host->device copy, plus the GraphDecodeAttention's page-table buffers
     that its plan() fills (outside the graph). All graphs share one memory pool; one runs at a time.
+    `kernels` are the model's fused kernels, `decode_kernel` GraphDecodeAttention's kernel.
     """
 
     def __init__(
@@ -118,13 +119,16 @@ class CudaGraphRunner:
         max_num_seqs: int,
         max_pages: int,
         kernels: FusedKernels | None = None,
+        decode_kernel: str = "flashinfer",
     ) -> None:
         self.model, self.kernels = model, kernels
         self.backend = attention
         self.sizes = graph_batch_sizes(max_num_seqs)
         self.block_size = attention.spec.block_size
         self.max_pages = max_pages
-        self.attention = GraphDecodeAttention(attention, self.sizes[-1], max_pages + self.sizes[-1])
+        self.attention = GraphDecodeAttention(
+            attention, self.sizes[-1], max_pages + self.sizes[-1], decode_kernel
+        )
         device = attention.spec.device
         self._inputs = torch.zeros(
             3 * self.sizes[-1] + self.attention.max_pages, dtype=torch.int32, device=device

@@ -73,6 +73,7 @@ class LLMEngine:
             cuda_graphs=config.cuda_graphs,
             max_num_seqs=config.scheduler.max_num_seqs,
             small_batch_linear=config.small_batch_linear,
+            graph_decode_attention=config.graph_decode_attention,
         )
         self.async_scheduling = (
             config.async_scheduling

@@ -80,6 +80,7 @@ class ModelRunner:
         cuda_graphs: bool = False,
         max_num_seqs: int = 64,
         small_batch_linear: bool = True,
+        graph_decode_attention: str = "flashinfer",
     ) -> None:
         self.model = model
         self.attention = attention
@@ -94,7 +95,9 @@ class ModelRunner:
         self.kernels: FusedKernels | None = None
         if spec.device.type == "cuda" and spec.dtype in (torch.float16, torch.bfloat16):
             self.kernels = load_fused_kernels(small_batch_linear)
-        self.graphs = self._graph_runner(max_num_seqs) if cuda_graphs else None
+        self.graphs = (
+            self._graph_runner(max_num_seqs, graph_decode_attention) if cuda_graphs else None
+        )
 
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch) -> LaunchedStep:
@@ -162,7 +165,7 @@ class ModelRunner:
             rows = to_device([ends[i] - 1 for i in samplers], self.device)
         return self.model.compute_logits(hidden[rows], self.kernels)  # [num_samplers, vocab]
 
-    def _graph_runner(self, max_num_seqs: int) -> CudaGraphRunner | None:
+    def _graph_runner(self, max_num_seqs: int, decode_kernel: str) -> CudaGraphRunner | None:
         """A CudaGraphRunner where the device is CUDA and the backend is flashinfer, else None."""
         from parrotlet_kernels.flashinfer_backend import FlashInferBackend
 
@@ -170,7 +173,9 @@ class ModelRunner:
             return None
         max_blocks_per_seq = -(-self.model.config.max_position_embeddings // self.block_size)
         max_pages = max_num_seqs * max_blocks_per_seq
-        return CudaGraphRunner(self.model, self.attention, max_num_seqs, max_pages, self.kernels)
+        return CudaGraphRunner(
+            self.model, self.attention, max_num_seqs, max_pages, self.kernels, decode_kernel
+        )
 
     def _graph_step(self, batch: ScheduledBatch) -> PaddedDecode | None:
         """The padded graph inputs when this step can replay a CUDA graph, else None."""
