@@ -105,3 +105,14 @@ def make_batch(
     k = torch.randn(n, spec.num_kv_heads, spec.head_dim, generator=gen).to(spec.dtype)
     v = torch.randn(n, spec.num_kv_heads, spec.head_dim, generator=gen).to(spec.dtype)
     return metadata, caches, q, k, v
+
+
+def run_under_triton_interpreter(code: str) -> None:
+    """Run `code` in a fresh interpreter with TRITON_INTERPRET=1 (Triton kernels on CPU)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]

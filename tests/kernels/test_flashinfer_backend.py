@@ -7,9 +7,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-import os
-import subprocess
-import sys
 import warnings
 from collections.abc import Sequence
 from itertools import accumulate
@@ -30,7 +27,7 @@ from parrotlet_kernels.flashinfer_backend import (
 from parrotlet_kernels.interface import AttentionMetadata, AttentionSpec, PrefixGroup
 from parrotlet_kernels.reference import TorchReferenceBackend
 
-from .attention_helpers import make_batch, make_spec
+from .attention_helpers import make_batch, make_spec, run_under_triton_interpreter
 
 # (seq_len, query_len) per sequence; groups as (members, shared prefix in tokens)
 Case = tuple[list[tuple[int, int]], list[tuple[list[int], int]]]
@@ -270,9 +267,7 @@ def test_triton_graph_decode_under_the_interpreter():
     """The Triton kernel (float16, page 16: the interpreter mishandles bfloat16)."""
     code = "from tests.kernels.test_flashinfer_backend import check_graph_decode_padding as c; "
     code += "import torch; c('triton', 16, torch.float16, tol=2e-2)"
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_under_triton_interpreter(code)
 
 
 @pytest.mark.gpu

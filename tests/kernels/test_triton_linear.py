@@ -21,6 +21,8 @@ from parrotlet_kernels.triton_linear import (
     swiglu,
 )
 
+from .attention_helpers import run_under_triton_interpreter
+
 KERNELS = "parrotlet_kernels.triton_linear_kernels"
 LLAMA3_8B = {"qkv": (6144, 4096), "o_proj": (4096, 4096), "gate_up": (28672, 4096),
              "down": (4096, 14336), "lm_head": (128256, 4096)}  # fmt: skip
@@ -129,9 +131,7 @@ def test_kernel_under_the_triton_interpreter():
     """float16 only: the interpreter mishandles bfloat16 loads (seen with triton 3.6)."""
     code = "from tests.kernels.test_triton_linear import check_kernel; import torch; "
     code += "check_kernel('cpu', torch.float16)"
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_under_triton_interpreter(code)
 
 
 @pytest.mark.gpu

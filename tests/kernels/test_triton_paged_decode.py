@@ -16,6 +16,8 @@ import torch
 from parrotlet_kernels.attention_math import attention_with_lse
 from parrotlet_kernels.triton_paged_decode import check_inputs, paged_decode, plan_splits
 
+from .attention_helpers import run_under_triton_interpreter
+
 KERNELS = "parrotlet_kernels.triton_paged_decode_kernels"
 
 
@@ -137,9 +139,7 @@ def test_kernel_under_the_triton_interpreter():
     """float16 only: the interpreter mishandles bfloat16 loads (seen with triton 3.6)."""
     code = "from tests.kernels.test_triton_paged_decode import check_kernel; import torch; "
     code += "check_kernel('cpu', torch.float16)"
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_under_triton_interpreter(code)
 
 
 @pytest.mark.gpu
