@@ -19,8 +19,9 @@ from collections.abc import Callable
 
 import torch
 from engine_decode import copy_bandwidth, write_report
+from kernel_linear import time_us as graph_time_us
 
-from parrotlet_kernels.triton_paged_decode import paged_decode, plan_splits
+from parrotlet_kernels.triton_paged_decode import num_sms, paged_decode, plan_splits
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE, LAYERS = 32, 8, 128, 16, 32
 
@@ -86,35 +87,14 @@ def triton_layer(problem: Problem, num_splits: int) -> Callable[[int], torch.Ten
     return layer
 
 
-def time_us(layer: Callable[[int], torch.Tensor], repeats: int = 5) -> float:
+def time_us(layer: Callable[[int], torch.Tensor]) -> float:
     """Microseconds per layer from replays of one CUDA graph over every layer."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for i in range(LAYERS):
-            layer(i)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(LAYERS):
-            layer(i)
-    graph.replay()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        best = min(best, start.elapsed_time(end) * 1e3 / LAYERS)
-    return best
+    return graph_time_us(layer, LAYERS, reps=5)
 
 
 def measure(batch: int, context: int, bandwidth: float, workspace: torch.Tensor) -> dict:
     problem = Problem(batch, context)
-    num_sms = torch.cuda.get_device_properties(0).multi_processor_count
-    splits = plan_splits(batch, KV_HEADS, num_sms)
+    splits = plan_splits(batch, KV_HEADS, num_sms(torch.device("cuda")))
     ours, theirs = triton_layer(problem, splits), flashinfer_layer(problem, workspace)
     error = (ours(0).float() - theirs(0).float()).abs().max().item()
     row = {

@@ -41,7 +41,7 @@ L2_MULTIPLE_BYTES = 256 << 20  # weight copies per graph: at least this many byt
 
 
 def time_us(call: Callable[[int], torch.Tensor], copies: int, reps: int = 3) -> float:
-    """Microseconds per call, from CUDA-graph replays of `copies` calls (one per weight copy)."""
+    """Microseconds per call, from CUDA-graph replays of call(0) ... call(copies - 1)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):

@@ -550,11 +550,12 @@ class GraphDecodeAttention:
     def _triton_forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int
     ) -> torch.Tensor:
-        from parrotlet_kernels.triton_paged_decode import paged_decode, plan_splits
+        from parrotlet_kernels.triton_paged_decode import num_sms, paged_decode, plan_splits
 
         batch_size, spec = q.shape[0], self.spec
         if batch_size not in self._splits:
-            self._splits[batch_size] = plan_splits(batch_size, spec.num_kv_heads, _num_sms(spec))
+            sms = num_sms(spec.device)
+            self._splits[batch_size] = plan_splits(batch_size, spec.num_kv_heads, sms)
         return paged_decode(
             q, k.to(spec.dtype), v.to(spec.dtype), self.kv_caches[layer],
             self._indptr[: batch_size + 1], self._indices, self._last[:batch_size],
@@ -571,12 +572,6 @@ class GraphDecodeAttention:
 
 def _int32(values: Sequence[int]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int32)
-
-
-def _num_sms(spec: AttentionSpec) -> int:
-    if spec.device.type != "cuda":
-        return 1  # Triton's interpreter on CPU (tests)
-    return torch.cuda.get_device_properties(spec.device).multi_processor_count
 
 
 def _check_caches(spec: AttentionSpec, kv_caches: Sequence[torch.Tensor]) -> None:

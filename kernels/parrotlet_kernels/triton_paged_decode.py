@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import cache
 
 import torch
 
@@ -24,6 +25,14 @@ MAX_SPLITS = 16
 def plan_splits(batch: int, num_kv_heads: int, num_sms: int) -> int:
     """KV splits per (sequence, KV head): enough programs to give every SM one, at most 16."""
     return max(1, min(MAX_SPLITS, num_sms // (batch * num_kv_heads)))
+
+
+@cache
+def num_sms(device: torch.device) -> int:
+    """The device's SM count; 1 on CPU (Triton's interpreter, tests)."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def paged_decode(

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
 
 import torch
+
+from parrotlet_kernels.triton_paged_decode import num_sms
 
 _DTYPES = (torch.float16, torch.bfloat16)
 _MIN_CHUNK = 128  # fewest prefix tokens one split covers by default
@@ -122,7 +123,7 @@ def shared_prefix_decode(
     batch, num_heads, head_dim = q.shape
     num_kv_heads = kv_cache.shape[3]
     if launch is None:
-        sms = _num_sms(q.device)
+        sms = num_sms(q.device)
         launch = plan_launch(batch, num_heads // num_kv_heads, num_kv_heads, prefix_len, sms)
     elif not launch.fits(prefix_len):
         raise ValueError(f"{launch} does not split a prefix of {prefix_len} tokens")
@@ -265,8 +266,3 @@ def _launch(
 def _next_power_of_2(n: int) -> int:
     """The smallest power of two >= n (n >= 1)."""
     return 1 << (n - 1).bit_length()
-
-
-@cache
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count

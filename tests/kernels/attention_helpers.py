@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from itertools import accumulate
 
+import pytest
 import torch
 
 from parrotlet_kernels.interface import AttentionMetadata, AttentionSpec, PrefixGroup
@@ -105,6 +107,11 @@ def make_batch(
     k = torch.randn(n, spec.num_kv_heads, spec.head_dim, generator=gen).to(spec.dtype)
     v = torch.randn(n, spec.num_kv_heads, spec.head_dim, generator=gen).to(spec.dtype)
     return metadata, caches, q, k, v
+
+
+requires_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="triton is not installed"
+)
 
 
 def run_under_triton_interpreter(code: str) -> None:

@@ -5,7 +5,6 @@ wrappers), and the real kernels on the GPU (`-m gpu`).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import warnings
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from parrotlet_kernels.flashinfer_backend import (
 from parrotlet_kernels.interface import AttentionMetadata, AttentionSpec, PrefixGroup
 from parrotlet_kernels.reference import TorchReferenceBackend
 
-from .attention_helpers import make_batch, make_spec, run_under_triton_interpreter
+from .attention_helpers import make_batch, make_spec, requires_triton, run_under_triton_interpreter
 
 # (seq_len, query_len) per sequence; groups as (members, shared prefix in tokens)
 Case = tuple[list[tuple[int, int]], list[tuple[list[int], int]]]
@@ -262,7 +261,7 @@ def test_graph_decode_padding_leaves_live_kv_alone():
     check_graph_decode_padding()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@requires_triton
 def test_triton_graph_decode_under_the_interpreter():
     """The Triton kernel (float16, page 16: the interpreter mishandles bfloat16)."""
     code = "from tests.kernels.test_flashinfer_backend import check_graph_decode_padding as c; "

@@ -4,7 +4,6 @@ under Triton's interpreter (float16; skipped without triton) and on the GPU (`-m
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from parrotlet_kernels.triton_linear import (
     swiglu,
 )
 
-from .attention_helpers import run_under_triton_interpreter
+from .attention_helpers import requires_triton, run_under_triton_interpreter
 
 KERNELS = "parrotlet_kernels.triton_linear_kernels"
 LLAMA3_8B = {"qkv": (6144, 4096), "o_proj": (4096, 4096), "gate_up": (28672, 4096),
@@ -126,7 +125,7 @@ def check_kernel(device: str, dtype: torch.dtype) -> None:
         torch.testing.assert_close(ours.float(), exact, atol=2e-2, rtol=1e-2)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@requires_triton
 def test_kernel_under_the_triton_interpreter():
     """float16 only: the interpreter mishandles bfloat16 loads (seen with triton 3.6)."""
     code = "from tests.kernels.test_triton_linear import check_kernel; import torch; "

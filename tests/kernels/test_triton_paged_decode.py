@@ -5,7 +5,6 @@ without triton) and on the GPU (`-m gpu`).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import torch
 from parrotlet_kernels.attention_math import attention_with_lse
 from parrotlet_kernels.triton_paged_decode import check_inputs, paged_decode, plan_splits
 
-from .attention_helpers import run_under_triton_interpreter
+from .attention_helpers import requires_triton, run_under_triton_interpreter
 
 KERNELS = "parrotlet_kernels.triton_paged_decode_kernels"
 
@@ -134,7 +133,7 @@ def test_import_does_not_load_triton():
 
 
 # ---- the kernel: Triton's interpreter on CPU, then the GPU -------------------------------------
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@requires_triton
 def test_kernel_under_the_triton_interpreter():
     """float16 only: the interpreter mishandles bfloat16 loads (seen with triton 3.6)."""
     code = "from tests.kernels.test_triton_paged_decode import check_kernel; import torch; "
