@@ -5,9 +5,11 @@ the paged kernel, and a merge of its KV splits; at batch 1 and short contexts th
 launch latency, not bytes (about 14 us a layer on the H100 for 0.7 MB of KV). `paged_decode`
 writes k/v and attends in one launch, plus a merge only where it splits the KV. Its inputs are
 the page-table buffers GraphDecodeAttention fills (lengths are read on the device), so one CUDA
-graph serves every length. The engine uses it with `EngineConfig.graph_decode_attention="triton"`
-(opt-in until benchmarks/kernel_decode_attention.py shows where it beats flashinfer). Importing
-this module does not import triton.
+graph serves every length. With `prefix` tiles (triton_prefix_tiles.py) the rows' shared
+prefixes are attended once per tile by a second launch before the merge. The engine uses it
+with `EngineConfig.graph_decode_attention="triton"` (opt-in until
+benchmarks/kernel_decode_attention.py shows where it beats flashinfer). Importing this module
+does not import triton.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import os
 from functools import cache
 
 import torch
+
+from parrotlet_kernels.triton_prefix_tiles import BLOCK_N, PrefixTiles
 
 _DTYPES = (torch.float16, torch.bfloat16)
 MAX_SPLITS = 16
@@ -46,18 +50,23 @@ def paged_decode(
     key_rows: torch.Tensor,  # [batch] int64, cache row of this step's key (value: + page_size)
     num_splits: int,
     scale: float | None = None,
+    prefix: PrefixTiles | None = None,
 ) -> torch.Tensor:  # [batch, num_heads, head_dim]
     """Write each sequence's k/v at `key_rows`, then attend its pages (this token last).
 
     Sequence b reads pages `kv_indices[kv_indptr[b]:kv_indptr[b + 1]]`, full but for the last,
     which holds `last_page_len[b]` tokens; its new token sits at the last of them. Rows are
-    rows of `kv_cache.view(-1, num_kv_heads, head_dim)`. Page ids and lengths are trusted (reading
-    them would sync the device). Equal to softmax attention over the sequence's tokens.
+    rows of `kv_cache.view(-1, num_kv_heads, head_dim)`. With `prefix`, the prefix pages of
+    sequence b's tile (also ids in `kv_indices`) come before those. Page ids, lengths and tiles
+    are trusted (reading them would sync the device). Equal to softmax attention over the
+    sequence's tokens.
 
     Raises:
         ValueError: a shape, dtype or device does not fit the description above.
     """
-    check_inputs(q, k, v, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, num_splits)
+    check_inputs(
+        q, k, v, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, num_splits, prefix
+    )
     if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"paged_decode needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
     from parrotlet_kernels.triton_paged_decode_kernels import paged_decode_kernel
@@ -66,27 +75,52 @@ def paged_decode(
     page_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
     group = num_heads // num_kv_heads
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous
-    if num_splits == 1:
+    slots = num_splits + (0 if prefix is None else prefix.shape.num_splits)
+    if slots == 1:
         o_part, lse_part = out, out.new_empty(0, dtype=torch.float32)
     else:
-        o_part = q.new_empty((batch, num_heads, num_splits, head_dim), dtype=torch.float32)
-        lse_part = q.new_empty((batch, num_heads, num_splits), dtype=torch.float32)
-    scale = head_dim**-0.5 if scale is None else scale
+        o_part = q.new_empty((batch, num_heads, slots, head_dim), dtype=torch.float32)
+        lse_part = q.new_empty((batch, num_heads, slots), dtype=torch.float32)
+    scale_log2 = (head_dim**-0.5 if scale is None else scale) * math.log2(math.e)
     paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k, v, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, o_part, lse_part,
         num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
-        v.stride(1), scale * math.log2(math.e), GROUP=group,
-        BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim, PAGE_SIZE=page_size,
-        NUM_SPLITS=num_splits, num_warps=4,
+        v.stride(1), scale_log2, GROUP=group, BLOCK_G=max(16, 1 << (group - 1).bit_length()),
+        HEAD_DIM=head_dim, PAGE_SIZE=page_size, NUM_SPLITS=num_splits, NUM_SLOTS=slots,
+        num_warps=4,
     )  # fmt: skip
-    if num_splits > 1:
+    if prefix is not None:
+        _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2)
+    if slots > 1:
         from parrotlet_kernels.triton_shared_prefix_kernels import merge_kernel
 
-        slots = 1 << (num_splits - 1).bit_length()
         merge_kernel[(batch * num_heads,)](
-            o_part, lse_part, out, num_splits, SLOTS=slots, HEAD_DIM=head_dim, num_warps=2
-        )
+            o_part, lse_part, out, slots, SLOTS=1 << (slots - 1).bit_length(),
+            HEAD_DIM=head_dim, num_warps=2,
+        )  # fmt: skip
     return out
+
+
+def _attend_prefixes(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    kv_indices: torch.Tensor,
+    prefix: PrefixTiles,
+    o_part: torch.Tensor,  # [batch, num_heads, slots, head_dim] float32
+    lse_part: torch.Tensor,  # [batch, num_heads, slots] float32
+    scale_log2: float,
+) -> None:
+    """Fill the last `prefix.shape.num_splits` slots: each tile's rows against its prefix."""
+    from parrotlet_kernels.triton_paged_decode_kernels import prefix_tiles_kernel
+
+    shape, num_kv_heads = prefix.shape, kv_cache.shape[3]
+    prefix_tiles_kernel[(shape.max_tiles, num_kv_heads, shape.num_splits)](
+        q, kv_cache, kv_indices, prefix.rows, prefix.pages, o_part, lse_part, num_kv_heads,
+        q.stride(0), q.stride(1), scale_log2, GROUP=q.shape[1] // num_kv_heads,
+        ROWS=shape.rows_per_tile, BLOCK_M=shape.block_m, HEAD_DIM=q.shape[2],
+        PAGE_SIZE=kv_cache.shape[2], BLOCK_N=BLOCK_N, NUM_SLOTS=o_part.shape[2],
+        NUM_SPLITS=shape.num_splits, num_warps=4,
+    )  # fmt: skip
 
 
 def check_inputs(
@@ -99,6 +133,7 @@ def check_inputs(
     last_page_len: torch.Tensor,
     key_rows: torch.Tensor,
     num_splits: int,
+    prefix: PrefixTiles | None = None,
 ) -> None:
     """ValueError naming the first argument that does not fit `paged_decode`'s description."""
     if q.dim() != 3 or kv_cache.dim() != 5 or kv_cache.shape[1] != 2:
@@ -131,6 +166,9 @@ def check_inputs(
         raise ValueError(f"num_splits must be in [1, {MAX_SPLITS}], got {num_splits}")
     if not kv_cache.is_contiguous() or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("kv_cache must be contiguous and q, k, v contiguous in head_dim")
+    group = num_heads // num_kv_heads
+    if prefix is not None and prefix.shape.rows_per_tile * group > prefix.shape.block_m:
+        raise ValueError(f"prefix tiles of {prefix.shape} cannot hold rows of {group} heads")
 
 
 def _check_index(name: str, x: torch.Tensor, dtype: torch.dtype, shape: tuple | None) -> None:

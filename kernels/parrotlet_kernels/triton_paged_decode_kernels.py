@@ -2,12 +2,16 @@
 
 Imported on the first launch only (this module imports triton). Loops are `while` loops over
 lengths read from device tensors, so one compiled kernel (and one CUDA graph) serves any length.
+Partial states (normalized output, base-2 LSE) go to slot s of `[batch, num_heads, NUM_SLOTS]`:
+slots [0, NUM_SPLITS) are the rows' own pages, the rest the shared prefixes' splits.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from parrotlet_kernels.triton_shared_prefix_kernels import _load_kv, _softmax_step, _store_partial
 
 
 @triton.jit
@@ -20,8 +24,8 @@ def paged_decode_kernel(
     indices_ptr,  # int32 page ids
     last_ptr,  # [batch] int32 tokens in each sequence's last page (this step's token included)
     key_rows_ptr,  # [batch] int64 cache row of this step's key (its value: + PAGE_SIZE)
-    o_ptr,  # [batch, num_heads, NUM_SPLITS, HEAD_DIM] float32, or the output when NUM_SPLITS == 1
-    lse_ptr,  # [batch, num_heads, NUM_SPLITS] float32 (base 2)
+    o_ptr,  # [batch, num_heads, NUM_SLOTS, HEAD_DIM] float32, or the output when NUM_SLOTS == 1
+    lse_ptr,  # [batch, num_heads, NUM_SLOTS] float32 (base 2)
     num_kv_heads,
     stride_qb,
     stride_qh,
@@ -35,6 +39,7 @@ def paged_decode_kernel(
     HEAD_DIM: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
+    NUM_SLOTS: tl.constexpr,  # >= NUM_SPLITS; the slots past NUM_SPLITS are prefix_tiles_kernel's
 ):
     """Program (sequence b, KV head h, split s): the GROUP query heads of h over split s's pages.
 
@@ -95,11 +100,67 @@ def paged_decode_kernel(
     some = l_sum > 0
     out = acc / tl.where(some, l_sum, 1.0)[:, None]
     head_ok = (g < GROUP)[:, None]
-    if NUM_SPLITS == 1:
+    if NUM_SLOTS == 1:
         o_rows = o_ptr + (b * (num_kv_heads * GROUP) + heads[:, None]) * HEAD_DIM + d[None, :]
         tl.store(o_rows, out.to(o_ptr.dtype.element_ty), mask=head_ok)
     else:
-        slot = (b * (num_kv_heads * GROUP) + heads) * NUM_SPLITS + s  # [BLOCK_G]
+        slot = (b * (num_kv_heads * GROUP) + heads) * NUM_SLOTS + s  # [BLOCK_G]
         tl.store(o_ptr + slot[:, None] * HEAD_DIM + d[None, :], out, mask=head_ok)
         lse = tl.where(some, m + tl.log2(tl.where(some, l_sum, 1.0)), float("-inf"))
         tl.store(lse_ptr + slot, lse, mask=g < GROUP)
+
+
+@triton.jit
+def prefix_tiles_kernel(
+    q_ptr,  # [batch, num_heads, HEAD_DIM]
+    cache_ptr,  # [num_blocks, 2, PAGE_SIZE, num_kv_heads, HEAD_DIM] contiguous
+    indices_ptr,  # int32 page ids; a tile's prefix pages are a run of them
+    tile_rows_ptr,  # [num_tiles, ROWS] int32 batch rows of each tile, -1 past its last
+    tile_pages_ptr,  # [num_tiles, 2] int32 (first index into indices, number of prefix pages)
+    o_ptr,  # [batch, num_heads, NUM_SLOTS, HEAD_DIM] float32
+    lse_ptr,  # [batch, num_heads, NUM_SLOTS] float32 (base 2)
+    num_kv_heads,
+    stride_qb,
+    stride_qh,
+    scale_log2,  # softmax scale * log2(e)
+    GROUP: tl.constexpr,  # query heads per KV head
+    ROWS: tl.constexpr,  # batch rows per tile, BLOCK_M // GROUP
+    BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # prefix tokens per KV block
+    NUM_SLOTS: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,  # prefix splits, in slots NUM_SLOTS - NUM_SPLITS ...
+):
+    """Program (tile t, KV head h, split s): the tile's rows against split s of their prefix.
+
+    All ROWS * GROUP query heads of the tile attend the prefix as one matrix product per KV
+    block, so a prefix is read once per tile, not once per sequence. A tile without prefix pages
+    (rows that share none, padding tiles) stores LSE -inf, which the merge weighs 0.
+    """
+    t, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    m = tl.arange(0, BLOCK_M)
+    row = tl.load(tile_rows_ptr + t * ROWS + m // GROUP, mask=m < ROWS * GROUP, other=-1)
+    row_ok = row >= 0  # [BLOCK_M]
+    head = h * GROUP + m % GROUP
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + row[:, None] * stride_qb + head[:, None] * stride_qh + d[None, :],
+                mask=row_ok[:, None], other=0.0)  # fmt: skip
+    first = tl.load(tile_pages_ptr + 2 * t)
+    tokens = tl.load(tile_pages_ptr + 2 * t + 1) * PAGE_SIZE
+    per_split = tl.cdiv(tokens, NUM_SPLITS * PAGE_SIZE) * PAGE_SIZE  # whole pages
+    start = s * per_split
+    end = tl.minimum(start + per_split, tokens)
+    row_elems = num_kv_heads * HEAD_DIM
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    while start < end:
+        tok = start + tl.arange(0, BLOCK_N)
+        k, v = _load_kv(cache_ptr + h * HEAD_DIM, indices_ptr + first, tok, tok < end,
+                        2 * PAGE_SIZE * row_elems, PAGE_SIZE * row_elems, row_elems,
+                        HEAD_DIM, PAGE_SIZE)  # fmt: skip
+        m_i, l_i, acc = _softmax_step(q, k, v, tok < end, scale_log2, m_i, l_i, acc)
+        start += BLOCK_N
+    _store_partial(o_ptr, lse_ptr, row * (num_kv_heads * GROUP) + head, row_ok,
+                   NUM_SLOTS - NUM_SPLITS + s, NUM_SLOTS, m_i, l_i, acc, HEAD_DIM)  # fmt: skip
