@@ -24,7 +24,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 gpu_tests=(
   tests/kernels/test_flashinfer_backend.py tests/kernels/test_triton_linear.py
-  tests/kernels/test_triton_paged_decode.py tests/kernels/test_triton_shared_prefix.py tests/engine/models/test_llama_fused.py
+  tests/kernels/test_triton_paged_decode.py tests/kernels/test_triton_prefix_tiles.py
+  tests/kernels/test_triton_shared_prefix.py tests/engine/models/test_llama_fused.py
   tests/engine/test_engine_gpu.py tests/engine/test_cuda_graphs_gpu.py tests/serve/test_serve_gpu.py
 )
 

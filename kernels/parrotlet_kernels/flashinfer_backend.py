@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 
 from parrotlet_kernels.interface import AttentionMetadata, AttentionSpec, PrefixGroup
+from parrotlet_kernels.triton_prefix_tiles import PrefixTiles, TiledPages, TileShape, tile_shape
 from parrotlet_kernels.validation import validate_metadata
 
 WORKSPACE_BYTES = 128 << 20  # flashinfer's recommended float workspace (split-KV partials)
@@ -336,13 +337,11 @@ class FlashInferBackend:
 
     def cascaded_groups(self, groups: Sequence[PrefixGroup]) -> list[PrefixGroup]:
         """The groups whose shared prefix plan() attends once per group (the cascade policy)."""
-        spec = self.spec
-        prefix_bytes_per_block = spec.block_size * 2 * spec.num_kv_heads * spec.head_dim
-        prefix_bytes_per_block *= spec.dtype.itemsize
+        block_bytes = self.spec.block_bytes
         return [
             g
             for g in groups
-            if self.cascade.use_cascade(len(g.seq_indices), g.num_blocks * prefix_bytes_per_block)
+            if self.cascade.use_cascade(len(g.seq_indices), g.num_blocks * block_bytes)
         ]
 
     def plan(self, metadata: AttentionMetadata) -> None:
@@ -465,7 +464,10 @@ class GraphDecodeAttention:
     plus flashinfer's own plan copies. forward() writes k/v at those slots, then attends; it does
     only device work, so a graph captured once per batch size replays any later plan of that size.
     With `kernel="triton"` forward() is one launch of parrotlet's fused append + paged decode
-    (triton_paged_decode.py) over the same buffers, plus a merge where it splits the KV.
+    (triton_paged_decode.py) over the same buffers, plus a merge where it splits the KV; a plan
+    with prefix tiles (triton_prefix_tiles.py, laid out by the caller for `prefix_shape(batch
+    size)`) adds the launch that reads each shared prefix once per tile, and its graph is
+    captured apart from the plain one (`with_prefix`).
     """
 
     def __init__(
@@ -491,30 +493,51 @@ class GraphDecodeAttention:
         self._fence = PlanFence(device)
         self.kernel = kernel
         self._splits: dict[int, int] = {}
+        self.with_prefix = False  # whether the last plan has prefix tiles
+        self._tiles = torch.zeros(0, dtype=i32, device=device)
+        if kernel == "triton":
+            shape = self.prefix_shape(max_batch_size)
+            self._tiles = torch.zeros(shape.max_tiles * (shape.rows_per_tile + 2), dtype=i32,
+                                      device=device)  # fmt: skip
 
     @property
     def max_pages(self) -> int:
         return self._indices.numel()
+
+    def prefix_shape(self, batch_size: int) -> TileShape:
+        """The prefix-tile launch of a graph of `batch_size` rows (Triton kernel)."""
+        from parrotlet_kernels.triton_paged_decode import num_sms
+
+        spec = self.spec
+        group = spec.num_heads // spec.num_kv_heads
+        return tile_shape(batch_size, group, spec.num_kv_heads, num_sms(spec.device))
 
     def plan(
         self,
         slots: torch.Tensor,  # [batch_size] int, cache slot of each row's new token (device)
         kv_indptr: Sequence[int],  # [batch_size + 1], row r reads pages[kv_indptr[r]:...[r+1]]
         last_page_len: Sequence[int],  # [batch_size]
-        pages: torch.Tensor,  # [kv_indptr[-1]] int32 page ids (device)
+        pages: torch.Tensor,  # [>= kv_indptr[-1]] int32 page ids (device)
+        tiles: TiledPages | None = None,  # the prefix tiles (Triton), `pages` in its layout
     ) -> None:
         """Fill the buffers of batch size `len(last_page_len)`; no device sync."""
         batch_size, spec, bs = len(last_page_len), self.spec, self.spec.block_size
         if pages.numel() > self.max_pages:
             raise ValueError(f"{pages.numel()} pages exceed the buffer of {self.max_pages}")
+        if tiles is not None and self.kernel != "triton":
+            raise ValueError("prefix tiles need GraphDecodeAttention(kernel='triton')")
         self._fence.wait()
         key_rows, value_rows = self._key_rows[:batch_size], self._value_rows[:batch_size]
         torch.add(slots, slots.div(bs, rounding_mode="floor") * bs, out=key_rows)
         torch.add(key_rows, bs, out=value_rows)
+        self.with_prefix = tiles is not None
         if self.kernel == "triton":
             self._indptr[: batch_size + 1].copy_(_int32(kv_indptr), non_blocking=True)
             self._last[:batch_size].copy_(_int32(last_page_len), non_blocking=True)
             self._indices[: pages.numel()].copy_(pages, non_blocking=True)
+            if tiles is not None:
+                table = _int32(tiles.tile_rows + tiles.tile_pages)
+                self._tiles[: table.numel()].copy_(table, non_blocking=True)
             return
         wrapper = self._wrapper(batch_size)
         wrapper.plan(
@@ -560,7 +583,18 @@ class GraphDecodeAttention:
             q, k.to(spec.dtype), v.to(spec.dtype), self.kv_caches[layer],
             self._indptr[: batch_size + 1], self._indices, self._last[:batch_size],
             self._key_rows[:batch_size], self._splits[batch_size], scale=spec.scale,
+            prefix=self._prefix_tiles(batch_size) if self.with_prefix else None,
         )  # fmt: skip
+
+    def _prefix_tiles(self, batch_size: int) -> PrefixTiles:
+        """Views of the tile buffer in the layout of `batch_size` (tile rows, then pages)."""
+        shape = self.prefix_shape(batch_size)
+        rows = shape.max_tiles * shape.rows_per_tile
+        return PrefixTiles(
+            self._tiles[:rows].view(shape.max_tiles, shape.rows_per_tile),
+            self._tiles[rows : rows + 2 * shape.max_tiles].view(shape.max_tiles, 2),
+            shape,
+        )
 
     def _wrapper(self, batch_size: int) -> Any:
         if batch_size not in self._wrappers:

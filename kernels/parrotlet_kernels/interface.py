@@ -45,6 +45,11 @@ class AttentionSpec:
     def kv_cache_shape(self) -> tuple[int, int, int, int, int]:
         return (self.num_blocks, 2, self.block_size, self.num_kv_heads, self.head_dim)
 
+    @property
+    def block_bytes(self) -> int:
+        """KV bytes of one block of one layer."""
+        return 2 * self.block_size * self.num_kv_heads * self.head_dim * self.dtype.itemsize
+
     def allocate_kv_cache(self) -> list[torch.Tensor]:
         """One zeroed cache tensor per layer."""
         return [

@@ -73,10 +73,12 @@ def tile_shape(batch_size: int, group: int, num_kv_heads: int, num_sms: int) -> 
     return TileShape(block_m, rows, batch_size // rows + batch_size // 2 + 1, splits)
 
 
-def worth_tiling(group: PrefixGroup, block_bytes: int) -> bool:
-    """Whether reading `group`'s prefix once per tile saves enough KV bytes per layer to pay for
-    the extra launch (`block_bytes`: one KV block of one layer)."""
-    return (len(group.seq_indices) - 1) * group.num_blocks * block_bytes >= MIN_SAVED_BYTES
+def worth_tiling(
+    group: PrefixGroup, block_bytes: int, min_saved_bytes: int = MIN_SAVED_BYTES
+) -> bool:
+    """Whether reading `group`'s prefix once per tile saves at least `min_saved_bytes` of KV
+    reads per layer, to pay for the extra launch (`block_bytes`: one KV block of one layer)."""
+    return (len(group.seq_indices) - 1) * group.num_blocks * block_bytes >= min_saved_bytes
 
 
 @dataclass(frozen=True)

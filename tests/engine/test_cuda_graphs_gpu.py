@@ -117,6 +117,24 @@ def test_triton_decode_graphs_equal_eager_tokens(checkpoint, batch):
     assert_equal_up_to_near_ties(hf_model, prompts, actual, expected, NEAR_TIE["bfloat16"])
 
 
+def test_triton_prefix_tile_graphs_equal_eager_tokens(checkpoint):
+    """Two groups sharing prefixes (and one sequence alone) decode through the prefix tiles."""
+    folder, hf_model = checkpoint
+    prefixes = make_prompts([80, 40], seed=3)
+    tails = make_prompts([5, 9, 20, 1, 33, 7, 12], seed=4)
+    prompts = [prefixes[i % 2] + t for i, t in enumerate(tails[:6])] + tails[6:]
+    eager = make_engine(folder, "bfloat16", cuda_graphs=False)
+    engine = make_engine(folder, "bfloat16", cuda_graphs=True, graph_decode_attention="triton")
+    graphs = engine.runner.graphs
+    assert graphs is not None
+    graphs.min_tiled_bytes = 0
+    # the first two prompts alone cache the prefixes; the rest then share their blocks
+    expected = generate(eager, prompts[:2]) + generate(eager, prompts[2:], max_tokens=12)
+    actual = generate(engine, prompts[:2]) + generate(engine, prompts[2:], max_tokens=12)
+    assert (8, True) in graphs.captured, "the shared steps replayed the prefix-tile graph"
+    assert_equal_up_to_near_ties(hf_model, prompts, actual, expected, NEAR_TIE["bfloat16"])
+
+
 @pytest.mark.parametrize("cuda_graphs", [True, False])
 @pytest.mark.parametrize("budget", [4096, 48])  # 48: chunked prefills mixed with decodes
 def test_async_scheduling_tokens_equal_sync(checkpoint, cuda_graphs, budget):

@@ -82,8 +82,9 @@ class EngineConfig:
     `small_batch_linear` runs linear layers of at most 16 rows (decode steps) through parrotlet's
     weight-streaming Triton kernel on CUDA in 16-bit where triton is installed (off: cuBLAS).
     `graph_decode_attention` is the decode attention inside CUDA graphs: "flashinfer" (paged
-    decode after two cache writes) or "triton" (parrotlet's kernel with the K/V append fused; not
-    yet measured end to end, so opt-in).
+    decode after two cache writes) or "triton" (parrotlet's kernel with the K/V append fused,
+    which also reads a long shared prefix once per tile of rows; not yet measured end to end,
+    so opt-in).
     """
 
     model: str | None = None

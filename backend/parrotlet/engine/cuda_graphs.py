@@ -3,6 +3,8 @@
 A decode step launches hundreds of small kernels whose host cost exceeds their run time; a graph
 captured once per batch size replays them with one launch. The batch is padded up to the nearest
 size in `graph_batch_sizes`; prefill, mixed and cascade steps stay eager (ModelRunner decides).
+With the Triton decode kernel, a step whose sequences share long prefixes replays a second graph
+of its size that reads each prefix once per tile of rows (triton_prefix_tiles.py).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -18,6 +20,12 @@ from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM
 from parrotlet.engine.sequence import Sequence
 from parrotlet_kernels.flashinfer_backend import FlashInferBackend, GraphDecodeAttention
 from parrotlet_kernels.interface import PrefixGroup
+from parrotlet_kernels.triton_prefix_tiles import (
+    MIN_SAVED_BYTES,
+    TiledPages,
+    tile_prefixes,
+    worth_tiling,
+)
 
 
 def graph_batch_sizes(max_num_seqs: int) -> tuple[int, ...]:
@@ -54,7 +62,8 @@ class PaddedDecode:
     slots: list[int]  # [batch_size], block_id * block_size + offset
     kv_indptr: list[int]  # [batch_size + 1]
     last_page_len: list[int]  # [batch_size]
-    pages: list[int]  # [kv_indptr[-1]]
+    pages: list[int]  # [>= kv_indptr[-1]]
+    tiles: TiledPages | None = None  # prefix tiles; kv_indptr and pages are then its own
 
 
 def pad_decode_batch(seqs: Seq[Sequence], batch_size: int, block_size: int) -> PaddedDecode | None:
@@ -133,24 +142,39 @@ class CudaGraphRunner:
         self._inputs = torch.zeros(
             3 * self.sizes[-1] + self.attention.max_pages, dtype=torch.int32, device=device
         )
-        self._graphs: dict[int, _Graph] = {}
+        self._graphs: dict[tuple[int, bool], _Graph] = {}  # by (batch size, prefix tiles)
         self._pool: tuple[int, int] | None = None
         self.num_replays = 0
+        self.min_tiled_bytes = MIN_SAVED_BYTES  # per layer, for a group to become prefix tiles
+
+    @property
+    def captured(self) -> tuple[tuple[int, bool], ...]:
+        """(batch size, with prefix tiles) of every captured graph."""
+        return tuple(sorted(self._graphs))
 
     @property
     def captured_sizes(self) -> tuple[int, ...]:
-        return tuple(sorted(self._graphs))
+        return tuple(sorted({size for size, _ in self._graphs}))
 
-    def attention_cascades(self, groups: Seq[PrefixGroup]) -> bool:
-        """Whether the backend would cascade one of `groups` (such steps stay eager)."""
-        return bool(self.backend.cascaded_groups(groups))
+    def prepare(self, seqs: Seq[Sequence], groups: Seq[PrefixGroup] = ()) -> PaddedDecode | None:
+        """The padded inputs of a decode step over `seqs`, or None if no graph can run it: too
+        many sequences or pages, or a prefix group the flashinfer backend would cascade.
 
-    def prepare(self, seqs: Seq[Sequence]) -> PaddedDecode | None:
-        """The padded inputs of a decode step over `seqs`, or None if no graph can run it."""
+        With the Triton kernel, the `groups` worth it (`worth_tiling`) become prefix tiles.
+        """
         size = bucket_for(self.sizes, len(seqs))
         if size is None or sum(len(s.block_ids) for s in seqs) > self.max_pages:
             return None
-        return pad_decode_batch(seqs, size, self.block_size)
+        if self.attention.kernel == "flashinfer" and self.backend.cascaded_groups(groups):
+            return None
+        step = pad_decode_batch(seqs, size, self.block_size)
+        block_bytes = self.backend.spec.block_bytes
+        tiled = [g for g in groups if worth_tiling(g, block_bytes, self.min_tiled_bytes)]
+        if step is None or self.attention.kernel != "triton" or not tiled:
+            return step
+        shape = self.attention.prefix_shape(size)
+        layout = tile_prefixes(step.kv_indptr, step.pages, tiled, shape)
+        return replace(step, kv_indptr=layout.kv_indptr, pages=layout.pages, tiles=layout)
 
     def run(
         self, step: PaddedDecode, fill: Callable[[torch.Tensor], None] | None = None
@@ -167,17 +191,18 @@ class CudaGraphRunner:
         if fill is not None:
             fill(ids)
         pages = self._inputs[3 * b : 3 * b + len(step.pages)]  # [num_pages]
-        self.attention.plan(slots, step.kv_indptr, step.last_page_len, pages)
-        if b not in self._graphs:
-            self._graphs[b] = self._capture(ids, positions)
-        graph = self._graphs[b]
+        self.attention.plan(slots, step.kv_indptr, step.last_page_len, pages, step.tiles)
+        key = (b, step.tiles is not None)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(ids, positions)
+        graph = self._graphs[key]
         graph.graph.replay()
         self.num_replays += 1
         return graph.logits[: step.num_seqs]
 
-    def replay_last(self, batch_size: int) -> None:
+    def replay_last(self, batch_size: int, with_prefix: bool = False) -> None:
         """Replay the graph of `batch_size` on its last run's inputs (benchmarks time kernels)."""
-        self._graphs[batch_size].graph.replay()
+        self._graphs[(batch_size, with_prefix)].graph.replay()
 
     def _capture(self, ids: torch.Tensor, positions: torch.Tensor) -> _Graph:
         """Warm up (it writes the same k/v the replay rewrites), then capture model + logits."""

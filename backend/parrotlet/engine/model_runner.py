@@ -181,12 +181,9 @@ class ModelRunner:
         """The padded graph inputs when this step can replay a CUDA graph, else None."""
         if self.graphs is None or any(n != 1 for n in batch.num_new_tokens):
             return None
-        if self.shared_prefix_attention:
-            seq_lens = [s.num_computed_tokens + 1 for s in batch.seqs]
-            groups = self._prefix_groups(batch.seqs, [1] * len(seq_lens), seq_lens)
-            if self.graphs.attention_cascades(groups):
-                return None
-        return self.graphs.prepare(batch.seqs)
+        seq_lens = [s.num_computed_tokens + 1 for s in batch.seqs]
+        groups = self._prefix_groups(batch.seqs, [1] * len(seq_lens), seq_lens)
+        return self.graphs.prepare(batch.seqs, groups)
 
     def release(self, seq: Sequence) -> None:
         """Forget per-request state (the seeded generator) of a finished sequence."""
