@@ -6,9 +6,9 @@
 #
 # Steps (default: tests decode): tests, decode (engine_decode.py), profile (profile_decode_step.py),
 # linear (kernel_linear.py), attention (kernel_decode_attention.py), shared-prefix
-# (kernel_shared_prefix.py), apps-a (chain-summary,
-# map-reduce, shared-prompt), apps-b (multi-agent, mixed, multi-app). Each step's log, and the JSON
-# it writes, land in $OUT. Needs .device/wheels from ../shared/device/prepare.sh and, for the app
+# (kernel_shared_prefix.py --quick), apps-a (chain-summary, map-reduce, shared-prompt), apps-b
+# (multi-agent, mixed, multi-app), app:WORKLOAD (one of them). Each step's log, and the JSON it
+# writes, land in $OUT. Needs .device/wheels from ../shared/device/prepare.sh and, for the app
 # workloads, the default model's tokenizer files in .device/tokenizer.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,10 +36,11 @@ run_step() {
     profile) python3 benchmarks/profile_decode_step.py ;;
     linear) python3 benchmarks/kernel_linear.py ;;
     attention) python3 benchmarks/kernel_decode_attention.py ;;
-    shared-prefix) python3 benchmarks/kernel_shared_prefix.py ;;
-    apps-a | apps-b)
+    shared-prefix) python3 benchmarks/kernel_shared_prefix.py --quick ;;
+    apps-a | apps-b | app:*)
       local workloads=(chain-summary map-reduce shared-prompt)
       [ "$1" = apps-b ] && workloads=(multi-agent mixed multi-app)
+      [[ "$1" == app:* ]] && workloads=("${1#app:}")
       python3 -m parrotlet.cli bench "${workloads[@]}" --device cuda --arch llama3-8b-random \
         --tokenizer .device/tokenizer --out "$out" ;;
     *) echo "unknown step $1" >&2; return 2 ;;
@@ -50,7 +51,7 @@ status=0
 for step in "${@:-tests decode}"; do
   for one in $step; do
     echo "=== $one"
-    run_step "$one" 2>&1 | tee "$out/$one.log" | tail -40
+    run_step "$one" 2>&1 | tee "$out/${one//:/-}.log" | tail -40
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   done
 done
