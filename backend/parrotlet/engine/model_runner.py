@@ -249,11 +249,19 @@ class ModelRunner:
         return tuple(groups)
 
     @staticmethod
-    def _common_blocks(tables: Seq[Seq[int]], limit: int) -> int:
-        first = tables[0]
-        n = 0
-        while n < limit and all(n < len(t) and t[n] == first[n] for t in tables):
-            n += 1
+    def _common_blocks(tables: Seq[list[int]], limit: int) -> int:
+        """Length of the tables' common leading run, at most `limit` (slice compares run in C:
+        a decode step of 64 sequences over a 5000-token prefix checks 312 blocks each)."""
+        first = tables[0][:limit]
+        n = len(first)
+        for table in tables[1:]:
+            if table[:n] == first[:n]:
+                continue
+            lo, hi = 0, n - 1  # the longest common run is in [lo, hi]
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if table[:mid] == first[:mid] else (lo, mid - 1)
+            n = lo
         return n
 
     def _generator(self, seq: Sequence) -> torch.Generator | None:
