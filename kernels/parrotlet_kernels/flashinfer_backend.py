@@ -464,10 +464,11 @@ class GraphDecodeAttention:
     plus flashinfer's own plan copies. forward() writes k/v at those slots, then attends; it does
     only device work, so a graph captured once per batch size replays any later plan of that size.
     With `kernel="triton"` forward() is one launch of parrotlet's fused append + paged decode
-    (triton_paged_decode.py) over the same buffers, plus a merge where it splits the KV; a plan
-    with prefix tiles (triton_prefix_tiles.py, laid out by the caller for `prefix_shape(batch
-    size)`) adds the launch that reads each shared prefix once per tile, and its graph is
-    captured apart from the plain one (`with_prefix`).
+    (triton_paged_decode.py) over the same buffers, plus a merge where it splits the KV. With
+    `prefix_tiles`, a plan may carry prefix tiles (triton_prefix_tiles.py, laid out by the caller
+    for `prefix_shape(batch size)`): that step runs the Triton kernel whatever `kernel` is, plus
+    the launch that reads each shared prefix once per tile; its graph is captured apart from the
+    plain one (`with_prefix`).
     """
 
     def __init__(
@@ -476,6 +477,7 @@ class GraphDecodeAttention:
         max_batch_size: int,
         max_pages: int,
         kernel: str = "flashinfer",
+        prefix_tiles: bool = False,
     ) -> None:
         if kernel not in ("flashinfer", "triton"):
             raise ValueError(f"kernel must be flashinfer or triton, got {kernel!r}")
@@ -493,9 +495,10 @@ class GraphDecodeAttention:
         self._fence = PlanFence(device)
         self.kernel = kernel
         self._splits: dict[int, int] = {}
+        self.prefix_tiles = prefix_tiles
         self.with_prefix = False  # whether the last plan has prefix tiles
         self._tiles = torch.zeros(0, dtype=i32, device=device)
-        if kernel == "triton":
+        if prefix_tiles:
             shape = self.prefix_shape(max_batch_size)
             self._tiles = torch.zeros(shape.max_tiles * (shape.rows_per_tile + 2), dtype=i32,
                                       device=device)  # fmt: skip
@@ -524,14 +527,14 @@ class GraphDecodeAttention:
         batch_size, spec, bs = len(last_page_len), self.spec, self.spec.block_size
         if pages.numel() > self.max_pages:
             raise ValueError(f"{pages.numel()} pages exceed the buffer of {self.max_pages}")
-        if tiles is not None and self.kernel != "triton":
-            raise ValueError("prefix tiles need GraphDecodeAttention(kernel='triton')")
+        if tiles is not None and not self.prefix_tiles:
+            raise ValueError("prefix tiles need GraphDecodeAttention(prefix_tiles=True)")
         self._fence.wait()
         key_rows, value_rows = self._key_rows[:batch_size], self._value_rows[:batch_size]
         torch.add(slots, slots.div(bs, rounding_mode="floor") * bs, out=key_rows)
         torch.add(key_rows, bs, out=value_rows)
         self.with_prefix = tiles is not None
-        if self.kernel == "triton":
+        if self.kernel == "triton" or self.with_prefix:
             self._indptr[: batch_size + 1].copy_(_int32(kv_indptr), non_blocking=True)
             self._last[:batch_size].copy_(_int32(last_page_len), non_blocking=True)
             self._indices[: pages.numel()].copy_(pages, non_blocking=True)
@@ -563,7 +566,7 @@ class GraphDecodeAttention:
     ) -> torch.Tensor:  # [batch_size, num_heads, head_dim]
         """Write k/v at the planned slots of `layer`'s cache, then decode every row."""
         batch_size = q.shape[0]
-        if self.kernel == "triton":
+        if self.kernel == "triton" or self.with_prefix:
             return self._triton_forward(q, k, v, layer)
         rows = self._rows[layer]  # [num_blocks * 2 * block_size, num_kv_heads, head_dim]
         rows.index_copy_(0, self._key_rows[:batch_size], k.to(rows.dtype))

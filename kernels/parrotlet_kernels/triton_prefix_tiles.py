@@ -1,7 +1,8 @@
 """Shared prefixes in the decode CUDA graph: which batch rows attend which prefix pages together.
 
-With the Triton decode kernel (GraphDecodeAttention(kernel="triton")), a step whose sequences
-share prefixes reads its prefixes once per tile of rows, not once per sequence: `tile_prefixes`
+With prefix tiles (GraphDecodeAttention(prefix_tiles=True), EngineConfig.graph_prefix_tiles), a
+decode step whose sequences share prefixes reads each once per tile of rows, not once per
+sequence: `tile_prefixes`
 lays the step out on the host as a table of tiles (up to `rows_per_tile` rows of one prefix group
 and the group's prefix pages) and cuts each row's own page list to the pages after its prefix;
 `prefix_tiles_kernel` attends the tiles, the paged kernel the rows' own pages, and the merge adds

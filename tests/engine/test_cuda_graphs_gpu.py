@@ -41,6 +41,7 @@ def make_engine(
     async_scheduling: bool | None = None,
     budget: int = 4096,
     graph_decode_attention: str = "flashinfer",
+    graph_prefix_tiles: bool = False,
 ) -> LLMEngine:
     config = EngineConfig(
         model=str(folder),
@@ -50,6 +51,7 @@ def make_engine(
         cuda_graphs=cuda_graphs,
         async_scheduling=async_scheduling,
         graph_decode_attention=graph_decode_attention,
+        graph_prefix_tiles=graph_prefix_tiles,
         shared_prefix_min_tokens=0,
         cache=CacheConfig(block_size=16, num_blocks=512),
         scheduler=SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=64),
@@ -117,21 +119,24 @@ def test_triton_decode_graphs_equal_eager_tokens(checkpoint, batch):
     assert_equal_up_to_near_ties(hf_model, prompts, actual, expected, NEAR_TIE["bfloat16"])
 
 
-def test_triton_prefix_tile_graphs_equal_eager_tokens(checkpoint):
-    """Two groups sharing prefixes (and one sequence alone) decode through the prefix tiles."""
+@pytest.mark.parametrize("kernel", ["flashinfer", "triton"])
+def test_prefix_tile_graphs_equal_eager_tokens(checkpoint, kernel):
+    """Two groups sharing prefixes (and one sequence alone) decode through the prefix tiles,
+    whichever kernel decodes the steps without them."""
     folder, hf_model = checkpoint
     prefixes = make_prompts([80, 40], seed=3)
     tails = make_prompts([5, 9, 20, 1, 33, 7, 12], seed=4)
     prompts = [prefixes[i % 2] + t for i, t in enumerate(tails[:6])] + tails[6:]
     eager = make_engine(folder, "bfloat16", cuda_graphs=False)
-    engine = make_engine(folder, "bfloat16", cuda_graphs=True, graph_decode_attention="triton")
+    engine = make_engine(folder, "bfloat16", True, graph_decode_attention=kernel,
+                         graph_prefix_tiles=True)  # fmt: skip
     graphs = engine.runner.graphs
     assert graphs is not None
     graphs.min_tiled_bytes = 0
     # the first two prompts alone cache the prefixes; the rest then share their blocks
     expected = generate(eager, prompts[:2]) + generate(eager, prompts[2:], max_tokens=12)
     actual = generate(engine, prompts[:2]) + generate(engine, prompts[2:], max_tokens=12)
-    assert (8, True) in graphs.captured, "the shared steps replayed the prefix-tile graph"
+    assert {(8, True), (2, False)} <= set(graphs.captured), "graphs with and without tiles"
     assert_equal_up_to_near_ties(hf_model, prompts, actual, expected, NEAR_TIE["bfloat16"])
 
 

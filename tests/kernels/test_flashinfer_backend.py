@@ -25,6 +25,7 @@ from parrotlet_kernels.flashinfer_backend import (
 )
 from parrotlet_kernels.interface import AttentionMetadata, AttentionSpec, PrefixGroup
 from parrotlet_kernels.reference import TorchReferenceBackend
+from parrotlet_kernels.triton_prefix_tiles import TiledPages, tile_prefixes
 
 from .attention_helpers import make_batch, make_spec, requires_triton, run_under_triton_interpreter
 
@@ -40,6 +41,10 @@ CASES: dict[str, Case] = {
         [([0, 1, 2], 64), ([5, 6, 7], 32), ([3, 8], 48)],
     ),
     "group_only": ([(40, 1), (41, 1), (50, 3)], [([0, 1, 2], 32)]),
+    "decode_groups": (
+        [(70, 1), (90, 1), (75, 1), (200, 1), (81, 1)],
+        [([0, 1, 2], 64), ([3, 4], 48)],
+    ),
 }
 HEADS = [(4, 4), (32, 8), (16, 2)]  # GQA ratios 1, 4, 8
 LN2 = math.log(2.0)
@@ -223,11 +228,13 @@ def check_graph_decode_padding(
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     tol: float = 1e-5,
+    case: str = "decode",
 ) -> None:
     """5 decodes padded to 8 rows: real rows equal the reference; padding writes only one slot
-    past the end of sequence 0. flashinfer runs as torch fakes; Triton runs its kernel."""
+    past the end of sequence 0. flashinfer runs as torch fakes; Triton runs its kernel. A case
+    with prefix groups is planned with prefix tiles (Triton, whatever `kernel` is)."""
     spec, metadata, caches, q, k, v = build(
-        CASES["decode"], block_size=block_size, num_layers=2, dtype=dtype
+        CASES[case], block_size=block_size, num_layers=2, dtype=dtype
     )
     ref_caches = [c.clone() for c in caches]
     expected = run_backend(TorchReferenceBackend(spec, ref_caches), metadata, q, k, v)
@@ -237,13 +244,21 @@ def check_graph_decode_padding(
     kv_indptr = [0, *accumulate(-(-n // block_size) for n in lens)]
     spec = dataclasses.replace(spec, device=torch.device(device))
     backend = FlashInferBackend(spec, [c.to(device) for c in caches], ops=FAKE_OPS)
-    graph = GraphDecodeAttention(backend, max_batch_size=8, max_pages=len(pages) + 8, kernel=kernel)
+    graph = GraphDecodeAttention(backend, 8, len(pages) + 8, kernel, prefix_tiles=True)
+    kv_indptr += [kv_indptr[-1] + 1 + i for i in range(3)]
+    pages += [tables[0][0]] * 3
+    tiles = None
+    if metadata.prefix_groups:
+        tiles = tile_prefixes(kv_indptr, pages, metadata.prefix_groups, graph.prefix_shape(8))
+        kv_indptr, pages = tiles.kv_indptr, tiles.pages
     graph.plan(
         torch.tensor(metadata.slot_mapping.tolist() + [pad_slot] * 3, device=device),
-        kv_indptr + [kv_indptr[-1] + 1 + i for i in range(3)],
+        kv_indptr,
         [(n - 1) % block_size + 1 for n in lens] + [1] * 3,
-        torch.tensor(pages + [tables[0][0]] * 3, dtype=torch.int32, device=device),
+        torch.tensor(pages, dtype=torch.int32, device=device),
+        tiles,
     )
+    assert graph.with_prefix == (tiles is not None)
     pad_q = torch.randn(3, *q.shape[1:]).to(dtype)
     pad_kv = torch.randn(1, *k.shape[1:]).to(dtype).expand(3, -1, -1)  # duplicate writes agree
     padded = [torch.cat(x).to(device) for x in ([q, pad_q], [k, pad_kv], [v, pad_kv])]
@@ -263,16 +278,30 @@ def test_graph_decode_padding_leaves_live_kv_alone():
 
 @requires_triton
 def test_triton_graph_decode_under_the_interpreter():
-    """The Triton kernel (float16, page 16: the interpreter mishandles bfloat16)."""
+    """The Triton kernel (float16, page 16: the interpreter mishandles bfloat16); then a step
+    with two prefix groups through the prefix tiles, in a graph whose plain kernel is
+    flashinfer's (faked)."""
     code = "from tests.kernels.test_flashinfer_backend import check_graph_decode_padding as c; "
-    code += "import torch; c('triton', 16, torch.float16, tol=2e-2)"
+    code += "import torch; c('triton', 16, torch.float16, tol=2e-2); "
+    code += "c('flashinfer', 16, torch.float16, tol=2e-2, case='decode_groups')"
     run_under_triton_interpreter(code)
+
+
+def test_prefix_tiles_need_the_option():
+    spec, _, caches, *_ = build(CASES["decode"])
+    graph = GraphDecodeAttention(FlashInferBackend(spec, caches, ops=FAKE_OPS), 8, 64)
+    tiles = TiledPages([0, 1], [0], [0], [0, 0])
+    with pytest.raises(ValueError, match=r"prefix tiles need GraphDecodeAttention\(prefix_tiles"):
+        graph.plan(
+            torch.zeros(1, dtype=torch.long), [0, 1], [1], torch.zeros(1, dtype=torch.int32), tiles
+        )
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_triton_graph_decode_on_gpu(dtype):
     check_graph_decode_padding("triton", 16, dtype, device="cuda", tol=2e-2)
+    check_graph_decode_padding("flashinfer", 16, dtype, "cuda", 2e-2, case="decode_groups")
 
 
 def test_graph_decode_kernel_must_be_known():

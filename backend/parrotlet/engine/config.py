@@ -82,9 +82,11 @@ class EngineConfig:
     `small_batch_linear` runs linear layers of at most 16 rows (decode steps) through parrotlet's
     weight-streaming Triton kernel on CUDA in 16-bit where triton is installed (off: cuBLAS).
     `graph_decode_attention` is the decode attention inside CUDA graphs: "flashinfer" (paged
-    decode after two cache writes) or "triton" (parrotlet's kernel with the K/V append fused,
-    which also reads a long shared prefix once per tile of rows; not yet measured end to end,
-    so opt-in).
+    decode after two cache writes) or "triton" (parrotlet's kernel with the K/V append fused; not
+    yet measured end to end, so opt-in). `graph_prefix_tiles` (needs triton) runs decode steps
+    whose sequences share long prefixes (`shared_prefix_attention`) through a graph of parrotlet's
+    Triton kernel that reads each prefix once per tile of rows instead of once per sequence
+    (opt-in until measured end to end).
     """
 
     model: str | None = None
@@ -98,6 +100,7 @@ class EngineConfig:
     async_scheduling: bool | None = None
     small_batch_linear: bool = True
     graph_decode_attention: str = "flashinfer"
+    graph_prefix_tiles: bool = False
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

@@ -3,8 +3,8 @@
 A decode step launches hundreds of small kernels whose host cost exceeds their run time; a graph
 captured once per batch size replays them with one launch. The batch is padded up to the nearest
 size in `graph_batch_sizes`; prefill, mixed and cascade steps stay eager (ModelRunner decides).
-With the Triton decode kernel, a step whose sequences share long prefixes replays a second graph
-of its size that reads each prefix once per tile of rows (triton_prefix_tiles.py).
+With prefix tiles on, a step whose sequences share long prefixes replays a second graph of its
+size that reads each prefix once per tile of rows (Triton; triton_prefix_tiles.py).
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ class CudaGraphRunner:
     input ids `[0, B)`, positions `[B, 2B)`, cache slots `[2B, 3B)` and page ids from `3B`, filled
     by the step's single host->device copy, plus the GraphDecodeAttention's page-table buffers
     that its plan() fills (outside the graph). All graphs share one memory pool; one runs at a time.
-    `kernels` are the model's fused kernels, `decode_kernel` GraphDecodeAttention's kernel.
+    `kernels` are the model's fused kernels; `decode_kernel` and `prefix_tiles` configure the
+    GraphDecodeAttention.
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class CudaGraphRunner:
         max_pages: int,
         kernels: FusedKernels | None = None,
         decode_kernel: str = "flashinfer",
+        prefix_tiles: bool = False,
     ) -> None:
         self.model, self.kernels = model, kernels
         self.backend = attention
@@ -136,7 +138,7 @@ class CudaGraphRunner:
         self.block_size = attention.spec.block_size
         self.max_pages = max_pages
         self.attention = GraphDecodeAttention(
-            attention, self.sizes[-1], max_pages + self.sizes[-1], decode_kernel
+            attention, self.sizes[-1], max_pages + self.sizes[-1], decode_kernel, prefix_tiles
         )
         device = attention.spec.device
         self._inputs = torch.zeros(
@@ -158,19 +160,18 @@ class CudaGraphRunner:
 
     def prepare(self, seqs: Seq[Sequence], groups: Seq[PrefixGroup] = ()) -> PaddedDecode | None:
         """The padded inputs of a decode step over `seqs`, or None if no graph can run it: too
-        many sequences or pages, or a prefix group the flashinfer backend would cascade.
-
-        With the Triton kernel, the `groups` worth it (`worth_tiling`) become prefix tiles.
+        many sequences or pages, or (without prefix tiles) a prefix group the flashinfer backend
+        would cascade. With prefix tiles, the `groups` worth it (`worth_tiling`) become tiles.
         """
         size = bucket_for(self.sizes, len(seqs))
         if size is None or sum(len(s.block_ids) for s in seqs) > self.max_pages:
             return None
-        if self.attention.kernel == "flashinfer" and self.backend.cascaded_groups(groups):
+        if not self.attention.prefix_tiles and self.backend.cascaded_groups(groups):
             return None
         step = pad_decode_batch(seqs, size, self.block_size)
         block_bytes = self.backend.spec.block_bytes
         tiled = [g for g in groups if worth_tiling(g, block_bytes, self.min_tiled_bytes)]
-        if step is None or self.attention.kernel != "triton" or not tiled:
+        if step is None or not self.attention.prefix_tiles or not tiled:
             return step
         shape = self.attention.prefix_shape(size)
         layout = tile_prefixes(step.kv_indptr, step.pages, tiled, shape)

@@ -74,6 +74,7 @@ class LLMEngine:
             max_num_seqs=config.scheduler.max_num_seqs,
             small_batch_linear=config.small_batch_linear,
             graph_decode_attention=config.graph_decode_attention,
+            graph_prefix_tiles=config.graph_prefix_tiles,
         )
         self.async_scheduling = (
             config.async_scheduling

@@ -65,7 +65,8 @@ class ModelRunner:
 
     With `cuda_graphs` and a flashinfer backend, a step in which every sequence computes one
     token and no prefix group is cascaded runs as a CUDA graph of its batch size rounded up to a
-    bucket of `max_num_seqs`; other steps run eagerly. On CUDA in 16-bit the model uses
+    bucket of `max_num_seqs` (with `graph_prefix_tiles`, one that reads shared prefixes once per
+    tile where the step has long ones); other steps run eagerly. On CUDA in 16-bit the model uses
     flashinfer's fused kernels where flashinfer is installed, and with `small_batch_linear`
     parrotlet's Triton kernel for linear layers of a few rows.
     """
@@ -81,6 +82,7 @@ class ModelRunner:
         max_num_seqs: int = 64,
         small_batch_linear: bool = True,
         graph_decode_attention: str = "flashinfer",
+        graph_prefix_tiles: bool = False,
     ) -> None:
         self.model = model
         self.attention = attention
@@ -95,9 +97,11 @@ class ModelRunner:
         self.kernels: FusedKernels | None = None
         if spec.device.type == "cuda" and spec.dtype in (torch.float16, torch.bfloat16):
             self.kernels = load_fused_kernels(small_batch_linear)
-        self.graphs = (
-            self._graph_runner(max_num_seqs, graph_decode_attention) if cuda_graphs else None
-        )
+        self.graphs = None
+        if cuda_graphs:
+            self.graphs = self._graph_runner(
+                max_num_seqs, graph_decode_attention, graph_prefix_tiles
+            )
 
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch) -> LaunchedStep:
@@ -165,7 +169,9 @@ class ModelRunner:
             rows = to_device([ends[i] - 1 for i in samplers], self.device)
         return self.model.compute_logits(hidden[rows], self.kernels)  # [num_samplers, vocab]
 
-    def _graph_runner(self, max_num_seqs: int, decode_kernel: str) -> CudaGraphRunner | None:
+    def _graph_runner(
+        self, max_num_seqs: int, decode_kernel: str, prefix_tiles: bool
+    ) -> CudaGraphRunner | None:
         """A CudaGraphRunner where the device is CUDA and the backend is flashinfer, else None."""
         from parrotlet_kernels.flashinfer_backend import FlashInferBackend
 
@@ -174,8 +180,9 @@ class ModelRunner:
         max_blocks_per_seq = -(-self.model.config.max_position_embeddings // self.block_size)
         max_pages = max_num_seqs * max_blocks_per_seq
         return CudaGraphRunner(
-            self.model, self.attention, max_num_seqs, max_pages, self.kernels, decode_kernel
-        )
+            self.model, self.attention, max_num_seqs, max_pages, self.kernels, decode_kernel,
+            prefix_tiles,
+        )  # fmt: skip
 
     def _graph_step(self, batch: ScheduledBatch) -> PaddedDecode | None:
         """The padded graph inputs when this step can replay a CUDA graph, else None."""

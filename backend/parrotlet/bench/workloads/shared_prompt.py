@@ -1,10 +1,10 @@
 """Shared system prompt (Parrot §8.3): many users of one app ask at once; every request starts
 with the same long system prompt. parrotlet prefills that prompt once, shares its KV blocks and
-attends it once per decode step: on CUDA its decode graphs run parrotlet's Triton kernel with
-prefix tiles (graph_decode_attention="triton"); on CPU the reference backend's cascade. The
-ablations drop that ("no cascade": the default flashinfer decode over the shared blocks), then
-all sharing, and request-level serving (on parrotlet's engine) shares only what the engine's
-prefix cache finds. Metric: per-token latency.
+attends it once per decode step: on CUDA through the decode graphs' prefix tiles (parrotlet's
+Triton kernel, `graph_prefix_tiles`), on CPU through the reference backend's cascade. The
+ablations drop that ("no cascade": the same flashinfer graph decode over the shared blocks),
+then all sharing, and request-level serving (on parrotlet's engine) shares only what the
+engine's prefix cache finds. Metric: per-token latency.
 """
 
 from __future__ import annotations
@@ -43,11 +43,10 @@ class Variant:
     request_level: bool = False
     cascade: bool = True  # engine: attend a shared prefix once per step
     prefix_caching: bool = True  # engine: reuse KV blocks across requests
-    decode_kernel: str = "flashinfer"  # engine: graph_decode_attention (CUDA)
 
 
 VARIANTS = {
-    "parrotlet": Variant(PARROTLET, decode_kernel="triton"),
+    "parrotlet": Variant(PARROTLET),
     "request-level": Variant(REQUEST_LEVEL, request_level=True),
     "no cascade": Variant(PARROTLET, cascade=False),
     "no sharing": Variant(
@@ -84,7 +83,7 @@ def engine_config(variant: Variant, sizes: dict) -> EngineConfig:
     )
     return EngineConfig(
         shared_prefix_attention=variant.cascade,
-        graph_decode_attention=variant.decode_kernel,
+        graph_prefix_tiles=variant.cascade,
         shared_prefix_min_tokens=sizes["min_shared"],
         cache=cache,
         scheduler=SchedulerConfig(max_num_seqs=max(sizes["num_requests"], 64)),
