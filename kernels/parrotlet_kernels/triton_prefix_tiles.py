@@ -2,11 +2,11 @@
 
 With prefix tiles (GraphDecodeAttention(prefix_tiles=True), EngineConfig.graph_prefix_tiles), a
 decode step whose sequences share prefixes reads each once per tile of rows, not once per
-sequence: `tile_prefixes`
-lays the step out on the host as a table of tiles (up to `rows_per_tile` rows of one prefix group
-and the group's prefix pages) and cuts each row's own page list to the pages after its prefix;
-`prefix_tiles_kernel` attends the tiles, the paged kernel the rows' own pages, and the merge adds
-them up. The tables have a fixed size per batch size, so one captured graph serves every grouping.
+sequence: `tile_prefixes` lays the step out on the host as a table of tiles (up to
+`rows_per_tile` rows of one prefix group and the group's prefix pages) and cuts each row's own
+page list to the pages after its prefix; `prefix_tiles_kernel` attends the tiles, the paged
+kernel the rows' own pages, and the merge adds them up. The tables have a fixed size per batch
+size, so one captured graph serves every grouping.
 """
 
 from __future__ import annotations
