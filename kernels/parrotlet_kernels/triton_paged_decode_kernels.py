@@ -152,15 +152,20 @@ def prefix_tiles_kernel(
     start = s * per_split
     end = tl.minimum(start + per_split, tokens)
     row_elems = num_kv_heads * HEAD_DIM
+    kv_ptr, pages_ptr = cache_ptr + h * HEAD_DIM, indices_ptr + first
+    page_stride, kv_stride = 2 * PAGE_SIZE * row_elems, PAGE_SIZE * row_elems
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    while start < end:
-        tok = start + tl.arange(0, BLOCK_N)
-        k, v = _load_kv(cache_ptr + h * HEAD_DIM, indices_ptr + first, tok, tok < end,
-                        2 * PAGE_SIZE * row_elems, PAGE_SIZE * row_elems, row_elems,
-                        HEAD_DIM, PAGE_SIZE)  # fmt: skip
+    tok = start + tl.arange(0, BLOCK_N)
+    k, v = _load_kv(kv_ptr, pages_ptr, tok, tok < end, page_stride, kv_stride, row_elems,
+                    HEAD_DIM, PAGE_SIZE)  # fmt: skip
+    while start < end:  # block i + 1's loads are issued before block i's math
+        nxt = tok + BLOCK_N
+        k_next, v_next = _load_kv(kv_ptr, pages_ptr, nxt, nxt < end, page_stride, kv_stride,
+                                  row_elems, HEAD_DIM, PAGE_SIZE)  # fmt: skip
         m_i, l_i, acc = _softmax_step(q, k, v, tok < end, scale_log2, m_i, l_i, acc)
+        k, v, tok = k_next, v_next, nxt
         start += BLOCK_N
     _store_partial(o_ptr, lse_ptr, row * (num_kv_heads * GROUP) + head, row_ok,
                    NUM_SLOTS - NUM_SPLITS + s, NUM_SLOTS, m_i, l_i, acc, HEAD_DIM)  # fmt: skip
