@@ -4,11 +4,11 @@
 #
 #   bash benchmarks/device_run.sh [STEP ...]      # from the repo root, with .device/ carried
 #
-# Steps (default: tests decode): tests, decode (engine_decode.py), profile (profile_decode_step.py),
-# linear (kernel_linear.py), attention (kernel_decode_attention.py), shared-prefix
-# (kernel_shared_prefix.py --quick), apps-a (chain-summary, map-reduce, shared-prompt), apps-b
-# (multi-agent, mixed, multi-app), app:WORKLOAD (one of them). Each step's log, and the JSON it
-# writes, land in $OUT. Needs .device/wheels from ../shared/device/prepare.sh and, for the app
+# Steps (default: tests decode): tests, tests:EXPR (pytest -k EXPR, `+` for spaces), decode
+# (engine_decode.py), profile (profile_decode_step.py), linear (kernel_linear.py), attention
+# (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick), apps-a
+# (chain-summary, map-reduce, shared-prompt), apps-b (multi-agent, mixed, multi-app),
+# app:WORKLOAD (one of them). Each step's log, and the JSON it writes, land in $OUT. Needs .device/wheels from ../shared/device/prepare.sh and, for the app
 # workloads, the default model's tokenizer files in .device/tokenizer.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,9 @@ gpu_tests=(
 run_step() {
   case "$1" in
     tests) python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short "${gpu_tests[@]}" ;;
+    tests:*) local expr=${1#tests:}
+      python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short -k "${expr//+/ }" \
+        "${gpu_tests[@]}" ;;
     decode) python3 benchmarks/engine_decode.py ;;
     profile) python3 benchmarks/profile_decode_step.py ;;
     linear) python3 benchmarks/kernel_linear.py ;;
