@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from parrotlet_kernels.interface import AttentionMetadata, AttentionSpec, PrefixGroup
+from parrotlet_kernels.interface import AttentionMetadata, AttentionSpec, PrefixGroup, Rope
 from parrotlet_kernels.triton_prefix_tiles import PrefixTiles, TiledPages, TileShape, tile_shape
 from parrotlet_kernels.validation import validate_metadata
 
@@ -468,7 +468,8 @@ class GraphDecodeAttention:
     `prefix_tiles`, a plan may carry prefix tiles (triton_prefix_tiles.py, laid out by the caller
     for `prefix_shape(batch size)`): that step runs the Triton kernel whatever `kernel` is, plus
     the launch that reads each shared prefix once per tile; its graph is captured apart from the
-    plain one (`with_prefix`).
+    plain one (`with_prefix`). Where the Triton kernel runs, `applies_rope` is true: the model
+    hands over q and k unrotated with a `Rope`, and the kernel rotates them.
     """
 
     def __init__(
@@ -506,6 +507,11 @@ class GraphDecodeAttention:
     @property
     def max_pages(self) -> int:
         return self._indices.numel()
+
+    @property
+    def applies_rope(self) -> bool:
+        """Whether forward() rotates q and k itself (the Triton kernel runs the planned step)."""
+        return self.kernel == "triton" or self.with_prefix
 
     def prefix_shape(self, batch_size: int) -> TileShape:
         """The prefix-tile launch of a graph of `batch_size` rows (Triton kernel)."""
@@ -563,18 +569,22 @@ class GraphDecodeAttention:
         k: torch.Tensor,  # [batch_size, num_kv_heads, head_dim]
         v: torch.Tensor,  # [batch_size, num_kv_heads, head_dim]
         layer: int,
+        rope: Rope | None = None,
     ) -> torch.Tensor:  # [batch_size, num_heads, head_dim]
-        """Write k/v at the planned slots of `layer`'s cache, then decode every row."""
+        """Write k/v at the planned slots of `layer`'s cache, then decode every row (rotating q
+        and k first when given `rope`, which needs `applies_rope`)."""
         batch_size = q.shape[0]
-        if self.kernel == "triton" or self.with_prefix:
-            return self._triton_forward(q, k, v, layer)
+        if self.applies_rope:
+            return self._triton_forward(q, k, v, layer, rope)
+        if rope is not None:
+            raise ValueError("this plan's kernel (flashinfer) does not apply RoPE")
         rows = self._rows[layer]  # [num_blocks * 2 * block_size, num_kv_heads, head_dim]
         rows.index_copy_(0, self._key_rows[:batch_size], k.to(rows.dtype))
         rows.index_copy_(0, self._value_rows[:batch_size], v.to(rows.dtype))
         return self._wrappers[batch_size].run(q.contiguous(), self.kv_caches[layer])
 
     def _triton_forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, rope: Rope | None
     ) -> torch.Tensor:
         from parrotlet_kernels.triton_paged_decode import num_sms, paged_decode, plan_splits
 
@@ -586,7 +596,7 @@ class GraphDecodeAttention:
             q, k.to(spec.dtype), v.to(spec.dtype), self.kv_caches[layer],
             self._indptr[: batch_size + 1], self._indices, self._last[:batch_size],
             self._key_rows[:batch_size], self._splits[batch_size], scale=spec.scale,
-            prefix=self._prefix_tiles(batch_size) if self.with_prefix else None,
+            prefix=self._prefix_tiles(batch_size) if self.with_prefix else None, rope=rope,
         )  # fmt: skip
 
     def _prefix_tiles(self, batch_size: int) -> PrefixTiles:

@@ -98,12 +98,22 @@ class AttentionMetadata:
         return sum(self.query_lens_host)
 
 
+@dataclass(frozen=True)
+class Rope:
+    """RoPE left to the attention: rotate-half at `positions` with flashinfer's cos/sin cache."""
+
+    positions: torch.Tensor  # [num_tokens] int
+    cos_sin: torch.Tensor  # [max_positions, head_dim] float32: cos, then sin, of each frequency
+
+
 class AttentionBackend(Protocol):
     """Paged attention over the KV cache of every layer.
 
     `plan` is called once per step on the host; `forward` once per layer. `forward` first writes
     this step's keys and values into the cache at `metadata.slot_mapping`, then attends every query
-    token causally over its sequence's cached tokens.
+    token causally over its sequence's cached tokens. A backend whose `applies_rope` is true (the
+    Triton graph decode) takes q and k unrotated with `forward(..., rope=Rope(...))` and rotates
+    them itself, saving the model's RoPE launch.
     """
 
     spec: AttentionSpec

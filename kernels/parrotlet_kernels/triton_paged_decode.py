@@ -20,6 +20,7 @@ from functools import cache
 
 import torch
 
+from parrotlet_kernels.interface import Rope
 from parrotlet_kernels.triton_prefix_tiles import BLOCK_N, PrefixTiles
 
 _DTYPES = (torch.float16, torch.bfloat16)
@@ -51,6 +52,7 @@ def paged_decode(
     num_splits: int,
     scale: float | None = None,
     prefix: PrefixTiles | None = None,
+    rope: Rope | None = None,
 ) -> torch.Tensor:  # [batch, num_heads, head_dim]
     """Write each sequence's k/v at `key_rows`, then attend its pages (this token last).
 
@@ -58,7 +60,8 @@ def paged_decode(
     which holds `last_page_len[b]` tokens; its new token sits at the last of them. Rows are
     rows of `kv_cache.view(-1, num_kv_heads, head_dim)`. With `prefix`, the prefix pages of
     sequence b's tile (also ids in `kv_indices`) come before those. Page ids, lengths and tiles
-    are trusted (reading them would sync the device). Equal to softmax attention over the
+    are trusted (reading them would sync the device). With `rope`, q and k are rotated here
+    (k as it is cached; the inputs stay as they are). Equal to softmax attention over the
     sequence's tokens.
 
     Raises:
@@ -67,6 +70,8 @@ def paged_decode(
     check_inputs(
         q, k, v, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, num_splits, prefix
     )
+    _check_rope(rope, batch=q.shape[0], head_dim=q.shape[2])
+    pos, cos_sin = (q, q) if rope is None else (rope.positions, rope.cos_sin)  # q: unused
     if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"paged_decode needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
     from parrotlet_kernels.triton_paged_decode_kernels import paged_decode_kernel
@@ -83,14 +88,14 @@ def paged_decode(
         lse_part = q.new_empty((batch, num_heads, slots), dtype=torch.float32)
     scale_log2 = (head_dim**-0.5 if scale is None else scale) * math.log2(math.e)
     paged_decode_kernel[(batch, num_kv_heads, num_splits)](
-        q, k, v, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, o_part, lse_part,
-        num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
+        q, k, v, pos, cos_sin, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, o_part,
+        lse_part, num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
         v.stride(1), scale_log2, GROUP=group, BLOCK_G=max(16, 1 << (group - 1).bit_length()),
         HEAD_DIM=head_dim, PAGE_SIZE=page_size, NUM_SPLITS=num_splits, NUM_SLOTS=slots,
-        num_warps=4,
+        ROPE=rope is not None, num_warps=4,
     )  # fmt: skip
     if prefix is not None:
-        _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2)
+        _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2, rope)
     if slots > 1:
         from parrotlet_kernels.triton_shared_prefix_kernels import merge_kernel
 
@@ -109,17 +114,19 @@ def _attend_prefixes(
     o_part: torch.Tensor,  # [batch, num_heads, slots, head_dim] float32
     lse_part: torch.Tensor,  # [batch, num_heads, slots] float32
     scale_log2: float,
+    rope: Rope | None,
 ) -> None:
     """Fill the last `prefix.shape.num_splits` slots: each tile's rows against its prefix."""
     from parrotlet_kernels.triton_paged_decode_kernels import prefix_tiles_kernel
 
     shape, num_kv_heads = prefix.shape, kv_cache.shape[3]
+    pos, cos_sin = (q, q) if rope is None else (rope.positions, rope.cos_sin)  # q: unused
     prefix_tiles_kernel[(shape.max_tiles, num_kv_heads, shape.num_splits)](
-        q, kv_cache, kv_indices, prefix.rows, prefix.pages, o_part, lse_part, num_kv_heads,
-        q.stride(0), q.stride(1), scale_log2, GROUP=q.shape[1] // num_kv_heads,
+        q, pos, cos_sin, kv_cache, kv_indices, prefix.rows, prefix.pages, o_part, lse_part,
+        num_kv_heads, q.stride(0), q.stride(1), scale_log2, GROUP=q.shape[1] // num_kv_heads,
         ROWS=shape.rows_per_tile, BLOCK_M=shape.block_m, HEAD_DIM=q.shape[2],
         PAGE_SIZE=kv_cache.shape[2], BLOCK_N=BLOCK_N, NUM_SLOTS=o_part.shape[2],
-        NUM_SPLITS=shape.num_splits, num_warps=4,
+        NUM_SPLITS=shape.num_splits, ROPE=rope is not None, num_warps=4,
     )  # fmt: skip
 
 
@@ -169,6 +176,20 @@ def check_inputs(
     group = num_heads // num_kv_heads
     if prefix is not None and prefix.shape.rows_per_tile * group > prefix.shape.block_m:
         raise ValueError(f"prefix tiles of {prefix.shape} cannot hold rows of {group} heads")
+
+
+def _check_rope(rope: Rope | None, batch: int, head_dim: int) -> None:
+    if rope is None:
+        return
+    pos, cos_sin = rope.positions, rope.cos_sin
+    if pos.dtype not in (torch.int32, torch.int64) or tuple(pos.shape) != (batch,):
+        raise ValueError(f"rope.positions must be int32 / int64 of shape ({batch},), got "
+                         f"{pos.dtype} {tuple(pos.shape)}")  # fmt: skip
+    if cos_sin.dtype != torch.float32 or cos_sin.dim() != 2 or cos_sin.shape[1] != head_dim:
+        raise ValueError(f"rope.cos_sin must be float32 [max_positions, {head_dim}], got "
+                         f"{cos_sin.dtype} {tuple(cos_sin.shape)}")  # fmt: skip
+    if not (pos.is_contiguous() and cos_sin.is_contiguous()):
+        raise ValueError("rope.positions and rope.cos_sin must be contiguous")
 
 
 def _check_index(name: str, x: torch.Tensor, dtype: torch.dtype, shape: tuple | None) -> None:

@@ -15,10 +15,37 @@ from parrotlet_kernels.triton_shared_prefix_kernels import _load_kv, _softmax_st
 
 
 @triton.jit
+def _load_heads(
+    row_ptrs,  # [R] pointers to head vectors of HEAD_DIM contiguous elements
+    row_ok,  # [R] bool
+    pos,  # [R] int positions (used with ROPE)
+    cos_sin_ptr,  # [max_positions, HEAD_DIM] float32: cos, then sin, of each frequency
+    ROPE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
+    """The rows `[R, HEAD_DIM]` (0 where not ok), rotated by rotate-half RoPE at `pos` when ROPE
+    (in float32, rounded back to the rows' dtype, as flashinfer's in-place RoPE does)."""
+    d = tl.arange(0, HEAD_DIM)
+    x = tl.load(row_ptrs[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)
+    if ROPE:
+        half: tl.constexpr = HEAD_DIM // 2
+        swapped = tl.load(row_ptrs[:, None] + ((d + half) % HEAD_DIM)[None, :],
+                          mask=row_ok[:, None], other=0.0)  # fmt: skip
+        freq = cos_sin_ptr + pos[:, None] * HEAD_DIM + (d % half)[None, :]
+        cos, sin = tl.load(freq), tl.load(freq + half)
+        sign = tl.where(d < half, -1.0, 1.0)[None, :]
+        rotated = x.to(tl.float32) * cos + sign * swapped.to(tl.float32) * sin
+        x = rotated.to(x.dtype)
+    return x
+
+
+@triton.jit
 def paged_decode_kernel(
     q_ptr,  # [batch, num_heads, HEAD_DIM]
     k_ptr,  # [batch, num_kv_heads, HEAD_DIM], this step's key of each sequence
     v_ptr,  # [batch, num_kv_heads, HEAD_DIM]
+    pos_ptr,  # [batch] int position of each sequence's token (ROPE)
+    cos_sin_ptr,  # [max_positions, HEAD_DIM] float32 (ROPE)
     cache_ptr,  # [num_blocks, 2, PAGE_SIZE, num_kv_heads, HEAD_DIM] contiguous
     indptr_ptr,  # [batch + 1] int32: sequence b's pages are indices[indptr[b]:indptr[b + 1]]
     indices_ptr,  # int32 page ids
@@ -40,6 +67,7 @@ def paged_decode_kernel(
     PAGE_SIZE: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     NUM_SLOTS: tl.constexpr,  # >= NUM_SPLITS; the slots past NUM_SPLITS are prefix_tiles_kernel's
+    ROPE: tl.constexpr,  # q and k arrive unrotated: rotate them here (k as it is cached)
 ):
     """Program (sequence b, KV head h, split s): the GROUP query heads of h over split s's pages.
 
@@ -52,14 +80,19 @@ def paged_decode_kernel(
     d = tl.arange(0, HEAD_DIM)
     t = tl.arange(0, PAGE_SIZE)
     heads = h * GROUP + g  # [BLOCK_G]
-    q_rows = q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :]
-    q = tl.load(q_rows, mask=(g < GROUP)[:, None], other=0.0)  # [BLOCK_G, HEAD_DIM]
-    k_new = tl.load(k_ptr + b * stride_kb + h * stride_kh + d)  # [HEAD_DIM]
+    one = tl.zeros([1], tl.int32)
+    pos = one  # [1]
+    if ROPE:
+        pos = tl.load(pos_ptr + b + one)
+    q_heads = q_ptr + b * stride_qb + heads * stride_qh
+    q = _load_heads(q_heads, g < GROUP, pos, cos_sin_ptr, ROPE, HEAD_DIM)  # [BLOCK_G, HEAD_DIM]
+    k_head = k_ptr + b * stride_kb + h * stride_kh + one
+    k_new = _load_heads(k_head, one == 0, pos, cos_sin_ptr, ROPE, HEAD_DIM)  # [1, HEAD_DIM]
     v_new = tl.load(v_ptr + b * stride_vb + h * stride_vh + d)
     row_elems = num_kv_heads * HEAD_DIM  # elements of one cache row (one token, all KV heads)
     if s == 0:
         key_row = tl.load(key_rows_ptr + b)
-        tl.store(cache_ptr + key_row * row_elems + h * HEAD_DIM + d, k_new)
+        tl.store(cache_ptr + key_row * row_elems + h * HEAD_DIM + d[None, :], k_new)
         tl.store(cache_ptr + (key_row + PAGE_SIZE) * row_elems + h * HEAD_DIM + d, v_new)
 
     first = tl.load(indptr_ptr + b)
@@ -89,7 +122,7 @@ def paged_decode_kernel(
         m = m_new
         page += 1
     if s == NUM_SPLITS - 1:
-        score = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * scale_log2
+        score = tl.sum(q.to(tl.float32) * k_new.to(tl.float32), 1) * scale_log2
         m_new = tl.maximum(m, score)
         alpha = tl.exp2(m - m_new)
         p_new = tl.exp2(score - m_new)
@@ -113,6 +146,8 @@ def paged_decode_kernel(
 @triton.jit
 def prefix_tiles_kernel(
     q_ptr,  # [batch, num_heads, HEAD_DIM]
+    pos_ptr,  # [batch] int position of each sequence's token (ROPE)
+    cos_sin_ptr,  # [max_positions, HEAD_DIM] float32 (ROPE)
     cache_ptr,  # [num_blocks, 2, PAGE_SIZE, num_kv_heads, HEAD_DIM] contiguous
     indices_ptr,  # int32 page ids; a tile's prefix pages are a run of them
     tile_rows_ptr,  # [num_tiles, ROWS] int32 batch rows of each tile, -1 past its last
@@ -131,6 +166,7 @@ def prefix_tiles_kernel(
     BLOCK_N: tl.constexpr,  # prefix tokens per KV block
     NUM_SLOTS: tl.constexpr,
     NUM_SPLITS: tl.constexpr,  # prefix splits, in slots NUM_SLOTS - NUM_SPLITS ...
+    ROPE: tl.constexpr,  # q arrives unrotated
 ):
     """Program (tile t, KV head h, split s): the tile's rows against split s of their prefix.
 
@@ -143,9 +179,11 @@ def prefix_tiles_kernel(
     row = tl.load(tile_rows_ptr + t * ROWS + m // GROUP, mask=m < ROWS * GROUP, other=-1)
     row_ok = row >= 0  # [BLOCK_M]
     head = h * GROUP + m % GROUP
-    d = tl.arange(0, HEAD_DIM)
-    q = tl.load(q_ptr + row[:, None] * stride_qb + head[:, None] * stride_qh + d[None, :],
-                mask=row_ok[:, None], other=0.0)  # fmt: skip
+    pos = row
+    if ROPE:
+        pos = tl.load(pos_ptr + row, mask=row_ok, other=0)
+    q_heads = q_ptr + row * stride_qb + head * stride_qh
+    q = _load_heads(q_heads, row_ok, pos, cos_sin_ptr, ROPE, HEAD_DIM)  # [BLOCK_M, HEAD_DIM]
     first = tl.load(tile_pages_ptr + 2 * t)
     tokens = tl.load(tile_pages_ptr + 2 * t + 1) * PAGE_SIZE
     per_split = tl.cdiv(tokens, NUM_SPLITS * PAGE_SIZE) * PAGE_SIZE  # whole pages

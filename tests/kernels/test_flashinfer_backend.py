@@ -23,11 +23,12 @@ from parrotlet_kernels.flashinfer_backend import (
     gather_page_indices,
     plan_step,
 )
-from parrotlet_kernels.interface import AttentionMetadata, AttentionSpec, PrefixGroup
+from parrotlet_kernels.interface import AttentionMetadata, AttentionSpec, PrefixGroup, Rope
 from parrotlet_kernels.reference import TorchReferenceBackend
 from parrotlet_kernels.triton_prefix_tiles import TiledPages, tile_prefixes
 
 from .attention_helpers import make_batch, make_spec, requires_triton, run_under_triton_interpreter
+from .test_triton_paged_decode import cos_sin_cache, rotate
 
 # (seq_len, query_len) per sequence; groups as (members, shared prefix in tokens)
 Case = tuple[list[tuple[int, int]], list[tuple[list[int], int]]]
@@ -229,16 +230,24 @@ def check_graph_decode_padding(
     device: str = "cpu",
     tol: float = 1e-5,
     case: str = "decode",
+    rope: bool = False,
 ) -> None:
     """5 decodes padded to 8 rows: real rows equal the reference; padding writes only one slot
     past the end of sequence 0. flashinfer runs as torch fakes; Triton runs its kernel. A case
-    with prefix groups is planned with prefix tiles (Triton, whatever `kernel` is)."""
+    with prefix groups is planned with prefix tiles (Triton, whatever `kernel` is); with `rope`
+    the graph attention gets q and k unrotated (padding rows at position 0: no rotation)."""
     spec, metadata, caches, q, k, v = build(
         CASES[case], block_size=block_size, num_layers=2, dtype=dtype
     )
-    ref_caches = [c.clone() for c in caches]
-    expected = run_backend(TorchReferenceBackend(spec, ref_caches), metadata, q, k, v)
     tables, lens = metadata.block_tables.tolist(), metadata.seq_lens_host
+    positions = torch.tensor([n - 1 for n in lens] + [0] * 3, dtype=torch.int32)
+    rotation = Rope(positions.to(device), cos_sin_cache(max(lens), spec.head_dim, device))
+    q_ref, k_ref = q, k
+    if rope:
+        cpu_rotation = Rope(positions[:5], rotation.cos_sin.cpu())
+        q_ref, k_ref = rotate(q, cpu_rotation), rotate(k, cpu_rotation)
+    ref_caches = [c.clone() for c in caches]
+    expected = run_backend(TorchReferenceBackend(spec, ref_caches), metadata, q_ref, k_ref, v)
     pad_slot = int(metadata.slot_mapping[0]) + 1
     pages = [b for t, n in zip(tables, lens, strict=True) for b in t[: -(-n // block_size)]]
     kv_indptr = [0, *accumulate(-(-n // block_size) for n in lens)]
@@ -263,13 +272,16 @@ def check_graph_decode_padding(
     pad_kv = torch.randn(1, *k.shape[1:]).to(dtype).expand(3, -1, -1)  # duplicate writes agree
     padded = [torch.cat(x).to(device) for x in ([q, pad_q], [k, pad_kv], [v, pad_kv])]
     for layer in range(spec.num_layers):
-        out = graph.forward(*padded, layer).cpu()
+        out = graph.forward(*padded, layer, rope=rotation if rope else None).cpu()
         torch.testing.assert_close(out[:5].float(), expected[layer].float(), atol=tol, rtol=tol)
         block, offset = divmod(pad_slot, block_size)
         written = backend.kv_caches[layer].cpu()
         assert torch.equal(written[block, :, offset], pad_kv[-1].expand(2, -1, -1))
         written[block, :, offset] = ref_caches[layer][block, :, offset]
-        assert torch.equal(written, ref_caches[layer])
+        if rope:  # rotated keys: up to one rounding step (the kernel may fuse multiply-adds)
+            torch.testing.assert_close(written, ref_caches[layer], atol=1e-2, rtol=1e-2)
+        else:
+            assert torch.equal(written, ref_caches[layer])
 
 
 def test_graph_decode_padding_leaves_live_kv_alone():
@@ -283,25 +295,28 @@ def test_triton_graph_decode_under_the_interpreter():
     flashinfer's (faked)."""
     code = "from tests.kernels.test_flashinfer_backend import check_graph_decode_padding as c; "
     code += "import torch; c('triton', 16, torch.float16, tol=2e-2); "
-    code += "c('flashinfer', 16, torch.float16, tol=2e-2, case='decode_groups')"
+    code += "c('flashinfer', 16, torch.float16, tol=2e-2, case='decode_groups', rope=True)"
     run_under_triton_interpreter(code)
 
 
-def test_prefix_tiles_need_the_option():
-    spec, _, caches, *_ = build(CASES["decode"])
+def test_prefix_tiles_and_rope_need_the_triton_kernel():
+    spec, _, caches, q, k, v = build(CASES["decode"])
     graph = GraphDecodeAttention(FlashInferBackend(spec, caches, ops=FAKE_OPS), 8, 64)
-    tiles = TiledPages([0, 1], [0], [0], [0, 0])
+    plan = (torch.zeros(1, dtype=torch.long), [0, 1], [1], torch.zeros(1, dtype=torch.int32))
     with pytest.raises(ValueError, match=r"prefix tiles need GraphDecodeAttention\(prefix_tiles"):
-        graph.plan(
-            torch.zeros(1, dtype=torch.long), [0, 1], [1], torch.zeros(1, dtype=torch.int32), tiles
-        )
+        graph.plan(*plan, TiledPages([0, 1], [0], [0], [0, 0]))
+    graph.plan(*plan)
+    assert not graph.applies_rope
+    rope = Rope(torch.zeros(1, dtype=torch.int32), torch.zeros(4, spec.head_dim))
+    with pytest.raises(ValueError, match=r"this plan's kernel \(flashinfer\) does not apply"):
+        graph.forward(q[:1], k[:1], v[:1], 0, rope=rope)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_triton_graph_decode_on_gpu(dtype):
     check_graph_decode_padding("triton", 16, dtype, device="cuda", tol=2e-2)
-    check_graph_decode_padding("flashinfer", 16, dtype, "cuda", 2e-2, case="decode_groups")
+    check_graph_decode_padding("flashinfer", 16, dtype, "cuda", 2e-2, "decode_groups", rope=True)
 
 
 def test_graph_decode_kernel_must_be_known():

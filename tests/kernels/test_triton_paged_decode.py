@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from parrotlet_kernels.attention_math import attention_with_lse
+from parrotlet_kernels.interface import Rope
 from parrotlet_kernels.triton_paged_decode import check_inputs, paged_decode, plan_splits
 
 from .attention_helpers import requires_triton, run_under_triton_interpreter
@@ -75,14 +76,55 @@ CASES = [  # (sequence lengths, heads, num_splits)
 ]
 
 
+def cos_sin_cache(max_positions: int, head_dim: int, device: str) -> torch.Tensor:
+    """flashinfer's layout: `[max_positions, head_dim]` float32, cos then sin of each frequency."""
+    inv_freq = 10000.0 ** -(torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+    return torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(device)
+
+
+def rotate(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Rotate-half RoPE of `[batch, heads, head_dim]` in float32, rounded to x's dtype."""
+    half = x.shape[-1] // 2
+    cos_sin = rope.cos_sin[rope.positions.long()][:, None]  # [batch, 1, head_dim]
+    cos, sin = cos_sin[..., :half], cos_sin[..., half:]
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+
+def with_rope(step: Step) -> tuple[Step, Rope]:
+    """The step's q and k as unrotated inputs, and the Rope at each sequence's position;
+    `step.q` / `step.k` become the rotated ones the reference attends."""
+    device = step.q.device
+    positions = torch.tensor([n - 1 for n in step.seq_lens], dtype=torch.int32, device=device)
+    rope = Rope(positions, cos_sin_cache(max(step.seq_lens), step.q.shape[-1], device))
+    raw = (step.q, step.k)
+    step.q, step.k = rotate(step.q, rope), rotate(step.k, rope)
+    return raw, rope
+
+
 def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
-    for seq_lens, heads, splits in CASES:
+    for (seq_lens, heads, splits), use_rope in zip(CASES, [False, True] * 3, strict=False):
         step = Step(seq_lens, heads, head_dim, dtype=dtype, device=device)
+        args, rope = list(step.args(splits)), None
+        if use_rope:
+            (args[0], args[1]), rope = with_rope(step)
         cache, expected = step.reference()
-        out = paged_decode(*step.args(splits))
+        out = paged_decode(*args, rope=rope)
         assert out.shape == step.q.shape and out.dtype == dtype
         torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
-        assert torch.equal(step.cache, cache), "only this step's k/v are written"
+        assert_same_cache(step, cache, rotated=rope is not None)
+
+
+def assert_same_cache(step: Step, expected: torch.Tensor, rotated: bool) -> None:
+    """Only this step's k/v are written, exactly (rotated keys: up to one rounding step)."""
+    if rotated:  # the kernel may fuse the rotation's multiply-adds, torch rounds each
+        rows, expected_rows = (c.view(-1, *c.shape[3:]) for c in (step.cache, expected))
+        keys = step.key_rows
+        torch.testing.assert_close(rows[keys].float(), expected_rows[keys].float(), atol=1e-2,
+                                   rtol=1e-2)  # fmt: skip
+        rows[keys] = expected_rows[keys]
+    assert torch.equal(step.cache, expected)
 
 
 # ---- CPU: planning and input checks ----------------------------------------------------------
@@ -112,6 +154,20 @@ def test_check_inputs_names_the_bad_argument(change, message):
     check_inputs(*args.values())
     with pytest.raises(ValueError, match=message):
         check_inputs(*(args | change(step)).values())
+
+
+def test_rope_inputs_are_checked():
+    step = Step([1, 17, 16, 33])
+    cos_sin = cos_sin_cache(40, 16, "cpu")
+    bad = [
+        (Rope(torch.zeros(3, dtype=torch.int32), cos_sin), r"rope.positions must be .* \(4,\)"),
+        (Rope(torch.zeros(4), cos_sin), "rope.positions must be int32 / int64"),
+        (Rope(torch.zeros(4, dtype=torch.long), cos_sin[:, :8]), r"\[max_positions, 16\]"),
+        (Rope(torch.zeros(4, dtype=torch.long), cos_sin.double()), "rope.cos_sin must be float32"),
+    ]
+    for rope, message in bad:
+        with pytest.raises(ValueError, match=message):
+            paged_decode(*step.args(2), rope=rope)
 
 
 def test_reference_reads_the_sequence_in_order():

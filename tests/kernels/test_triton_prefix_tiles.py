@@ -19,7 +19,7 @@ from parrotlet_kernels.triton_prefix_tiles import (
 )
 
 from .attention_helpers import requires_triton, run_under_triton_interpreter
-from .test_triton_paged_decode import Step
+from .test_triton_paged_decode import Step, assert_same_cache, with_rope
 
 
 # ---- CPU: launch shape and layout ------------------------------------------------------------
@@ -103,8 +103,12 @@ def shared_step(seq_lens, groups, heads, head_dim, dtype, device) -> Step:
 
 
 def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
-    for seq_lens, groups, heads, splits, prefix_splits in CASES:
+    """Every case; the odd ones with q and k rotated by the kernels."""
+    for i, (seq_lens, groups, heads, splits, prefix_splits) in enumerate(CASES):
         step = shared_step(seq_lens, groups, heads, head_dim, dtype, device)
+        (q, k), rope = (step.q, step.k), None
+        if i % 2:
+            (q, k), rope = with_rope(step)
         cache, expected = step.reference()
         group = heads[0] // heads[1]
         shape = tile_shape(len(seq_lens), group, heads[1], 1)
@@ -115,10 +119,10 @@ def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
         tiles = PrefixTiles(torch.tensor(layout.tile_rows, **i32).view(shape.max_tiles, -1),
                             torch.tensor(layout.tile_pages, **i32).view(-1, 2), shape)  # fmt: skip
         own = (torch.tensor(layout.kv_indptr, **i32), torch.tensor(layout.pages, **i32))
-        out = paged_decode(step.q, step.k, step.v, step.cache, *own, step.last, step.key_rows,
-                           splits, prefix=tiles)  # fmt: skip
+        out = paged_decode(q, k, step.v, step.cache, *own, step.last, step.key_rows, splits,
+                           prefix=tiles, rope=rope)  # fmt: skip
         torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
-        assert torch.equal(step.cache, cache), "only this step's k/v are written"
+        assert_same_cache(step, cache, rotated=rope is not None)
 
 
 @requires_triton

@@ -6,6 +6,7 @@ fusion, RoPE cache layout, in-place updates); on the GPU (`-m gpu`) the real ker
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -74,11 +75,26 @@ class DenseCausalAttention:
 PROMPTS = make_prompts(SMALL["vocab_size"])
 
 
+class RotatingAttention(DenseCausalAttention):
+    """An attention that applies RoPE itself (as the Triton graph decode does)."""
+
+    applies_rope = True
+
+    def forward(self, q, k, v, layer, rope=None):
+        assert rope is not None, "the model hands RoPE over to an attention that applies it"
+        q, k = q.clone(), k.clone()
+        torch_apply_rope(rope.positions, q, k, q.shape[-1], rope.cos_sin)
+        return super().forward(q, k, v, layer)
+
+
 def logits_of(
-    model: LlamaForCausalLM, prompts: list[torch.Tensor], kernels: FusedKernels | None = None
+    model: LlamaForCausalLM,
+    prompts: list[torch.Tensor],
+    kernels: FusedKernels | None = None,
+    attn: DenseCausalAttention | None = None,
 ) -> list[torch.Tensor]:
     device = model.embed_tokens.weight.device
-    attn = DenseCausalAttention()
+    attn = attn or DenseCausalAttention()
     with torch.no_grad():
         return [
             model.compute_logits(
@@ -94,6 +110,20 @@ def test_fused_path_matches_plain_path(tmp_path: Path, case: str) -> None:
     model, _ = load_model(tmp_path)
     expected = logits_of(model, PROMPTS)
     for ours, theirs in zip(logits_of(model, PROMPTS, TORCH_KERNELS), expected, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_that_applies_rope_gets_q_and_k_unrotated(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path, make_hf_config("llama3_rope"))
+    model, _ = load_model(tmp_path)
+    expected = logits_of(model, PROMPTS)
+
+    def no_rope(*args) -> None:
+        raise AssertionError("the model must leave RoPE to the attention")
+
+    kernels = dataclasses.replace(TORCH_KERNELS, apply_rope=no_rope)
+    actual = logits_of(model, PROMPTS, kernels, RotatingAttention())
+    for ours, theirs in zip(actual, expected, strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 

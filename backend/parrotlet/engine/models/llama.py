@@ -19,7 +19,7 @@ from torch import nn
 
 from parrotlet.engine.models.config import ModelConfig, RopeScaling
 from parrotlet_kernels import triton_linear
-from parrotlet_kernels.interface import AttentionBackend
+from parrotlet_kernels.interface import AttentionBackend, Rope
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,11 @@ class Attention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [num_tokens, kv_heads, head_dim]
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        kernels.apply_rope(positions, q, k, self.head_dim, cos_sin)
-        out = attn.forward(q, k, v, self.layer_idx)  # [num_tokens, num_heads, head_dim]
+        if getattr(attn, "applies_rope", False):  # the attention kernel rotates q and k
+            out = attn.forward(q, k, v, self.layer_idx, rope=Rope(positions, cos_sin))
+        else:
+            kernels.apply_rope(positions, q, k, self.head_dim, cos_sin)
+            out = attn.forward(q, k, v, self.layer_idx)  # [num_tokens, num_heads, head_dim]
         out = out.reshape(num_tokens, -1)  # [num_tokens, q_size]
         return kernels.linear(out, self.o_proj.weight, self.o_proj.bias)  # [num_tokens, hidden]
 
