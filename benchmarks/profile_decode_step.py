@@ -3,10 +3,12 @@
 Builds a Llama-3-8B architecture with random bf16 weights (nothing is downloaded), runs a decode
 batch through the engine so its CUDA graph is captured, then profiles graph replays and prints,
 per kernel family, the device microseconds per step next to the replay's wall time and the
-bytes floor (weights + KV over the copy bandwidth measured in the same run). Writes
-benchmarks/results/profile_decode_step.json (and $OUT/profile_decode_step.json when $OUT is set).
+bytes floor (weights + KV over the copy bandwidth measured in the same run), once per graph
+decode attention (flashinfer, and parrotlet's Triton kernel with RoPE and the K/V append fused).
+Writes benchmarks/results/profile_decode_step.json (and $OUT/profile_decode_step.json when $OUT
+is set).
 
-    python benchmarks/profile_decode_step.py [--batches 1 64] [--context 160]
+    python benchmarks/profile_decode_step.py [--batches 1 64] [--context 160] [--attention ...]
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ from parrotlet.engine.sampling_params import SamplingParams
 VOCAB = 128256  # Llama 3's vocabulary, as benchmarks/engine_decode.py uses
 FAMILIES = [  # (family, regex over the kernel name), first match wins
     ("gemm", r"gemm|gemv|cutlass|sm90_xmma|nvjet|splitK|small_batch_linear"),
-    ("attention", r"flashinfer.*(Prefill|Decode|Merge|Partition|VariableLength)|PersistentKernel"),
+    (
+        "attention",
+        r"flashinfer.*(Prefill|Decode|Merge|Partition|VariableLength)|PersistentKernel"
+        r"|paged_decode_kernel|prefix_tiles_kernel|merge_kernel",
+    ),
     ("rmsnorm", r"RMSNorm|rmsnorm"),
     ("rope", r"Rope|rope|Rotary"),
     ("silu_mul", r"act_and_mul|silu"),
@@ -47,11 +53,12 @@ def family(name: str) -> str:
     return "other"
 
 
-def make_engine(model, batch: int, context: int) -> LLMEngine:
+def make_engine(model, batch: int, context: int, attention: str = "flashinfer") -> LLMEngine:
     blocks = batch * -(-(context + 64) // 16) + 16
     config = EngineConfig(
         device="cuda",
         dtype="bfloat16",
+        graph_decode_attention=attention,
         shared_prefix_attention=False,
         cache=CacheConfig(block_size=16, num_blocks=blocks, enable_prefix_caching=False),
         scheduler=SchedulerConfig(max_num_batched_tokens=batch * context, max_num_seqs=batch),
@@ -111,8 +118,8 @@ def floor_ms(model, batch: int, context: int, bandwidth: float) -> float:
     return (weights + kv + batch * cfg.hidden_size) * 2 / bandwidth * 1e3
 
 
-def profile_batch(model, batch: int, context: int, bandwidth: float) -> dict:
-    engine = make_engine(model, batch, context)
+def profile_batch(model, batch: int, context: int, bandwidth: float, attention: str) -> dict:
+    engine = make_engine(model, batch, context, attention)
     size = capture(engine, batch, context)
     wall = replay_ms(engine, size)
     table = kernel_table(engine, size)
@@ -123,6 +130,7 @@ def profile_batch(model, batch: int, context: int, bandwidth: float) -> dict:
     result = dict(
         batch=batch,
         context=context,
+        attention=attention,
         replay_ms=round(wall, 3),
         kernels_ms=round(kernels_ms, 3),
         floor_ms=round(floor_ms(model, batch, context, bandwidth), 3),
@@ -140,8 +148,8 @@ def profile_batch(model, batch: int, context: int, bandwidth: float) -> dict:
 
 def print_result(r: dict) -> None:
     print(
-        f"batch {r['batch']}: replay {r['replay_ms']} ms, kernels {r['kernels_ms']} ms, "
-        f"floor {r['floor_ms']} ms, {r['launches']} launches/step"
+        f"batch {r['batch']} ({r['attention']} attention): replay {r['replay_ms']} ms, "
+        f"kernels {r['kernels_ms']} ms, floor {r['floor_ms']} ms, {r['launches']} launches/step"
     )
     for fam, us in r["families_us"].items():
         print(f"  {fam:<10} {us:9.1f} us")
@@ -153,6 +161,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--context", type=int, default=160)
+    parser.add_argument("--attention", nargs="+", default=["flashinfer", "triton"],
+                        help="graph_decode_attention values to profile")  # fmt: skip
     args = parser.parse_args()
     model = random_model("llama3-8b-random", VOCAB, torch.bfloat16, torch.device("cuda"))
     bandwidth = copy_bandwidth(torch.device("cuda"))
@@ -160,7 +170,11 @@ def main() -> None:
         benchmark="profile_decode_step",
         device=torch.cuda.get_device_name(),
         copy_bandwidth_gb_s=round(bandwidth / 1e9, 1),
-        rows=[profile_batch(model, b, args.context, bandwidth) for b in args.batches],
+        rows=[
+            profile_batch(model, b, args.context, bandwidth, attention)
+            for b in args.batches
+            for attention in args.attention
+        ],
     )
     for row in report["rows"]:
         print_result(row)
