@@ -1,4 +1,6 @@
-"""The CUDA-graph runner's pure parts on CPU: batch-size buckets and padding of a decode step."""
+"""The CUDA-graph runner's pure parts on CPU: batch-size buckets, padding of a decode step, and
+which steps prepare() gives prefix tiles (flashinfer faked; no graph is captured).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import pytest
 from parrotlet.engine.cuda_graphs import bucket_for, graph_batch_sizes, pad_decode_batch
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.engine.sequence import Sequence
+from parrotlet_kernels.interface import PrefixGroup
 
 
 def make_decoding_seq(num_tokens: int, block_ids: list[int], first_token: int = 100) -> Sequence:
@@ -78,3 +81,55 @@ def test_pad_decode_batch_takes_the_next_uncomputed_token():
     assert step.kv_indptr == [0, 2, 3]
     assert step.pages == [1, 2, 1]
     assert step.last_page_len == [1, 1]
+
+
+# ---- CudaGraphRunner.prepare: which steps get prefix tiles (flashinfer faked, no graph runs) ---
+def make_runner(prefix_tiles: bool, cascade: str = "never"):
+    from parrotlet.engine.cuda_graphs import CudaGraphRunner
+    from parrotlet_kernels.flashinfer_backend import CascadePolicy, FlashInferBackend
+
+    from ..kernels.attention_helpers import make_spec
+    from ..kernels.test_flashinfer_backend import FAKE_OPS
+
+    spec = make_spec(num_heads=8, num_kv_heads=2, head_dim=16, block_size=4, num_blocks=32)
+    caches = spec.allocate_kv_cache()
+    backend = FlashInferBackend(spec, caches, cascade=CascadePolicy(cascade), ops=FAKE_OPS)
+    model = None  # prepare() plans on the host only; it never runs the model
+    return CudaGraphRunner(model, backend, max_num_seqs=8, max_pages=64, prefix_tiles=prefix_tiles)
+
+
+# seqs 0, 1, 3 share blocks 10, 11 (8 tokens); seq 2 shares nothing
+SHARED_SEQS = [
+    ([10, 11, 20], 10),
+    ([10, 11, 21, 22], 14),
+    ([30, 31], 6),
+    ([10, 11, 23], 12),
+]
+GROUP = PrefixGroup((0, 1, 3), 2)
+
+
+def test_prepare_lays_out_prefix_tiles_for_groups_worth_it():
+    runner = make_runner(prefix_tiles=True)
+    seqs = [make_decoding_seq(n, blocks) for blocks, n in SHARED_SEQS]
+    runner.min_tiled_bytes = 2 * 2 * runner.backend.spec.block_bytes  # exactly GROUP's saving
+    step = runner.prepare(seqs, [GROUP])
+    assert step is not None and step.tiles is not None and step.batch_size == 4
+    assert step.kv_indptr == [0, 1, 3, 5, 6]
+    assert step.pages == [20, 21, 22, 30, 31, 23, 10, 11]
+    shape = runner.attention.prefix_shape(4)  # GQA 4: tiles of 16 rows; 1 SM on CPU: 1 split
+    assert (shape.rows_per_tile, shape.max_tiles, shape.num_splits) == (16, 3, 1)
+    assert step.tiles.tile_rows == [0, 1, 3] + [-1] * 13 + [2] + [-1] * 15 + [-1] * 16
+    assert step.tiles.tile_pages == [6, 2, 0, 0, 0, 0]
+    runner.min_tiled_bytes += 1  # the group saves too little: the plain graph's layout
+    plain = runner.prepare(seqs, [GROUP])
+    assert plain is not None and plain.tiles is None
+    assert plain.pages == [10, 11, 20, 10, 11, 21, 22, 30, 31, 10, 11, 23]
+
+
+@pytest.mark.parametrize(("cascade", "eager"), [("always", True), ("never", False)])
+def test_prepare_without_tiles_leaves_cascades_eager(cascade, eager):
+    runner = make_runner(prefix_tiles=False, cascade=cascade)
+    seqs = [make_decoding_seq(n, blocks) for blocks, n in SHARED_SEQS]
+    step = runner.prepare(seqs, [GROUP])
+    assert (step is None) == eager
+    assert step is None or step.tiles is None
