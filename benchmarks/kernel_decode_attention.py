@@ -1,11 +1,12 @@
-"""Decode attention of one layer with the step's K/V append: Triton's fused kernel vs flashinfer.
+"""Decode attention of one layer with RoPE and the K/V append: Triton's fused kernel vs flashinfer.
 
 For Llama-3-8B's heads (32 q / 8 KV, head dim 128, bf16, page 16), batch 1-64 and contexts of
-160-4096 tokens, times what a CUDA-graph decode step does per layer: flashinfer (two index_copy_
-cache writes, then the tensor-core paged decode with its split merge, as GraphDecodeAttention
-runs it) and `triton_paged_decode.paged_decode` (write + attend in one launch, a merge where it
-splits). Each is a CUDA graph over 32 layers' caches; the floor is the KV bytes over the copy
-bandwidth measured in the same run. Checks the Triton output against flashinfer's first.
+160-4096 tokens, times what a CUDA-graph decode step does per layer after the qkv projection:
+flashinfer (its in-place RoPE, two index_copy_ cache writes, then the tensor-core paged decode
+with its split merge, as the model + GraphDecodeAttention run it) and
+`triton_paged_decode.paged_decode` with a Rope (rotate, write and attend in one launch, a merge
+where it splits). Each is a CUDA graph over 32 layers' caches; the floor is the KV bytes over
+the copy bandwidth measured in the same run. Checks the Triton output against flashinfer's first.
 Prints a line per point and a summary; writes benchmarks/results/kernel_decode_attention.json
 (and $OUT/kernel_decode_attention.json when $OUT is set).
 
@@ -21,6 +22,7 @@ import torch
 from engine_decode import copy_bandwidth, write_report
 from kernel_linear import time_us as graph_time_us
 
+from parrotlet_kernels.interface import Rope
 from parrotlet_kernels.triton_paged_decode import num_sms, paged_decode, plan_splits
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE, LAYERS = 32, 8, 128, 16, 32
@@ -42,9 +44,13 @@ class Problem:
         self.last = torch.full((batch,), last, dtype=torch.int32, device=dev)
         last_pages = self.indices[self.indptr[1:].long() - 1].long()
         self.key_rows = last_pages * 2 * PAGE + last - 1
-        self.q = torch.randn(batch, HEADS, HEAD_DIM, device=dev, dtype=bf16)
+        self.q = torch.randn(batch, HEADS, HEAD_DIM, device=dev, dtype=bf16)  # unrotated
         self.k = torch.randn(batch, KV_HEADS, HEAD_DIM, device=dev, dtype=bf16)
         self.v = torch.randn_like(self.k)
+        positions = torch.full((batch,), context - 1, dtype=torch.int32, device=dev)
+        inv_freq = 500000.0 ** -(torch.arange(0, HEAD_DIM, 2, device=dev) / HEAD_DIM)
+        freqs = torch.outer(torch.arange(context, device=dev, dtype=torch.float32), inv_freq)
+        self.rope = Rope(positions, torch.cat((freqs.cos(), freqs.sin()), dim=-1))
         self.batch, self.context = batch, context
 
     def kv_bytes(self) -> int:
@@ -68,11 +74,15 @@ def flashinfer_layer(problem: Problem, workspace: torch.Tensor) -> Callable[[int
         PAGE, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16,
     )  # fmt: skip
 
+    q, k, rope = problem.q.clone(), problem.k.clone(), problem.rope  # rotated in place
+
     def layer(i: int) -> torch.Tensor:
+        flashinfer.apply_rope_with_cos_sin_cache_inplace(rope.positions, q, k, HEAD_DIM,
+                                                         rope.cos_sin)  # fmt: skip
         rows = problem.rows(i)
-        rows.index_copy_(0, problem.key_rows, problem.k)
+        rows.index_copy_(0, problem.key_rows, k)
         rows.index_copy_(0, problem.key_rows + PAGE, problem.v)
-        return wrapper.run(problem.q, problem.caches[i])
+        return wrapper.run(q, problem.caches[i])
 
     return layer
 
@@ -81,7 +91,7 @@ def triton_layer(problem: Problem, num_splits: int) -> Callable[[int], torch.Ten
     def layer(i: int) -> torch.Tensor:
         return paged_decode(
             problem.q, problem.k, problem.v, problem.caches[i], problem.indptr,
-            problem.indices, problem.last, problem.key_rows, num_splits,
+            problem.indices, problem.last, problem.key_rows, num_splits, rope=problem.rope,
         )  # fmt: skip
 
     return layer
@@ -96,7 +106,7 @@ def measure(batch: int, context: int, bandwidth: float, workspace: torch.Tensor)
     problem = Problem(batch, context)
     splits = plan_splits(batch, KV_HEADS, num_sms(torch.device("cuda")))
     ours, theirs = triton_layer(problem, splits), flashinfer_layer(problem, workspace)
-    error = (ours(0).float() - theirs(0).float()).abs().max().item()
+    error = (ours(0).float() - theirs(0).float()).abs().max().item()  # theirs' first rotation
     row = {
         "batch": batch, "context": context, "num_splits": splits, "max_abs_err": error,
         "floor_us": problem.kv_bytes() / bandwidth * 1e6,
