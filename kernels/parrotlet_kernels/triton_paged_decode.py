@@ -6,10 +6,10 @@ launch latency, not bytes (about 14 us a layer on the H100 for 0.7 MB of KV). `p
 writes k/v and attends in one launch, plus a merge only where it splits the KV. Its inputs are
 the page-table buffers GraphDecodeAttention fills (lengths are read on the device), so one CUDA
 graph serves every length. With `prefix` tiles (triton_prefix_tiles.py) the rows' shared
-prefixes are attended once per tile by a second launch before the merge. The engine uses it
-with `EngineConfig.graph_decode_attention="triton"` (opt-in until
-benchmarks/kernel_decode_attention.py shows where it beats flashinfer). Importing this module
-does not import triton.
+prefixes are attended once per tile by a second launch before the merge; with a `Rope` the
+kernels rotate q and k themselves (no separate RoPE launch). The engine uses it with
+`EngineConfig.graph_decode_attention="triton"` (opt-in until benchmarks/kernel_decode_attention.py
+shows where it beats flashinfer). Importing this module does not import triton.
 """
 
 from __future__ import annotations
@@ -71,7 +71,6 @@ def paged_decode(
         q, k, v, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, num_splits, prefix
     )
     _check_rope(rope, batch=q.shape[0], head_dim=q.shape[2])
-    pos, cos_sin = (q, q) if rope is None else (rope.positions, rope.cos_sin)  # q: unused
     if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"paged_decode needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
     from parrotlet_kernels.triton_paged_decode_kernels import paged_decode_kernel
@@ -88,9 +87,9 @@ def paged_decode(
         lse_part = q.new_empty((batch, num_heads, slots), dtype=torch.float32)
     scale_log2 = (head_dim**-0.5 if scale is None else scale) * math.log2(math.e)
     paged_decode_kernel[(batch, num_kv_heads, num_splits)](
-        q, k, v, pos, cos_sin, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, o_part,
-        lse_part, num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
-        v.stride(1), scale_log2, GROUP=group, BLOCK_G=max(16, 1 << (group - 1).bit_length()),
+        q, k, v, *_rope_args(q, rope), kv_cache, kv_indptr, kv_indices, last_page_len, key_rows,
+        o_part, lse_part, num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1), scale_log2, GROUP=group, BLOCK_G=max(16, 1 << (group - 1).bit_length()),
         HEAD_DIM=head_dim, PAGE_SIZE=page_size, NUM_SPLITS=num_splits, NUM_SLOTS=slots,
         ROPE=rope is not None, num_warps=4,
     )  # fmt: skip
@@ -120,14 +119,18 @@ def _attend_prefixes(
     from parrotlet_kernels.triton_paged_decode_kernels import prefix_tiles_kernel
 
     shape, num_kv_heads = prefix.shape, kv_cache.shape[3]
-    pos, cos_sin = (q, q) if rope is None else (rope.positions, rope.cos_sin)  # q: unused
     prefix_tiles_kernel[(shape.max_tiles, num_kv_heads, shape.num_splits)](
-        q, pos, cos_sin, kv_cache, kv_indices, prefix.rows, prefix.pages, o_part, lse_part,
+        q, *_rope_args(q, rope), kv_cache, kv_indices, prefix.rows, prefix.pages, o_part, lse_part,
         num_kv_heads, q.stride(0), q.stride(1), scale_log2, GROUP=q.shape[1] // num_kv_heads,
         ROWS=shape.rows_per_tile, BLOCK_M=shape.block_m, HEAD_DIM=q.shape[2],
         PAGE_SIZE=kv_cache.shape[2], BLOCK_N=BLOCK_N, NUM_SLOTS=o_part.shape[2],
         NUM_SPLITS=shape.num_splits, ROPE=rope is not None, num_warps=4,
     )  # fmt: skip
+
+
+def _rope_args(q: torch.Tensor, rope: Rope | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' (positions, cos_sin) pointers; without RoPE any tensor (never read)."""
+    return (q, q) if rope is None else (rope.positions, rope.cos_sin)
 
 
 def check_inputs(
