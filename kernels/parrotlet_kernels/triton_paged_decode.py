@@ -90,8 +90,8 @@ def paged_decode(
         q, k, v, *_rope_args(q, rope), kv_cache, kv_indptr, kv_indices, last_page_len, key_rows,
         o_part, lse_part, num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         v.stride(0), v.stride(1), scale_log2, GROUP=group,
-        BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim, PAGE_SIZE=page_size, NUM_SPLITS=num_splits, NUM_SLOTS=slots,
-        ROPE=rope is not None, num_warps=4,
+        BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim, PAGE_SIZE=page_size,
+        NUM_SPLITS=num_splits, NUM_SLOTS=slots, ROPE=rope is not None, num_warps=4,
     )  # fmt: skip
     if prefix is not None:
         _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2, rope)
