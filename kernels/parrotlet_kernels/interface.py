@@ -98,7 +98,7 @@ class AttentionMetadata:
         return sum(self.query_lens_host)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
 class Rope:
     """RoPE left to the attention: rotate-half at `positions` with flashinfer's cos/sin cache."""
 

@@ -38,7 +38,7 @@ class TileShape:
     num_splits: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
 class PrefixTiles:
     """A step's tile tables on the device (a TiledPages' `tile_rows` / `tile_pages`)."""
 
