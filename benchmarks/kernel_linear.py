@@ -1,14 +1,15 @@
 """Decode-step linear layers on one GPU: parrotlet's Triton kernel vs cuBLAS vs the bytes floor.
 
 For each Llama-3-8B projection (qkv, o, gate_up with SwiGLU's product, down, lm_head) and a few
-rows (decode batch sizes 1-16), times `F.linear` (gate_up: then flashinfer's silu_and_mul), the
-Triton kernel with `plan_linear`'s launch, and a sweep of launches, each as a CUDA graph of
+rows (decode batch sizes 1-64; the engine plans the kernel up to `triton_linear.MAX_ROWS`), times
+`F.linear` (gate_up: then flashinfer's silu_and_mul), the Triton kernel with `plan_linear`'s
+launch, and a sweep of launches, each as a CUDA graph of
 calls cycling over weight copies larger than L2 together (each call streams its weight from HBM).
 The floor is the weight bytes over the copy bandwidth measured in the same run. Checks each
 Triton result against F.linear. Prints a line per layer and size, then a summary line; writes
 benchmarks/results/kernel_linear.json (and $OUT/kernel_linear.json when $OUT is set).
 
-    python benchmarks/kernel_linear.py [--rows 1 2 4 8 16] [--sweep]
+    python benchmarks/kernel_linear.py [--rows 1 2 4 8 16 32 64] [--sweep]
 """
 
 from __future__ import annotations
@@ -82,15 +83,16 @@ def measure(name: str, rows: int, sweep: bool, bandwidth: float, silu_and_mul) -
             return triton_linear.swiglu(x, weights[i], silu_and_mul, launch=launch)
         return triton_linear.linear(x, weights[i], launch=launch)
 
-    planned = triton_linear.plan_linear(rows, n // 2 if swiglu else n, k, 2 if swiglu else 1)
-    error = (ours(0).float() - cublas(0).float()).abs().max().item()
+    out, tiles = (n // 2, 2) if swiglu else (n, 1)
+    planned = triton_linear.plan_linear(rows, out, k, tiles, max_rows=rows)  # any rows <= 64
+    error = (ours(0, planned).float() - cublas(0).float()).abs().max().item()
     row = {
         "layer": name, "rows": rows, "floor_us": weight_bytes / bandwidth * 1e6,
         "cublas_us": time_us(cublas, copies), "planned": str(planned),
-        "planned_us": time_us(ours, copies) if planned else None, "max_abs_err": error,
+        "planned_us": time_us(lambda i: ours(i, planned), copies) if planned else None,
+        "max_abs_err": error, "engine_plans_it": rows <= triton_linear.MAX_ROWS,
     }  # fmt: skip
     if sweep:
-        out = n // 2 if swiglu else n
         timings = [(_sweep_time(ours, c, copies), c) for c in SWEEP if c.fits(rows, out, k)]
         best_us, best = min(timings, key=lambda t: t[0])
         row |= {"best_us": best_us, "best": str(best)}

@@ -18,7 +18,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-MAX_ROWS = 16  # measured and checked on the H100; 17-64 rows (32- / 64-row tiles) are not yet
+MAX_ROWS = 16  # the engine's limit: measured and checked on the H100; 17-64 rows are not yet
 _SMEM_BYTES = 200 * 1024  # for the pipeline's stages; an H100 SM has 227 KB
 _DTYPES = (torch.float16, torch.bfloat16)
 
@@ -46,21 +46,24 @@ class LinearLaunch:
         return m <= self.block_m and n % self.block_n == 0 and k % self.block_k == 0
 
 
-def plan_linear(m: int, n: int, k: int, weight_tiles: int = 1) -> LinearLaunch | None:
-    """The launch for `[m, k] @ [n, k].T`, or None where cuBLAS should run it.
+def plan_linear(
+    m: int, n: int, k: int, weight_tiles: int = 1, max_rows: int = MAX_ROWS
+) -> LinearLaunch | None:
+    """The launch for `[m, k] @ [n, k].T`, or None where cuBLAS should run it (more than
+    `max_rows` rows: benchmarks/kernel_linear.py raises it to measure 32- and 64-row tiles).
 
     64 weight rows per program (`weight_tiles` such blocks with SwiGLU's gate and up) in
     128-wide slices, up to 5 slices in flight as shared memory allows: on the H100 this beat
     narrower programs that fill every SM (benchmarks/kernel_linear.py --sweep); narrower blocks
-    where 64 does not divide n.
+    where 64 does not divide n. The input rows are padded to a tensor-core tile of 16, 32 or 64.
     """
-    if not 1 <= m <= MAX_ROWS:
+    if not 1 <= m <= min(max_rows, 64):
         return None
     block_k = next((b for b in (128, 64) if k % b == 0), None)
     block_n = next((b for b in (64, 32, 16) if n % b == 0), None)
     if block_k is None or block_n is None:
         return None
-    block_m = 16  # the tensor cores' smallest tile
+    block_m = max(16, 1 << (m - 1).bit_length())  # 16: the tensor cores' smallest tile
     stage_bytes = 2 * block_k * (weight_tiles * block_n + block_m)  # 16-bit weight and x slices
     stages = min(5, _SMEM_BYTES // stage_bytes)
     return LinearLaunch(block_m=block_m, block_n=block_n, block_k=block_k, num_stages=stages)
