@@ -8,8 +8,9 @@
 # (engine_decode.py), profile (profile_decode_step.py), linear (kernel_linear.py), attention
 # (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick), apps-a
 # (chain-summary, map-reduce, shared-prompt), apps-b (multi-agent, mixed, multi-app),
-# app:WORKLOAD (one of them). Each step's log, and the JSON it writes, land in $OUT. Needs .device/wheels from ../shared/device/prepare.sh and, for the app
-# workloads, the default model's tokenizer files in .device/tokenizer.
+# app:WORKLOAD (one of them). Each step's log, and the JSON it writes, land in $OUT. Needs
+# .device/wheels from ../shared/device/prepare.sh and, for the app workloads, the default
+# model's tokenizer files in .device/tokenizer.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
