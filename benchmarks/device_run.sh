@@ -5,8 +5,8 @@
 #   bash benchmarks/device_run.sh [STEP ...]      # from the repo root, with .device/ carried
 #
 # Steps (default: tests decode): tests, tests:EXPR (pytest -k EXPR, `+` for spaces), decode
-# (engine_decode.py), profile (profile_decode_step.py), linear (kernel_linear.py, 1-64 rows), attention
-# (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick), apps-a
+# (engine_decode.py), profile (profile_decode_step.py), linear (kernel_linear.py, 1-64 rows),
+# attention (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick), apps-a
 # (chain-summary, map-reduce, shared-prompt), apps-b (multi-agent, mixed, multi-app),
 # app:WORKLOAD (one of them). Each step's log, and the JSON it writes, land in $OUT. Needs
 # .device/wheels from ../shared/device/prepare.sh and, for the app workloads, the default
