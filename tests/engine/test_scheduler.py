@@ -180,6 +180,18 @@ def test_a_group_larger_than_the_seq_cap_is_admitted_as_far_as_it_fits():
     assert [s.request_id for _, s in sched.waiting] == ["m3"]
 
 
+def test_the_rest_of_a_group_too_large_for_the_cap_takes_each_seat_that_frees():
+    sched = make_scheduler(budget=64, max_seqs=4)
+    for rid in ("m1", "m2", "m3", "m4", "m5", "m6"):
+        sched.add(make_group_seq(rid, 4, "map"))
+    batch = sched.schedule()
+    assert scheduled(batch) == [("m1", 4), ("m2", 4), ("m3", 4), ("m4", 4)]
+    complete_step(sched, batch)
+    sched.finish(sched.running[0], FinishReason.STOP)  # one seat frees; m5, m6 still wait
+    assert scheduled(sched.schedule()) == [("m2", 1), ("m3", 1), ("m4", 1), ("m5", 4)]
+    assert [s.request_id for _, s in sched.waiting] == ["m6"]
+
+
 def test_a_more_urgent_class_takes_the_seat_of_bulk_work():
     from parrotlet.engine.sequence import PRIORITY_CLASS
 

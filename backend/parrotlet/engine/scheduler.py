@@ -188,7 +188,9 @@ class Scheduler:
         """Admit every waiting member of `group` if the seq cap and the pool hold them all.
 
         A group too large for the cap or the whole pool can never run at once: it is admitted
-        as far as there is room, the rest following as members finish.
+        as far as there is room, the rest following one by one as seats free (as do the rest of
+        any group that already has members running: waiting for them all to fit would only idle
+        seats).
         """
         members = sorted((s for _, s in self.waiting if s.group == group), key=Sequence.sort_key)
         if any(s.num_pending for s in members):
@@ -199,7 +201,8 @@ class Scheduler:
             for s, c in zip(members, cached, strict=True)
         )
         slots = self.config.max_num_seqs - len(self.running)
-        if len(members) > self.config.max_num_seqs or needed > self.blocks.num_blocks:
+        started = any(s.group == group for s in self.running)
+        if started or len(members) > self.config.max_num_seqs or needed > self.blocks.num_blocks:
             return self._admit_some(members, slots, batch, budget)
         if len(members) > slots or needed > self.blocks.num_free_blocks:
             return False
