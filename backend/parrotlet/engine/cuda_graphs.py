@@ -166,12 +166,14 @@ class CudaGraphRunner:
         size = bucket_for(self.sizes, len(seqs))
         if size is None or sum(len(s.block_ids) for s in seqs) > self.max_pages:
             return None
-        if not self.attention.prefix_tiles and self.backend.cascaded_groups(groups):
-            return None
+        if not self.attention.prefix_tiles:
+            if self.backend.cascaded_groups(groups):
+                return None
+            return pad_decode_batch(seqs, size, self.block_size)
         step = pad_decode_batch(seqs, size, self.block_size)
         block_bytes = self.backend.spec.block_bytes
         tiled = [g for g in groups if worth_tiling(g, block_bytes, self.min_tiled_bytes)]
-        if step is None or not self.attention.prefix_tiles or not tiled:
+        if step is None or not tiled:
             return step
         shape = self.attention.prefix_shape(size)
         layout = tile_prefixes(step.kv_indptr, step.pages, tiled, shape)

@@ -195,14 +195,15 @@ class Scheduler:
         members = sorted((s for _, s in self.waiting if s.group == group), key=Sequence.sort_key)
         if any(s.num_pending for s in members):
             return False
+        slots = self.config.max_num_seqs - len(self.running)
+        if any(s.group == group for s in self.running):  # started: no prefix matching needed
+            return self._admit_some(members, slots, batch, budget)
         cached = [self.blocks.match_prefix(s.token_ids[:-1], s.cache_namespace) for s in members]
         needed = sum(
             -(-s.num_tokens // self.blocks.block_size) - len(c)
             for s, c in zip(members, cached, strict=True)
         )
-        slots = self.config.max_num_seqs - len(self.running)
-        started = any(s.group == group for s in self.running)
-        if started or len(members) > self.config.max_num_seqs or needed > self.blocks.num_blocks:
+        if len(members) > self.config.max_num_seqs or needed > self.blocks.num_blocks:
             return self._admit_some(members, slots, batch, budget)
         if len(members) > slots or needed > self.blocks.num_free_blocks:
             return False
