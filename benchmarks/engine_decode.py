@@ -207,11 +207,11 @@ def replay_seconds(engine: LLMEngine, batch: int, replays: int = 20) -> float | 
     if graphs is None:
         return None
     size = bucket_for(graphs.sizes, batch)
-    assert size is not None and size in graphs.captured_sizes
+    assert graphs.replay_last() == (size, False), "the last step was not the batch's graph"
     _sync(engine.device)
     start = time.perf_counter()
     for _ in range(replays):
-        graphs.replay_last(size)
+        graphs.replay_last()
     _sync(engine.device)
     return (time.perf_counter() - start) / replays
 

@@ -1,7 +1,7 @@
 """Decode-step linear layers on one GPU: parrotlet's Triton kernel vs cuBLAS vs the bytes floor.
 
 For each Llama-3-8B projection (qkv, o, gate_up with SwiGLU's product, down, lm_head) and a few
-rows (decode batch sizes 1-64; the engine plans the kernel up to `triton_linear.MAX_ROWS`), times
+rows (decode batch sizes 1-64, up to `triton_linear.MAX_ROWS`), times
 `F.linear` (gate_up: then flashinfer's silu_and_mul), the Triton kernel with `plan_linear`'s
 launch, and a sweep of launches, each as a CUDA graph of
 calls cycling over weight copies larger than L2 together (each call streams its weight from HBM).
@@ -84,13 +84,13 @@ def measure(name: str, rows: int, sweep: bool, bandwidth: float, silu_and_mul) -
         return triton_linear.linear(x, weights[i], launch=launch)
 
     out, tiles = (n // 2, 2) if swiglu else (n, 1)
-    planned = triton_linear.plan_linear(rows, out, k, tiles, max_rows=rows)  # any rows <= 64
+    planned = triton_linear.plan_linear(rows, out, k, tiles)
     error = (ours(0, planned).float() - cublas(0).float()).abs().max().item()
     row = {
         "layer": name, "rows": rows, "floor_us": weight_bytes / bandwidth * 1e6,
         "cublas_us": time_us(cublas, copies), "planned": str(planned),
         "planned_us": time_us(lambda i: ours(i, planned), copies) if planned else None,
-        "max_abs_err": error, "engine_plans_it": rows <= triton_linear.MAX_ROWS,
+        "max_abs_err": error,
     }  # fmt: skip
     if sweep:
         timings = [(_sweep_time(ours, c, copies), c) for c in SWEEP if c.fits(rows, out, k)]

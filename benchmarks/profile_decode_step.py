@@ -1,7 +1,7 @@
 """Where a decode step's GPU time goes: per-kernel device time of the engine's CUDA-graph step.
 
 Builds a Llama-3-8B architecture with random bf16 weights (nothing is downloaded), runs a decode
-batch through the engine so its CUDA graph is captured, then profiles graph replays and prints,
+batch through the engine, then profiles replays of its last step's CUDA graph and prints,
 per kernel family, the device microseconds per step next to the replay's wall time and the
 bytes floor (weights + KV over the copy bandwidth measured in the same run), once per graph
 decode attention (flashinfer, and parrotlet's Triton kernel with RoPE and the K/V append fused).
@@ -9,6 +9,7 @@ Writes benchmarks/results/profile_decode_step.json (and $OUT/profile_decode_step
 is set).
 
     python benchmarks/profile_decode_step.py [--batches 1 64] [--context 160] [--attention ...]
+        [--shared-prefix TOKENS]   # prompts share their first TOKENS; --attention tiles
 """
 
 from __future__ import annotations
@@ -53,55 +54,66 @@ def family(name: str) -> str:
     return "other"
 
 
-def make_engine(model, batch: int, context: int, attention: str = "flashinfer") -> LLMEngine:
+def make_engine(model, batch: int, context: int, attention: str, shared: int) -> LLMEngine:
+    """`attention`: flashinfer or triton (graph_decode_attention), or tiles (flashinfer with
+    prefix tiles, which read a `shared`-token prefix once per tile)."""
     blocks = batch * -(-(context + 64) // 16) + 16
     config = EngineConfig(
         device="cuda",
         dtype="bfloat16",
-        graph_decode_attention=attention,
-        shared_prefix_attention=False,
-        cache=CacheConfig(block_size=16, num_blocks=blocks, enable_prefix_caching=False),
+        graph_decode_attention="flashinfer" if attention == "tiles" else attention,
+        graph_prefix_tiles=attention == "tiles",
+        shared_prefix_attention=attention == "tiles",
+        cache=CacheConfig(block_size=16, num_blocks=blocks, enable_prefix_caching=shared > 0),
         scheduler=SchedulerConfig(max_num_batched_tokens=batch * context, max_num_seqs=batch),
     )
     return LLMEngine(config, model, tokenizer=None)
 
 
-def capture(engine: LLMEngine, batch: int, context: int) -> int:
-    """Run a batch to `context` tokens so the decode graph of its size exists; its bucket."""
+def decode_batch(engine: LLMEngine, batch: int, context: int, shared: int) -> int:
+    """Run a batch to `context` tokens; the graph batch size of its decode steps.
+
+    The prompts begin with the same `shared` tokens, cached by a first request beforehand, so
+    the batch shares their KV blocks."""
     g = torch.Generator().manual_seed(batch)
-    prompts = torch.randint(1, VOCAB, (batch, context - 8), generator=g).tolist()
+    prefix = torch.randint(1, VOCAB, (shared,), generator=g).tolist()
+    prompts = torch.randint(1, VOCAB, (batch, context - 8 - shared), generator=g).tolist()
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    if shared:
+        _finish(engine, [prefix + [1]], SamplingParams(temperature=0.0, max_tokens=1))
+    _finish(engine, [prefix + p for p in prompts], params)
+    graphs = engine.runner.graphs
+    assert graphs is not None, "CUDA graphs are off: is flashinfer installed?"
+    return bucket_for(graphs.sizes, batch)
+
+
+def _finish(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> None:
     for p in prompts:
         engine.add_request(p, params)
     while engine.has_unfinished():
         engine.step()
-    graphs = engine.runner.graphs
-    assert graphs is not None, "CUDA graphs are off: is flashinfer installed?"
-    size = bucket_for(graphs.sizes, batch)
-    assert size in graphs.captured_sizes
-    return size
 
 
-def replay_ms(engine: LLMEngine, size: int, replays: int = 30) -> float:
+def replay_ms(engine: LLMEngine, replays: int = 30) -> float:
     graphs = engine.runner.graphs
     times = []
     for _ in range(replays):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        graphs.replay_last(size)
+        graphs.replay_last()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
 
 
-def kernel_table(engine: LLMEngine, size: int, replays: int = 10) -> dict[str, dict]:
+def kernel_table(engine: LLMEngine, replays: int = 10) -> dict[str, dict]:
     """Per kernel name: calls and device microseconds per step."""
     graphs = engine.runner.graphs
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(replays):
-            graphs.replay_last(size)
+            graphs.replay_last()
         torch.cuda.synchronize()
     table: dict[str, dict] = {}
     for event in prof.key_averages():
@@ -111,18 +123,24 @@ def kernel_table(engine: LLMEngine, size: int, replays: int = 10) -> dict[str, d
     return table
 
 
-def floor_ms(model, batch: int, context: int, bandwidth: float) -> float:
+def floor_ms(model, batch: int, context: int, shared: int, bandwidth: float) -> float:
+    """Weights + KV bytes (a shared prefix read once) over the bandwidth."""
     cfg = model.config
     weights = sum(p.numel() for p in model.parameters()) - model.embed_tokens.weight.numel()
-    kv = batch * context * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim
+    tokens = shared + batch * (context - shared)
+    kv = tokens * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim
     return (weights + kv + batch * cfg.hidden_size) * 2 / bandwidth * 1e3
 
 
-def profile_batch(model, batch: int, context: int, bandwidth: float, attention: str) -> dict:
-    engine = make_engine(model, batch, context, attention)
-    size = capture(engine, batch, context)
-    wall = replay_ms(engine, size)
-    table = kernel_table(engine, size)
+def profile_batch(
+    model, batch: int, context: int, shared: int, bandwidth: float, attention: str
+) -> dict:
+    engine = make_engine(model, batch, context, attention, shared)
+    size = decode_batch(engine, batch, context, shared)
+    last = engine.runner.graphs.replay_last()
+    assert last == (size, attention == "tiles"), f"the batch's last step ran graph {last}"
+    wall = replay_ms(engine)
+    table = kernel_table(engine)
     families: dict[str, float] = defaultdict(float)
     for name, row in table.items():
         families[family(name)] += row["us"]
@@ -130,10 +148,11 @@ def profile_batch(model, batch: int, context: int, bandwidth: float, attention: 
     result = dict(
         batch=batch,
         context=context,
+        shared_prefix=shared,
         attention=attention,
         replay_ms=round(wall, 3),
         kernels_ms=round(kernels_ms, 3),
-        floor_ms=round(floor_ms(model, batch, context, bandwidth), 3),
+        floor_ms=round(floor_ms(model, batch, context, shared, bandwidth), 3),
         launches=round(sum(r["calls"] for r in table.values())),
         families_us={k: round(v, 1) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
         kernels=[
@@ -148,7 +167,8 @@ def profile_batch(model, batch: int, context: int, bandwidth: float, attention: 
 
 def print_result(r: dict) -> None:
     print(
-        f"batch {r['batch']} ({r['attention']} attention): replay {r['replay_ms']} ms, "
+        f"batch {r['batch']}, context {r['context']} ({r['shared_prefix']} shared), "
+        f"{r['attention']} attention: replay {r['replay_ms']} ms, "
         f"kernels {r['kernels_ms']} ms, floor {r['floor_ms']} ms, {r['launches']} launches/step"
     )
     for fam, us in r["families_us"].items():
@@ -161,8 +181,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--context", type=int, default=160)
+    parser.add_argument("--shared-prefix", type=int, default=0,
+                        help="tokens all prompts begin with (KV blocks shared)")  # fmt: skip
     parser.add_argument("--attention", nargs="+", default=["flashinfer", "triton"],
-                        help="graph_decode_attention values to profile")  # fmt: skip
+                        choices=["flashinfer", "triton", "tiles"],
+                        help="graph_decode_attention values to profile; tiles: flashinfer "
+                        "with prefix tiles over the shared prefix")  # fmt: skip
     args = parser.parse_args()
     model = random_model("llama3-8b-random", VOCAB, torch.bfloat16, torch.device("cuda"))
     bandwidth = copy_bandwidth(torch.device("cuda"))
@@ -171,7 +195,7 @@ def main() -> None:
         device=torch.cuda.get_device_name(),
         copy_bandwidth_gb_s=round(bandwidth / 1e9, 1),
         rows=[
-            profile_batch(model, b, args.context, bandwidth, attention)
+            profile_batch(model, b, args.context, args.shared_prefix, bandwidth, attention)
             for b in args.batches
             for attention in args.attention
         ],

@@ -18,7 +18,10 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-MAX_ROWS = 16  # the engine's limit: measured and checked on the H100; 17-64 rows are not yet
+# Rows up to which the kernel runs (64-row tiles at most). On the H100 (2026-12-06,
+# benchmarks/kernel_linear.py) it beat or tied cuBLAS on Llama-3-8B's layers at 1-32 rows; at 64
+# rows it won gate_up (86 vs 93 us) and lm_head (366 vs 393) and lost 0.6 us on o_proj and down.
+MAX_ROWS = 64
 _SMEM_BYTES = 200 * 1024  # for the pipeline's stages; an H100 SM has 227 KB
 _DTYPES = (torch.float16, torch.bfloat16)
 
@@ -46,18 +49,16 @@ class LinearLaunch:
         return m <= self.block_m and n % self.block_n == 0 and k % self.block_k == 0
 
 
-def plan_linear(
-    m: int, n: int, k: int, weight_tiles: int = 1, max_rows: int = MAX_ROWS
-) -> LinearLaunch | None:
+def plan_linear(m: int, n: int, k: int, weight_tiles: int = 1) -> LinearLaunch | None:
     """The launch for `[m, k] @ [n, k].T`, or None where cuBLAS should run it (more than
-    `max_rows` rows: benchmarks/kernel_linear.py raises it to measure 32- and 64-row tiles).
+    MAX_ROWS rows, or shapes no block divides).
 
     64 weight rows per program (`weight_tiles` such blocks with SwiGLU's gate and up) in
     128-wide slices, up to 5 slices in flight as shared memory allows: on the H100 this beat
     narrower programs that fill every SM (benchmarks/kernel_linear.py --sweep); narrower blocks
     where 64 does not divide n. The input rows are padded to a tensor-core tile of 16, 32 or 64.
     """
-    if not 1 <= m <= min(max_rows, 64):
+    if not 1 <= m <= MAX_ROWS:
         return None
     block_k = next((b for b in (128, 64) if k % b == 0), None)
     block_n = next((b for b in (64, 32, 16) if n % b == 0), None)

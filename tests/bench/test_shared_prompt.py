@@ -73,9 +73,12 @@ async def test_smoke_report_has_every_variant_and_ratio(tiny_bench):
     report = await shared_prompt.run(tiny_bench, True)
     assert list(report.rows) == ["parrotlet", "request-level", "no cascade", "no sharing"]
     assert all(
-        set(row) == {"per_token_s", "latency_s", "total_s", "computed_tokens", "cached_tokens"}
+        set(row)
+        == {"per_token_s", "latency_s", "total_s", "computed_tokens", "cached_tokens", "steps",
+            "graph_steps", "tiled_steps"}
         for row in report.rows.values()
-    )
+    )  # fmt: skip
+    assert all(row["steps"] > 0 and row["graph_steps"] == 0 for row in report.rows.values())
     assert [(r.name, r.target) for r in report.ratios] == [
         ("no sharing / parrotlet per-token latency", 3.0),
         ("no cascade / parrotlet per-token latency", 2.0),

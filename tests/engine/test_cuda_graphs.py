@@ -1,12 +1,19 @@
-"""The CUDA-graph runner's pure parts on CPU: batch-size buckets, padding of a decode step, and
-which steps prepare() gives prefix tiles (flashinfer faked; no graph is captured).
+"""The CUDA-graph runner's pure parts on CPU: batch-size buckets, padding of a decode step,
+which steps prepare() gives prefix tiles, and the warm-up steps that capture every graph at start
+(flashinfer faked; no graph is captured).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from parrotlet.engine.cuda_graphs import bucket_for, graph_batch_sizes, pad_decode_batch
+from parrotlet.engine.cuda_graphs import (
+    bucket_for,
+    graph_batch_sizes,
+    pad_decode_batch,
+    warmup_decode,
+    warmup_tiles,
+)
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.engine.sequence import Sequence
 from parrotlet_kernels.interface import PrefixGroup
@@ -133,3 +140,43 @@ def test_prepare_without_tiles_leaves_cascades_eager(cascade, eager):
     step = runner.prepare(seqs, [GROUP])
     assert (step is None) == eager
     assert step is None or step.tiles is None
+
+
+# ---- capture at start: warm-up steps that touch one free block ----------------------------------
+def test_warmup_decode_reads_and_writes_only_its_block():
+    step = warmup_decode(3, block=5, block_size=4)
+    assert (step.num_seqs, step.batch_size, step.tiles) == (3, 3, None)
+    assert step.input_ids == [0, 0, 0] and step.positions == [4, 4, 4]  # token 4: page 2, slot 0
+    assert step.slots == [20, 21, 22]
+    assert step.kv_indptr == [0, 2, 4, 6] and step.pages == [5] * 6
+    assert step.last_page_len == [1, 1, 1]
+    wide = warmup_decode(6, block=1, block_size=4)  # more rows than slots: they wrap
+    assert wide.slots == [4, 5, 6, 7, 4, 5]
+
+
+def test_warmup_tiles_share_the_first_page():
+    shape = make_runner(True).attention.prefix_shape(3)
+    assert (shape.rows_per_tile, shape.max_tiles) == (16, 2)
+    step = warmup_tiles(warmup_decode(3, block=5, block_size=4), shape)
+    assert step.tiles is not None and step.kv_indptr == step.tiles.kv_indptr == [0, 1, 2, 3]
+    assert step.pages == [5, 5, 5, 5]  # each row's own page, then the shared one
+    assert step.tiles.tile_rows == [0, 1, 2] + [-1] * 13 + [-1] * 16
+    assert step.tiles.tile_pages == [3, 1, 0, 0]  # one tile: the prefix page at pages[3]
+
+
+@pytest.mark.parametrize("prefix_tiles", [False, True])
+def test_capture_all_runs_every_graph_largest_first(monkeypatch, prefix_tiles):
+    import torch
+
+    runner = make_runner(prefix_tiles)
+    runs = []
+    monkeypatch.setattr(runner, "run", lambda step: runs.append((step.batch_size, step.tiles)))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    runner.num_replays = 3
+    runner.capture_all(block=7)
+    sizes = [8, 4, 2, 1]  # max_num_seqs 8
+    if prefix_tiles:
+        assert [(b, t is not None) for b, t in runs] == [(b, t) for b in sizes for t in (0, 1)]
+    else:
+        assert runs == [(b, None) for b in sizes]
+    assert runner.num_replays == 0  # warm-up replays do not count as serving steps

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from parrotlet_kernels.triton_linear import (
+    MAX_ROWS,
     LinearLaunch,
     linear,
     plan_linear,
@@ -42,16 +43,16 @@ def test_plan_fits_the_stages_in_shared_memory():
     assert plan_linear(1, 4096, 4096, weight_tiles=8) == LinearLaunch(16, 64, 128, num_stages=1)
 
 
-def test_plan_pads_more_rows_to_wider_tiles_when_allowed():
-    assert plan_linear(17, 4096, 4096, max_rows=64) == LinearLaunch(32, 64, 128, num_stages=5)
-    assert plan_linear(40, 4096, 4096, max_rows=64) == LinearLaunch(64, 64, 128, num_stages=5)
+def test_plan_pads_more_rows_to_wider_tiles():
+    assert plan_linear(17, 4096, 4096) == LinearLaunch(32, 64, 128, num_stages=5)
+    assert plan_linear(40, 4096, 4096) == LinearLaunch(64, 64, 128, num_stages=5)
     # SwiGLU at 64 rows: 2 * 128 * (2 * 64 + 64) bytes a stage, 4 fit in 200 KB
-    assert plan_linear(64, 14336, 4096, 2, max_rows=64) == LinearLaunch(64, 64, 128, num_stages=4)
-    assert plan_linear(65, 4096, 4096, max_rows=128) is None  # 64-row tiles at most
+    assert plan_linear(64, 14336, 4096, 2) == LinearLaunch(64, 64, 128, num_stages=4)
 
 
 def test_plan_declines_what_cublas_should_run():
-    assert plan_linear(17, 4096, 4096) is None  # more rows than MAX_ROWS
+    assert MAX_ROWS == 64
+    assert plan_linear(65, 4096, 4096) is None  # more rows than MAX_ROWS (64-row tiles at most)
     assert plan_linear(0, 4096, 4096) is None
     assert plan_linear(1, 4104, 4096) is None  # no block of 16 divides the features
     assert plan_linear(1, 4096, 4104) is None  # nor of 64 the inputs
@@ -150,17 +151,16 @@ def test_kernel_on_gpu(dtype: torch.dtype) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("rows", [1, 3, 8, 16, 32, 64])
 def test_planned_llama3_8b_shapes_match_cublas(rows: int) -> None:
-    """Each planned launch for Llama-3-8B's projections (gate_up with SwiGLU) against cuBLAS;
-    32 and 64 rows as benchmarks/kernel_linear.py plans them (past the engine's MAX_ROWS)."""
+    """Each planned launch for Llama-3-8B's projections (gate_up with SwiGLU) against cuBLAS."""
     gen = torch.Generator(device="cuda").manual_seed(rows)
     for name, (n, k) in LLAMA3_8B.items():
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.02
         x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16, generator=gen)
         if name == "gate_up":
-            launch = plan_linear(rows, n // 2, k, 2, max_rows=64)
+            launch = plan_linear(rows, n // 2, k, 2)
             ours = swiglu(x, w, reference_silu_and_mul, launch=launch)
             theirs = reference_silu_and_mul(F.linear(x, w))
         else:
-            ours = linear(x, w, launch=plan_linear(rows, n, k, max_rows=64))
+            ours = linear(x, w, launch=plan_linear(rows, n, k))
             theirs = F.linear(x, w)
         torch.testing.assert_close(ours.float(), theirs.float(), atol=2e-2, rtol=2e-2)

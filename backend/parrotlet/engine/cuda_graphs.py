@@ -10,6 +10,8 @@ size that reads each prefix once per tile of rows (Triton; triton_prefix_tiles.p
 from __future__ import annotations
 
 import bisect
+import logging
+import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, replace
@@ -23,9 +25,12 @@ from parrotlet_kernels.interface import PrefixGroup
 from parrotlet_kernels.triton_prefix_tiles import (
     MIN_SAVED_BYTES,
     TiledPages,
+    TileShape,
     tile_prefixes,
     worth_tiling,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def graph_batch_sizes(max_num_seqs: int) -> tuple[int, ...]:
@@ -105,6 +110,32 @@ def pad_decode_batch(seqs: Seq[Sequence], batch_size: int, block_size: int) -> P
     )
 
 
+def warmup_decode(batch_size: int, block: int, block_size: int) -> PaddedDecode:
+    """A decode step of `batch_size` rows that reads and writes only `block` (a free block: its
+    contents are garbage to whoever takes it next, who writes before reading).
+
+    Row r computes token `block_size` of a two-page sequence (both pages `block`) and writes slot
+    r % block_size; with `warmup_tiles`, the first page is a prefix all rows share.
+    """
+    return PaddedDecode(
+        num_seqs=batch_size,
+        batch_size=batch_size,
+        input_ids=[0] * batch_size,
+        positions=[block_size] * batch_size,
+        slots=[block * block_size + r % block_size for r in range(batch_size)],
+        kv_indptr=list(range(0, 2 * batch_size + 1, 2)),
+        last_page_len=[1] * batch_size,
+        pages=[block] * (2 * batch_size),
+    )
+
+
+def warmup_tiles(step: PaddedDecode, shape: TileShape) -> PaddedDecode:
+    """`warmup_decode`'s step with every row in one group sharing its first page, as tiles."""
+    group = PrefixGroup(tuple(range(step.batch_size)), 1)
+    layout = tile_prefixes(step.kv_indptr, step.pages, [group], shape)
+    return replace(step, kv_indptr=layout.kv_indptr, pages=layout.pages, tiles=layout)
+
+
 @dataclass(frozen=True)
 class _Graph:
     graph: torch.cuda.CUDAGraph
@@ -112,7 +143,8 @@ class _Graph:
 
 
 class CudaGraphRunner:
-    """Model forward + logits of decode steps as CUDA graphs, captured per batch size on first use.
+    """Model forward + logits of decode steps as CUDA graphs, one per batch size (and per prefix
+    tiles), captured on first use or all at once by `capture_all`.
 
     The graphs read static device buffers: one int32 tensor holding, for a batch size B, the
     input ids `[0, B)`, positions `[B, 2B)`, cache slots `[2B, 3B)` and page ids from `3B`, filled
@@ -146,7 +178,9 @@ class CudaGraphRunner:
         )
         self._graphs: dict[tuple[int, bool], _Graph] = {}  # by (batch size, prefix tiles)
         self._pool: tuple[int, int] | None = None
+        self._last_key: tuple[int, bool] | None = None
         self.num_replays = 0
+        self.num_tiled_replays = 0  # of those, with prefix tiles
         self.min_tiled_bytes = MIN_SAVED_BYTES  # per layer, for a group to become prefix tiles
 
     @property
@@ -200,12 +234,34 @@ class CudaGraphRunner:
             self._graphs[key] = self._capture(ids, positions)
         graph = self._graphs[key]
         graph.graph.replay()
+        self._last_key = key
         self.num_replays += 1
+        self.num_tiled_replays += step.tiles is not None
         return graph.logits[: step.num_seqs]
 
-    def replay_last(self, batch_size: int, with_prefix: bool = False) -> None:
-        """Replay the graph of `batch_size` on its last run's inputs (benchmarks time kernels)."""
-        self._graphs[(batch_size, with_prefix)].graph.replay()
+    def capture_all(self, block: int) -> None:
+        """Capture every graph now (compiling the Triton kernels they use), not in the middle of
+        serving: each batch size, largest first (the smaller graphs then fit in the memory pool
+        it leaves), with and without prefix tiles. The warm-up steps write only `block`, which
+        must be free (at engine start every block is)."""
+        start = time.perf_counter()
+        for size in reversed(self.sizes):
+            step = warmup_decode(size, block, self.block_size)
+            self.run(step)
+            if self.attention.prefix_tiles:
+                self.run(warmup_tiles(step, self.attention.prefix_shape(size)))
+        torch.cuda.synchronize()
+        self.num_replays = self.num_tiled_replays = 0  # they count serving steps
+        logger.info("captured %d decode CUDA graphs in %.1f s", len(self._graphs),
+                    time.perf_counter() - start)  # fmt: skip
+
+    def replay_last(self) -> tuple[int, bool]:
+        """Replay the last run's graph on its inputs (benchmarks time kernels); its key
+        (batch size, with prefix tiles)."""
+        if self._last_key is None:
+            raise RuntimeError("no graph has run yet")
+        self._graphs[self._last_key].graph.replay()
+        return self._last_key
 
     def _capture(self, ids: torch.Tensor, positions: torch.Tensor) -> _Graph:
         """Warm up (it writes the same k/v the replay rewrites), then capture model + logits."""

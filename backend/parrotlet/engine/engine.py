@@ -214,7 +214,7 @@ class LLMEngine:
         return self.blocks.num_blocks * self.blocks.block_size
 
     def stats(self) -> EngineStats:
-        c = self._counters
+        c, graphs = self._counters, self.runner.graphs
         return EngineStats(
             num_waiting=self.scheduler.num_waiting,
             num_running=self.scheduler.num_running,
@@ -226,6 +226,8 @@ class LLMEngine:
             num_cached_prompt_tokens=c["cached"],
             num_preemptions=c["preemptions"],
             num_steps=c["steps"],
+            num_graph_steps=graphs.num_replays if graphs else 0,
+            num_tiled_steps=graphs.num_tiled_replays if graphs else 0,
         )
 
     # ---- internals -----------------------------------------------------------------------

@@ -66,7 +66,8 @@ class ModelRunner:
     With `cuda_graphs` and a flashinfer backend, a step in which every sequence computes one
     token and no prefix group is cascaded runs as a CUDA graph of its batch size rounded up to a
     bucket of `max_num_seqs` (with `graph_prefix_tiles`, one that reads shared prefixes once per
-    tile where the step has long ones); other steps run eagerly. On CUDA in 16-bit the model uses
+    tile where the step has long ones); other steps run eagerly. The graphs are all captured
+    here, so no request waits for a capture or a kernel compile. On CUDA in 16-bit the model uses
     flashinfer's fused kernels where flashinfer is installed, and with `small_batch_linear`
     parrotlet's Triton kernel for linear layers of a few rows.
     """
@@ -102,6 +103,8 @@ class ModelRunner:
             self.graphs = self._graph_runner(
                 max_num_seqs, graph_decode_attention, graph_prefix_tiles
             )
+        if self.graphs is not None:
+            self.graphs.capture_all(block=0)  # before any request: every block is free
 
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch) -> LaunchedStep:

@@ -41,6 +41,8 @@ class EngineStats:
     num_cached_prompt_tokens: int  # of those, found in the prefix cache
     num_preemptions: int
     num_steps: int
+    num_graph_steps: int = 0  # steps that replayed a CUDA graph
+    num_tiled_steps: int = 0  # of those, graphs reading shared prefixes once per tile
 
     @property
     def capacity_tokens(self) -> int:

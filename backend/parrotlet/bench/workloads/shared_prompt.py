@@ -17,6 +17,7 @@ from parrotlet.bench.report import Ratio, Report
 from parrotlet.bench.setup import Bench
 from parrotlet.bench.synthetic import SyntheticText
 from parrotlet.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from parrotlet.engine.outputs import EngineStats
 from parrotlet.graph.ir import Call, Graph, Input, Output, PerfCriterion, Text, Variable
 from parrotlet.serve.config import ServeConfig
 
@@ -113,16 +114,21 @@ async def run(bench: Bench, smoke: bool) -> Report:
                     cores[name], apps, name, request_level=VARIANTS[name].request_level
                 )
                 after = cores[name].engines[0].stats()
-                report.rows[name] = _row(results) | {
-                    "computed_tokens": after.num_computed_tokens - stats_before.num_computed_tokens,
-                    "cached_tokens": after.num_cached_prompt_tokens
-                    - stats_before.num_cached_prompt_tokens,
-                }
+                report.rows[name] = _row(results) | _counts(stats_before, after)
     base = report.rows["parrotlet"]["per_token_s"]
     for name, target in TARGETS.items():
         value = report.rows[name]["per_token_s"] / base
         report.ratios.append(Ratio(f"{name} / parrotlet per-token latency", value, target))
     return report
+
+
+def _counts(before: EngineStats, after: EngineStats) -> dict[str, int]:
+    """Tokens computed and found cached, engine steps, graph steps and those with prefix tiles."""
+    fields = dict(
+        computed_tokens="num_computed_tokens", cached_tokens="num_cached_prompt_tokens",
+        steps="num_steps", graph_steps="num_graph_steps", tiled_steps="num_tiled_steps",
+    )  # fmt: skip
+    return {key: getattr(after, f) - getattr(before, f) for key, f in fields.items()}
 
 
 def _row(results: list[AppResult]) -> dict[str, float]:
