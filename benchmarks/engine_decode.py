@@ -2,9 +2,10 @@
 
 Builds a Llama-3-8B architecture with random bf16 weights on the GPU (nothing is downloaded), runs
 B requests (random prompts, fixed output length, EOS ignored) through the parrotlet engine with
-its defaults (CUDA graphs, async scheduling, the small-batch Triton linear kernel) and with one of
-them changed at a time (VARIANTS: eager, without async scheduling, cuBLAS linear layers, Triton
-decode attention in the graphs), and the same batch through `transformers`
+its defaults (CUDA graphs, async scheduling, the small-batch Triton linear kernel, "auto" decode
+attention) and with one of them changed at a time (VARIANTS: eager, without async scheduling,
+cuBLAS linear layers, Triton or flashinfer decode attention in every graph), and the same batch
+through `transformers`
 generate. The floor of a decode step is (weight bytes + KV bytes read) / the device copy
 bandwidth measured in the same run. Prints one summary line and writes
 benchmarks/results/engine_decode.json (and $OUT/engine_decode.json when $OUT is set).
@@ -91,6 +92,7 @@ VARIANTS = {  # name: EngineConfig fields changed from the defaults
     "sync": {"async_scheduling": False},
     "cublas": {"small_batch_linear": False},
     "triton_attention": {"graph_decode_attention": "triton"},
+    "flashinfer_attention": {"graph_decode_attention": "flashinfer"},
 }
 
 
@@ -206,8 +208,8 @@ def replay_seconds(engine: LLMEngine, batch: int, replays: int = 20) -> float | 
     graphs = engine.runner.graphs
     if graphs is None:
         return None
-    size = bucket_for(graphs.sizes, batch)
-    assert graphs.replay_last() == (size, False), "the last step was not the batch's graph"
+    size, _ = graphs.replay_last()
+    assert size == bucket_for(graphs.sizes, batch), "the last step was not the batch's graph"
     _sync(engine.device)
     start = time.perf_counter()
     for _ in range(replays):
@@ -294,7 +296,8 @@ def main() -> None:
         f"engine_decode on {report['device']}: batch {first['batch']} step {first['step_ms']} ms"
         f" = {first['step_over_floor']}x the floor (without async scheduling"
         f" {first['sync_over_floor']}x, cuBLAS linear {first['cublas_over_floor']}x, Triton"
-        f" decode attention {first['triton_attention_over_floor']}x,"
+        f" decode attention {first['triton_attention_over_floor']}x, flashinfer's"
+        f" {first['flashinfer_attention_over_floor']}x,"
         f" eager {first['eager_over_floor']}x, eager"
         f" kernels in one CUDA graph {first['graph_over_floor']}x); batch {big['batch']}"
         f" {big['engine_tok_s']} tok/s = {big['speedup_vs_transformers']}x transformers"

@@ -463,13 +463,14 @@ class GraphDecodeAttention:
     from a device tensor the caller filled, so a step costs the caller's single host->device copy
     plus flashinfer's own plan copies. forward() writes k/v at those slots, then attends; it does
     only device work, so a graph captured once per batch size replays any later plan of that size.
-    With `kernel="triton"` forward() is one launch of parrotlet's fused append + paged decode
-    (triton_paged_decode.py) over the same buffers, plus a merge where it splits the KV. With
+    Each plan names its kernel, one of `kernels`: "flashinfer", or "triton", parrotlet's fused
+    append + paged decode (triton_paged_decode.py; one launch, plus a merge where it splits the
+    KV). `kernel` "auto" allows both (the caller picks per step: `triton_decode_wins`). With
     `prefix_tiles`, a plan may carry prefix tiles (triton_prefix_tiles.py, laid out by the caller
-    for `prefix_shape(batch size)`): that step runs the Triton kernel whatever `kernel` is, plus
-    the launch that reads each shared prefix once per tile; its graph is captured apart from the
-    plain one (`with_prefix`). Where the Triton kernel runs, `applies_rope` is true: the model
-    hands over q and k unrotated with a `Rope`, and the kernel rotates them.
+    for `prefix_shape(batch size)`): that step runs the Triton kernel plus the launch that reads
+    each shared prefix once per tile. A graph captured after a plan serves only plans of the same
+    kernel and tiles. Where the Triton kernel runs, `applies_rope` is true: the model hands over q
+    and k unrotated with a `Rope`, and the kernel rotates them.
     """
 
     def __init__(
@@ -480,9 +481,10 @@ class GraphDecodeAttention:
         kernel: str = "flashinfer",
         prefix_tiles: bool = False,
     ) -> None:
-        if kernel not in ("flashinfer", "triton"):
-            raise ValueError(f"kernel must be flashinfer or triton, got {kernel!r}")
-        if kernel == "flashinfer" and backend._ops.make_graph_decode is None:
+        if kernel not in ("flashinfer", "triton", "auto"):
+            raise ValueError(f"kernel must be flashinfer, triton or auto, got {kernel!r}")
+        self.kernels = ("flashinfer", "triton") if kernel == "auto" else (kernel,)
+        if "flashinfer" in self.kernels and backend._ops.make_graph_decode is None:
             raise ValueError("the backend's FlashInferOps has no make_graph_decode")
         self.spec, self.kv_caches = backend.spec, backend.kv_caches
         self._rows, self._make = backend._rows, backend._ops.make_graph_decode
@@ -497,6 +499,7 @@ class GraphDecodeAttention:
         self.kernel = kernel
         self._splits: dict[int, int] = {}
         self.prefix_tiles = prefix_tiles
+        self.planned_kernel = self.kernels[0]  # the last plan's
         self.with_prefix = False  # whether the last plan has prefix tiles
         self._tiles = torch.zeros(0, dtype=i32, device=device)
         if prefix_tiles:
@@ -511,7 +514,7 @@ class GraphDecodeAttention:
     @property
     def applies_rope(self) -> bool:
         """Whether forward() rotates q and k itself (the Triton kernel runs the planned step)."""
-        return self.kernel == "triton" or self.with_prefix
+        return self.planned_kernel == "triton"
 
     def prefix_shape(self, batch_size: int) -> TileShape:
         """The prefix-tile launch of a graph of `batch_size` rows (Triton kernel)."""
@@ -528,6 +531,7 @@ class GraphDecodeAttention:
         last_page_len: Sequence[int],  # [batch_size]
         pages: torch.Tensor,  # [>= kv_indptr[-1]] int32 page ids (device)
         tiles: TiledPages | None = None,  # the prefix tiles (Triton), `pages` in its layout
+        kernel: str | None = None,  # one of `kernels`; None: the first (Triton with tiles)
     ) -> None:
         """Fill the buffers of batch size `len(last_page_len)`; no device sync."""
         batch_size, spec, bs = len(last_page_len), self.spec, self.spec.block_size
@@ -535,12 +539,16 @@ class GraphDecodeAttention:
             raise ValueError(f"{pages.numel()} pages exceed the buffer of {self.max_pages}")
         if tiles is not None and not self.prefix_tiles:
             raise ValueError("prefix tiles need GraphDecodeAttention(prefix_tiles=True)")
+        allowed = ("triton",) if tiles is not None else self.kernels
+        kernel = kernel or allowed[0]
+        if kernel not in allowed:
+            raise ValueError(f"kernel {kernel!r} cannot run this plan; it allows {allowed}")
         self._fence.wait()
         key_rows, value_rows = self._key_rows[:batch_size], self._value_rows[:batch_size]
         torch.add(slots, slots.div(bs, rounding_mode="floor") * bs, out=key_rows)
         torch.add(key_rows, bs, out=value_rows)
-        self.with_prefix = tiles is not None
-        if self.kernel == "triton" or self.with_prefix:
+        self.with_prefix, self.planned_kernel = tiles is not None, kernel
+        if kernel == "triton":
             self._indptr[: batch_size + 1].copy_(_int32(kv_indptr), non_blocking=True)
             self._last[:batch_size].copy_(_int32(last_page_len), non_blocking=True)
             self._indices[: pages.numel()].copy_(pages, non_blocking=True)

@@ -7,9 +7,9 @@ writes k/v and attends in one launch, plus a merge only where it splits the KV. 
 the page-table buffers GraphDecodeAttention fills (lengths are read on the device), so one CUDA
 graph serves every length. With `prefix` tiles (triton_prefix_tiles.py) the rows' shared
 prefixes are attended once per tile by a second launch before the merge; with a `Rope` the
-kernels rotate q and k themselves (no separate RoPE launch). The engine uses it with
-`EngineConfig.graph_decode_attention="triton"` (opt-in until benchmarks/kernel_decode_attention.py
-shows where it beats flashinfer). Importing this module does not import triton.
+kernels rotate q and k themselves (no separate RoPE launch). The engine's decode graphs use it
+where `triton_decode_wins` (EngineConfig.graph_decode_attention "auto"), or always ("triton").
+Importing this module does not import triton.
 """
 
 from __future__ import annotations
@@ -25,6 +25,18 @@ from parrotlet_kernels.triton_prefix_tiles import BLOCK_N, PrefixTiles
 
 _DTYPES = (torch.float16, torch.bfloat16)
 MAX_SPLITS = 16
+
+
+def triton_decode_wins(batch: int, longest: int) -> bool:
+    """Whether this kernel beats flashinfer's decode (RoPE and the K/V append counted on both
+    sides) for `batch` sequences of at most `longest` tokens.
+
+    On the H100 (benchmarks/kernel_decode_attention.py, 2026-12-06) it won at 160 tokens for
+    batch 1-64 (1.5-3.1x) and at batch 1 up to 1024 (1.85x), and lost from 1024 tokens at
+    batch 8-64 (0.38-0.97x) and at batch 1 / 4096 (0.91x); the limits sit below the crossovers
+    those points bound (about 3400 tokens at batch 1, 360-880 at batch 8-64).
+    """
+    return longest <= (2048 if batch == 1 else 320)
 
 
 def plan_splits(batch: int, num_kv_heads: int, num_sms: int) -> int:

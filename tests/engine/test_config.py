@@ -19,7 +19,7 @@ from parrotlet.engine.config import EngineConfig
         (
             "graph_decode_attention",
             "cuda",
-            "graph_decode_attention must be flashinfer or triton, got 'cuda'",
+            "graph_decode_attention must be flashinfer, triton or auto, got 'cuda'",
         ),
         ("device", "tpu", r"device must be cpu or cuda\[:N\], got 'tpu'"),
         ("shared_prefix_min_tokens", -1, "shared_prefix_min_tokens must be >= 0, got -1"),
@@ -33,6 +33,6 @@ def test_bad_fields_are_named(field: str, value: object, message: str) -> None:
 
 def test_defaults_keep_the_measured_kernels():
     config = EngineConfig()
-    assert (config.small_batch_linear, config.graph_decode_attention) == (True, "flashinfer")
+    assert (config.small_batch_linear, config.graph_decode_attention) == (True, "auto")
     assert not config.graph_prefix_tiles  # opt-in until measured end to end
     assert EngineConfig(graph_decode_attention="triton").graph_decode_attention == "triton"

@@ -91,7 +91,7 @@ def test_pad_decode_batch_takes_the_next_uncomputed_token():
 
 
 # ---- CudaGraphRunner.prepare: which steps get prefix tiles (flashinfer faked, no graph runs) ---
-def make_runner(prefix_tiles: bool, cascade: str = "never"):
+def make_runner(prefix_tiles: bool, cascade: str = "never", decode_kernel: str = "flashinfer"):
     from parrotlet.engine.cuda_graphs import CudaGraphRunner
     from parrotlet_kernels.flashinfer_backend import CascadePolicy, FlashInferBackend
 
@@ -102,7 +102,8 @@ def make_runner(prefix_tiles: bool, cascade: str = "never"):
     caches = spec.allocate_kv_cache()
     backend = FlashInferBackend(spec, caches, cascade=CascadePolicy(cascade), ops=FAKE_OPS)
     model = None  # prepare() plans on the host only; it never runs the model
-    return CudaGraphRunner(model, backend, max_num_seqs=8, max_pages=64, prefix_tiles=prefix_tiles)
+    return CudaGraphRunner(model, backend, max_num_seqs=8, max_pages=64,
+                           decode_kernel=decode_kernel, prefix_tiles=prefix_tiles)  # fmt: skip
 
 
 # seqs 0, 1, 3 share blocks 10, 11 (8 tokens); seq 2 shares nothing
@@ -164,19 +165,54 @@ def test_warmup_tiles_share_the_first_page():
     assert step.tiles.tile_pages == [3, 1, 0, 0]  # one tile: the prefix page at pages[3]
 
 
-@pytest.mark.parametrize("prefix_tiles", [False, True])
-def test_capture_all_runs_every_graph_largest_first(monkeypatch, prefix_tiles):
+@pytest.mark.parametrize(
+    ("decode_kernel", "prefix_tiles", "variants"),
+    [
+        ("flashinfer", False, ["flashinfer"]),
+        ("triton", True, ["triton", "tiles"]),
+        ("auto", True, ["flashinfer", "triton", "tiles"]),
+    ],
+)
+def test_capture_all_runs_every_graph_largest_first(
+    monkeypatch, decode_kernel, prefix_tiles, variants
+):
     import torch
 
-    runner = make_runner(prefix_tiles)
+    runner = make_runner(prefix_tiles, decode_kernel=decode_kernel)
+    assert list(runner.variants) == variants
     runs = []
-    monkeypatch.setattr(runner, "run", lambda step: runs.append((step.batch_size, step.tiles)))
+    monkeypatch.setattr(runner, "run", lambda step: runs.append((step.batch_size, step.variant)))
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
-    runner.num_replays = 3
+    runner.replays["triton"] = 3
     runner.capture_all(block=7)
-    sizes = [8, 4, 2, 1]  # max_num_seqs 8
-    if prefix_tiles:
-        assert [(b, t is not None) for b, t in runs] == [(b, t) for b in sizes for t in (0, 1)]
-    else:
-        assert runs == [(b, None) for b in sizes]
+    assert runs == [(b, v) for b in (8, 4, 2, 1) for v in variants]  # max_num_seqs 8
     assert runner.num_replays == 0  # warm-up replays do not count as serving steps
+
+
+# ---- graph_decode_attention "auto": the Triton kernel at short contexts -------------------------
+@pytest.mark.parametrize(
+    ("lengths", "kernel"),
+    [
+        ([2048], "triton"),  # batch 1: up to 2048 tokens
+        ([2049], "flashinfer"),
+        ([320, 5, 40], "triton"),  # batch 4 (3 padded): up to 320
+        ([321, 5, 40], "flashinfer"),
+    ],
+)
+def test_auto_picks_the_kernel_by_batch_and_longest_context(lengths, kernel):
+    runner = make_runner(prefix_tiles=False, decode_kernel="auto")
+    blocks = iter(range(1000))
+    seqs = [make_decoding_seq(n, [next(blocks) for _ in range(-(-n // 4))]) for n in lengths]
+    runner.max_pages = 10_000
+    step = runner.prepare(seqs)
+    assert step is not None and (step.kernel, step.variant) == (kernel, kernel)
+
+
+def test_tiles_take_the_triton_kernel_whatever_auto_would_pick():
+    runner = make_runner(prefix_tiles=True, decode_kernel="auto")
+    seqs = [make_decoding_seq(n, blocks) for blocks, n in SHARED_SEQS]
+    runner.min_tiled_bytes = 0
+    step = runner.prepare(seqs, [GROUP])
+    assert step is not None and (step.kernel, step.variant) == ("triton", "tiles")
+    fixed = make_runner(prefix_tiles=False, decode_kernel="flashinfer").prepare(seqs, [GROUP])
+    assert fixed is not None and fixed.variant == "flashinfer"  # 14 tokens, but not "auto"

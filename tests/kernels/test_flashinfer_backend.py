@@ -305,11 +305,17 @@ def test_prefix_tiles_and_rope_need_the_triton_kernel():
     plan = (torch.zeros(1, dtype=torch.long), [0, 1], [1], torch.zeros(1, dtype=torch.int32))
     with pytest.raises(ValueError, match=r"prefix tiles need GraphDecodeAttention\(prefix_tiles"):
         graph.plan(*plan, TiledPages([0, 1], [0], [0], [0, 0]))
+    with pytest.raises(ValueError, match=r"kernel 'triton' cannot run this plan; it allows \('fl"):
+        graph.plan(*plan, kernel="triton")
     graph.plan(*plan)
-    assert not graph.applies_rope
+    assert not graph.applies_rope and graph.planned_kernel == "flashinfer"
     rope = Rope(torch.zeros(1, dtype=torch.int32), torch.zeros(4, spec.head_dim))
     with pytest.raises(ValueError, match=r"this plan's kernel \(flashinfer\) does not apply"):
         graph.forward(q[:1], k[:1], v[:1], 0, rope=rope)
+    auto = GraphDecodeAttention(FlashInferBackend(spec, caches, ops=FAKE_OPS), 8, 64, "auto")
+    assert auto.kernels == ("flashinfer", "triton")
+    auto.plan(*plan, kernel="triton")
+    assert auto.applies_rope and auto.planned_kernel == "triton"
 
 
 @pytest.mark.gpu
@@ -322,7 +328,7 @@ def test_triton_graph_decode_on_gpu(dtype):
 def test_graph_decode_kernel_must_be_known():
     spec, _, caches, *_ = build(CASES["decode"])
     backend = FlashInferBackend(spec, caches, ops=FAKE_OPS)
-    with pytest.raises(ValueError, match="kernel must be flashinfer or triton, got 'cuda'"):
+    with pytest.raises(ValueError, match="kernel must be flashinfer, triton or auto, got 'cuda'"):
         GraphDecodeAttention(backend, max_batch_size=8, max_pages=64, kernel="cuda")
 
 

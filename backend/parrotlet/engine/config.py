@@ -79,11 +79,13 @@ class EngineConfig:
     `async_scheduling` (None: on for CUDA, off for CPU) schedules and launches step N+1 before
     reading step N's tokens, so the host's work hides behind the device's; every output then
     arrives one step later, which only pays where the device computes asynchronously.
-    `small_batch_linear` runs linear layers of at most 16 rows (decode steps) through parrotlet's
+    `small_batch_linear` runs linear layers of at most 64 rows (decode steps) through parrotlet's
     weight-streaming Triton kernel on CUDA in 16-bit where triton is installed (off: cuBLAS).
-    `graph_decode_attention` is the decode attention inside CUDA graphs: "flashinfer" (paged
-    decode after two cache writes) or "triton" (parrotlet's kernel with the K/V append fused; not
-    yet measured end to end, so opt-in). `graph_prefix_tiles` (needs triton) runs decode steps
+    `graph_decode_attention` is the decode attention inside CUDA graphs: "flashinfer" (RoPE, two
+    cache writes, paged decode), "triton" (parrotlet's kernel with RoPE and the K/V append
+    fused: one launch), or "auto": per step, the Triton kernel at short contexts, where it was
+    measured faster (`triton_paged_decode.triton_decode_wins`), flashinfer's beyond (flashinfer
+    alone where triton is not installed). `graph_prefix_tiles` (needs triton) runs decode steps
     whose sequences share long prefixes (`shared_prefix_attention`) through a graph of parrotlet's
     Triton kernel that reads each prefix once per tile of rows instead of once per sequence
     (opt-in until measured end to end).
@@ -99,7 +101,7 @@ class EngineConfig:
     cuda_graphs: bool = True
     async_scheduling: bool | None = None
     small_batch_linear: bool = True
-    graph_decode_attention: str = "flashinfer"
+    graph_decode_attention: str = "auto"
     graph_prefix_tiles: bool = False
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -115,9 +117,9 @@ class EngineConfig:
                 "attention_backend must be auto, reference or flashinfer, "
                 f"got {self.attention_backend!r}"
             )
-        if self.graph_decode_attention not in ("flashinfer", "triton"):
+        if self.graph_decode_attention not in ("flashinfer", "triton", "auto"):
             raise ValueError(
-                "graph_decode_attention must be flashinfer or triton, "
+                "graph_decode_attention must be flashinfer, triton or auto, "
                 f"got {self.graph_decode_attention!r}"
             )
         if not (self.device == "cpu" or self.device.startswith("cuda")):

@@ -3,8 +3,10 @@
 A decode step launches hundreds of small kernels whose host cost exceeds their run time; a graph
 captured once per batch size replays them with one launch. The batch is padded up to the nearest
 size in `graph_batch_sizes`; prefill, mixed and cascade steps stay eager (ModelRunner decides).
-With prefix tiles on, a step whose sequences share long prefixes replays a second graph of its
-size that reads each prefix once per tile of rows (Triton; triton_prefix_tiles.py).
+Each size has a graph per decode attention it may use: flashinfer's and parrotlet's Triton kernel
+(under "auto", whichever wins at the step's batch size and longest context), and with prefix
+tiles on, one that reads each long shared prefix once per tile of rows (triton_prefix_tiles.py).
+All are captured at engine start.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, replace
@@ -22,6 +25,7 @@ from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM
 from parrotlet.engine.sequence import Sequence
 from parrotlet_kernels.flashinfer_backend import FlashInferBackend, GraphDecodeAttention
 from parrotlet_kernels.interface import PrefixGroup
+from parrotlet_kernels.triton_paged_decode import triton_decode_wins
 from parrotlet_kernels.triton_prefix_tiles import (
     MIN_SAVED_BYTES,
     TiledPages,
@@ -69,6 +73,12 @@ class PaddedDecode:
     last_page_len: list[int]  # [batch_size]
     pages: list[int]  # [>= kv_indptr[-1]]
     tiles: TiledPages | None = None  # prefix tiles; kv_indptr and pages are then its own
+    kernel: str = "flashinfer"  # the decode attention: flashinfer or triton (always with tiles)
+
+    @property
+    def variant(self) -> str:
+        """Which graph of its batch size runs the step: flashinfer, triton or tiles."""
+        return "tiles" if self.tiles is not None else self.kernel
 
 
 def pad_decode_batch(seqs: Seq[Sequence], batch_size: int, block_size: int) -> PaddedDecode | None:
@@ -132,8 +142,13 @@ def warmup_decode(batch_size: int, block: int, block_size: int) -> PaddedDecode:
 def warmup_tiles(step: PaddedDecode, shape: TileShape) -> PaddedDecode:
     """`warmup_decode`'s step with every row in one group sharing its first page, as tiles."""
     group = PrefixGroup(tuple(range(step.batch_size)), 1)
-    layout = tile_prefixes(step.kv_indptr, step.pages, [group], shape)
-    return replace(step, kv_indptr=layout.kv_indptr, pages=layout.pages, tiles=layout)
+    return with_tiles(step, tile_prefixes(step.kv_indptr, step.pages, [group], shape))
+
+
+def with_tiles(step: PaddedDecode, layout: TiledPages) -> PaddedDecode:
+    """`step` laid out as prefix tiles (which run on the Triton kernel)."""
+    return replace(step, kv_indptr=layout.kv_indptr, pages=layout.pages, tiles=layout,
+                   kernel="triton")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -143,15 +158,17 @@ class _Graph:
 
 
 class CudaGraphRunner:
-    """Model forward + logits of decode steps as CUDA graphs, one per batch size (and per prefix
-    tiles), captured on first use or all at once by `capture_all`.
+    """Model forward + logits of decode steps as CUDA graphs, one per batch size and variant
+    (the decode attention: flashinfer, triton, or tiles: Triton with prefix tiles), captured on
+    first use or all at once by `capture_all`.
 
     The graphs read static device buffers: one int32 tensor holding, for a batch size B, the
     input ids `[0, B)`, positions `[B, 2B)`, cache slots `[2B, 3B)` and page ids from `3B`, filled
     by the step's single host->device copy, plus the GraphDecodeAttention's page-table buffers
     that its plan() fills (outside the graph). All graphs share one memory pool; one runs at a time.
     `kernels` are the model's fused kernels; `decode_kernel` and `prefix_tiles` configure the
-    GraphDecodeAttention.
+    GraphDecodeAttention (with `decode_kernel` "auto", prepare() picks flashinfer or triton per
+    step: `triton_decode_wins`).
     """
 
     def __init__(
@@ -176,21 +193,29 @@ class CudaGraphRunner:
         self._inputs = torch.zeros(
             3 * self.sizes[-1] + self.attention.max_pages, dtype=torch.int32, device=device
         )
-        self._graphs: dict[tuple[int, bool], _Graph] = {}  # by (batch size, prefix tiles)
+        self._graphs: dict[tuple[int, str], _Graph] = {}  # by (batch size, variant)
         self._pool: tuple[int, int] | None = None
-        self._last_key: tuple[int, bool] | None = None
-        self.num_replays = 0
-        self.num_tiled_replays = 0  # of those, with prefix tiles
+        self._last_key: tuple[int, str] | None = None
+        self.replays: Counter[str] = Counter()  # serving steps by variant
         self.min_tiled_bytes = MIN_SAVED_BYTES  # per layer, for a group to become prefix tiles
 
     @property
-    def captured(self) -> tuple[tuple[int, bool], ...]:
-        """(batch size, with prefix tiles) of every captured graph."""
-        return tuple(sorted(self._graphs))
+    def num_replays(self) -> int:
+        return self.replays.total()
 
     @property
-    def captured_sizes(self) -> tuple[int, ...]:
-        return tuple(sorted({size for size, _ in self._graphs}))
+    def num_tiled_replays(self) -> int:
+        return self.replays["tiles"]
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The graph variants steps can take: the attention's kernels, then tiles if on."""
+        return self.attention.kernels + (("tiles",) if self.attention.prefix_tiles else ())
+
+    @property
+    def captured(self) -> tuple[tuple[int, str], ...]:
+        """(batch size, variant) of every captured graph, in capture order."""
+        return tuple(self._graphs)
 
     def prepare(self, seqs: Seq[Sequence], groups: Seq[PrefixGroup] = ()) -> PaddedDecode | None:
         """The padded inputs of a decode step over `seqs`, or None if no graph can run it: too
@@ -200,18 +225,27 @@ class CudaGraphRunner:
         size = bucket_for(self.sizes, len(seqs))
         if size is None or sum(len(s.block_ids) for s in seqs) > self.max_pages:
             return None
-        if not self.attention.prefix_tiles:
-            if self.backend.cascaded_groups(groups):
-                return None
-            return pad_decode_batch(seqs, size, self.block_size)
+        if not self.attention.prefix_tiles and self.backend.cascaded_groups(groups):
+            return None
         step = pad_decode_batch(seqs, size, self.block_size)
-        block_bytes = self.backend.spec.block_bytes
-        tiled = [g for g in groups if worth_tiling(g, block_bytes, self.min_tiled_bytes)]
-        if step is None or not tiled:
-            return step
-        shape = self.attention.prefix_shape(size)
-        layout = tile_prefixes(step.kv_indptr, step.pages, tiled, shape)
-        return replace(step, kv_indptr=layout.kv_indptr, pages=layout.pages, tiles=layout)
+        if step is None:
+            return None
+        if self.attention.prefix_tiles:
+            block_bytes = self.backend.spec.block_bytes
+            tiled = [g for g in groups if worth_tiling(g, block_bytes, self.min_tiled_bytes)]
+            if tiled:
+                shape = self.attention.prefix_shape(size)
+                return with_tiles(step, tile_prefixes(step.kv_indptr, step.pages, tiled, shape))
+        return replace(step, kernel=self._kernel(size, seqs))
+
+    def _kernel(self, size: int, seqs: Seq[Sequence]) -> str:
+        """The decode attention of a step without tiles: the configured one, or under "auto"
+        the Triton kernel where it beats flashinfer's at this batch size and longest context."""
+        kernels = self.attention.kernels
+        if len(kernels) == 1:
+            return kernels[0]
+        longest = max(s.num_computed_tokens + 1 for s in seqs)
+        return "triton" if triton_decode_wins(size, longest) else "flashinfer"
 
     def run(
         self, step: PaddedDecode, fill: Callable[[torch.Tensor], None] | None = None
@@ -228,36 +262,38 @@ class CudaGraphRunner:
         if fill is not None:
             fill(ids)
         pages = self._inputs[3 * b : 3 * b + len(step.pages)]  # [num_pages]
-        self.attention.plan(slots, step.kv_indptr, step.last_page_len, pages, step.tiles)
-        key = (b, step.tiles is not None)
+        self.attention.plan(
+            slots, step.kv_indptr, step.last_page_len, pages, step.tiles, step.kernel
+        )
+        key = (b, step.variant)
         if key not in self._graphs:
             self._graphs[key] = self._capture(ids, positions)
         graph = self._graphs[key]
         graph.graph.replay()
         self._last_key = key
-        self.num_replays += 1
-        self.num_tiled_replays += step.tiles is not None
+        self.replays[step.variant] += 1
         return graph.logits[: step.num_seqs]
 
     def capture_all(self, block: int) -> None:
         """Capture every graph now (compiling the Triton kernels they use), not in the middle of
         serving: each batch size, largest first (the smaller graphs then fit in the memory pool
-        it leaves), with and without prefix tiles. The warm-up steps write only `block`, which
-        must be free (at engine start every block is)."""
+        it leaves), each of its `variants`. The warm-up steps write only `block`, which must be
+        free (at engine start every block is)."""
         start = time.perf_counter()
         for size in reversed(self.sizes):
             step = warmup_decode(size, block, self.block_size)
-            self.run(step)
+            for kernel in self.attention.kernels:
+                self.run(replace(step, kernel=kernel))
             if self.attention.prefix_tiles:
                 self.run(warmup_tiles(step, self.attention.prefix_shape(size)))
         torch.cuda.synchronize()
-        self.num_replays = self.num_tiled_replays = 0  # they count serving steps
+        self.replays.clear()  # they count serving steps
         logger.info("captured %d decode CUDA graphs in %.1f s", len(self._graphs),
                     time.perf_counter() - start)  # fmt: skip
 
-    def replay_last(self) -> tuple[int, bool]:
+    def replay_last(self) -> tuple[int, str]:
         """Replay the last run's graph on its inputs (benchmarks time kernels); its key
-        (batch size, with prefix tiles)."""
+        (batch size, variant)."""
         if self._last_key is None:
             raise RuntimeError("no graph has run yet")
         self._graphs[self._last_key].graph.replay()

@@ -11,6 +11,7 @@ and the model runs fused kernels (flashinfer's elementwise ones, parrotlet's sma
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from collections import defaultdict
 from collections.abc import Sequence as Seq
@@ -82,7 +83,7 @@ class ModelRunner:
         cuda_graphs: bool = False,
         max_num_seqs: int = 64,
         small_batch_linear: bool = True,
-        graph_decode_attention: str = "flashinfer",
+        graph_decode_attention: str = "auto",
         graph_prefix_tiles: bool = False,
     ) -> None:
         self.model = model
@@ -180,6 +181,8 @@ class ModelRunner:
 
         if self.device.type != "cuda" or not isinstance(self.attention, FlashInferBackend):
             return None
+        if decode_kernel == "auto" and importlib.util.find_spec("triton") is None:
+            decode_kernel = "flashinfer"
         max_blocks_per_seq = -(-self.model.config.max_position_embeddings // self.block_size)
         max_pages = max_num_seqs * max_blocks_per_seq
         return CudaGraphRunner(
