@@ -461,7 +461,8 @@ class GraphDecodeAttention:
     CUDA-graph mode) per size, all sharing the page-table buffers (one graph runs at a time).
     Each row is one sequence with one query token. `plan(slots, ...)` reads the rows' cache slots
     from a device tensor the caller filled, so a step costs the caller's single host->device copy
-    plus flashinfer's own plan copies. forward() writes k/v at those slots, then attends; it does
+    plus one of the plan's own (flashinfer's schedule, or the Triton kernel's page tables, which
+    read the caller's `pages` in place). forward() writes k/v at those slots, then attends; it does
     only device work, so a graph captured once per batch size replays any later plan of that size.
     Each plan names its kernel, one of `kernels`: "flashinfer", or "triton", parrotlet's fused
     append + paged decode (triton_paged_decode.py; one launch, plus a merge where it splits the
@@ -501,11 +502,9 @@ class GraphDecodeAttention:
         self.prefix_tiles = prefix_tiles
         self.planned_kernel = self.kernels[0]  # the last plan's
         self.with_prefix = False  # whether the last plan has prefix tiles
-        self._tiles = torch.zeros(0, dtype=i32, device=device)
-        if prefix_tiles:
-            shape = self.prefix_shape(max_batch_size)
-            self._tiles = torch.zeros(shape.max_tiles * (shape.rows_per_tile + 2), dtype=i32,
-                                      device=device)  # fmt: skip
+        # The Triton kernel's tables, one copy a plan: kv_indptr, last_page_len, tile tables
+        self._tables = torch.zeros(self._tables_len(max_batch_size), dtype=i32, device=device)
+        self._pages = self._indices  # the Triton kernel's page ids: the last plan's `pages`
 
     @property
     def max_pages(self) -> int:
@@ -548,13 +547,12 @@ class GraphDecodeAttention:
         torch.add(slots, slots.div(bs, rounding_mode="floor") * bs, out=key_rows)
         torch.add(key_rows, bs, out=value_rows)
         self.with_prefix, self.planned_kernel = tiles is not None, kernel
-        if kernel == "triton":
-            self._indptr[: batch_size + 1].copy_(_int32(kv_indptr), non_blocking=True)
-            self._last[:batch_size].copy_(_int32(last_page_len), non_blocking=True)
-            self._indices[: pages.numel()].copy_(pages, non_blocking=True)
+        if kernel == "triton":  # read on the device: `pages` as given, the rest in one copy
+            tables = [*kv_indptr, *last_page_len]
             if tiles is not None:
-                table = _int32(tiles.tile_rows + tiles.tile_pages)
-                self._tiles[: table.numel()].copy_(table, non_blocking=True)
+                tables += tiles.tile_rows + tiles.tile_pages
+            copy_to_device(tables, self._tables)
+            self._pages = pages
             return
         wrapper = self._wrapper(batch_size)
         wrapper.plan(
@@ -600,20 +598,30 @@ class GraphDecodeAttention:
         if batch_size not in self._splits:
             sms = num_sms(spec.device)
             self._splits[batch_size] = plan_splits(batch_size, spec.num_kv_heads, sms)
+        b, tables = batch_size, self._tables
         return paged_decode(
             q, k.to(spec.dtype), v.to(spec.dtype), self.kv_caches[layer],
-            self._indptr[: batch_size + 1], self._indices, self._last[:batch_size],
-            self._key_rows[:batch_size], self._splits[batch_size], scale=spec.scale,
-            prefix=self._prefix_tiles(batch_size) if self.with_prefix else None, rope=rope,
+            tables[: b + 1], self._pages, tables[b + 1 : 2 * b + 1],
+            self._key_rows[:b], self._splits[b], scale=spec.scale,
+            prefix=self._prefix_tiles(b) if self.with_prefix else None, rope=rope,
         )  # fmt: skip
 
-    def _prefix_tiles(self, batch_size: int) -> PrefixTiles:
-        """Views of the tile buffer in the layout of `batch_size` (tile rows, then pages)."""
+    def _tables_len(self, batch_size: int) -> int:
+        """Elements of the Triton tables of `batch_size` rows: kv_indptr, last_page_len, then
+        with prefix tiles the tile rows and tile pages (`_prefix_tiles`)."""
+        if not self.prefix_tiles:
+            return 2 * batch_size + 1
         shape = self.prefix_shape(batch_size)
-        rows = shape.max_tiles * shape.rows_per_tile
+        return 2 * batch_size + 1 + shape.max_tiles * (shape.rows_per_tile + 2)
+
+    def _prefix_tiles(self, batch_size: int) -> PrefixTiles:
+        """Views of the tile tables in the layout of `batch_size` (tile rows, then pages)."""
+        shape = self.prefix_shape(batch_size)
+        rows_at = 2 * batch_size + 1
+        pages_at = rows_at + shape.max_tiles * shape.rows_per_tile
         return PrefixTiles(
-            self._tiles[:rows].view(shape.max_tiles, shape.rows_per_tile),
-            self._tiles[rows : rows + 2 * shape.max_tiles].view(shape.max_tiles, 2),
+            self._tables[rows_at:pages_at].view(shape.max_tiles, shape.rows_per_tile),
+            self._tables[pages_at : pages_at + 2 * shape.max_tiles].view(shape.max_tiles, 2),
             shape,
         )
 
@@ -625,8 +633,13 @@ class GraphDecodeAttention:
         return self._wrappers[batch_size]
 
 
-def _int32(values: Sequence[int]) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.int32)
+def copy_to_device(values: Sequence[int], out: torch.Tensor) -> None:
+    """Write host ints into the front of the int32 tensor `out` with one asynchronous copy
+    (staged in pinned memory on CUDA, whose caching allocator keeps it until the copy ran)."""
+    host = torch.tensor(values, dtype=torch.int32)
+    if out.is_cuda:
+        host = host.pin_memory()
+    out[: host.numel()].copy_(host, non_blocking=True)
 
 
 def _check_caches(spec: AttentionSpec, kv_caches: Sequence[torch.Tensor]) -> None:

@@ -23,7 +23,11 @@ import torch
 
 from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM
 from parrotlet.engine.sequence import Sequence
-from parrotlet_kernels.flashinfer_backend import FlashInferBackend, GraphDecodeAttention
+from parrotlet_kernels.flashinfer_backend import (
+    FlashInferBackend,
+    GraphDecodeAttention,
+    copy_to_device,
+)
 from parrotlet_kernels.interface import PrefixGroup
 from parrotlet_kernels.triton_paged_decode import triton_decode_wins
 from parrotlet_kernels.triton_prefix_tiles import (
@@ -254,10 +258,8 @@ class CudaGraphRunner:
         next run); writes the step's keys and values into the KV cache. `fill(input_ids)` writes
         the input ids the host does not know yet (they are on the device)."""
         b = step.batch_size
-        host = torch.tensor(
-            step.input_ids + step.positions + step.slots + step.pages, dtype=torch.int32
-        )
-        self._inputs[: host.numel()].copy_(host, non_blocking=True)  # the step's one H2D copy
+        host = step.input_ids + step.positions + step.slots + step.pages
+        copy_to_device(host, self._inputs)  # the step's one host->device copy
         ids, positions, slots = self._inputs[: 3 * b].view(3, b)  # [b] each
         if fill is not None:
             fill(ids)
