@@ -5,7 +5,9 @@
 #   bash benchmarks/device_run.sh [STEP ...]      # from the repo root, with .device/ carried
 #
 # Steps (default: tests decode): tests, tests:EXPR (pytest -k EXPR, `+` for spaces), decode
-# (engine_decode.py), profile (profile_decode_step.py), linear (kernel_linear.py, 1-64 rows),
+# (engine_decode.py), profile (profile_decode_step.py), profile-shared (the same, 64 and 16
+# sequences sharing a 5000-token prefix, at 100 and 800 tokens of their own, flashinfer vs prefix
+# tiles), linear (kernel_linear.py, 1-64 rows),
 # attention (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick), apps-a
 # (chain-summary, map-reduce, shared-prompt), apps-b (multi-agent, mixed, multi-app),
 # app:WORKLOAD (one of them). Each step's log, and the JSON it writes, land in $OUT. Needs
@@ -38,6 +40,11 @@ run_step() {
         "${gpu_tests[@]}" ;;
     decode) python3 benchmarks/engine_decode.py ;;
     profile) python3 benchmarks/profile_decode_step.py ;;
+    profile-shared)
+      for context in 5100 5800; do
+        python3 benchmarks/profile_decode_step.py --batches 64 16 --context $context \
+          --shared-prefix 5000 --attention flashinfer tiles | grep -v "^    " || return 1
+      done ;;
     linear) python3 benchmarks/kernel_linear.py --rows 1 4 16 32 64 ;;
     attention) python3 benchmarks/kernel_decode_attention.py ;;
     shared-prefix) python3 benchmarks/kernel_shared_prefix.py --quick ;;

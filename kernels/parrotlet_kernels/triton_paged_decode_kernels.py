@@ -154,6 +154,8 @@ def prefix_tiles_kernel(
     tile_pages_ptr,  # [num_tiles, 2] int32 (first index into indices, number of prefix pages)
     o_ptr,  # [batch, num_heads, NUM_SLOTS, HEAD_DIM] float32
     lse_ptr,  # [batch, num_heads, NUM_SLOTS] float32 (base 2)
+    num_tiles,  # rows of the tile tables
+    programs,  # the grid's first dimension: program p takes tiles p, p + programs, ...
     num_kv_heads,
     stride_qb,
     stride_qh,
@@ -168,13 +170,31 @@ def prefix_tiles_kernel(
     NUM_SPLITS: tl.constexpr,  # prefix splits, in slots NUM_SLOTS - NUM_SPLITS ...
     ROPE: tl.constexpr,  # q arrives unrotated
 ):
-    """Program (tile t, KV head h, split s): the tile's rows against split s of their prefix.
+    """Program (p, KV head h, split s): tiles p, p + programs, ... of the table, each tile's rows
+    against split s of their prefix.
 
-    All ROWS * GROUP query heads of the tile attend the prefix as one matrix product per KV
+    All ROWS * GROUP query heads of a tile attend the prefix as one matrix product per KV
     block, so a prefix is read once per tile, not once per sequence. A tile without prefix pages
-    (rows that share none, padding tiles) stores LSE -inf, which the merge weighs 0.
+    (rows that share none, unused tiles) stores LSE -inf for its rows, which the merge weighs 0.
     """
     t, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    while t < num_tiles:
+        _prefix_tile(q_ptr, pos_ptr, cos_sin_ptr, cache_ptr, indices_ptr, tile_rows_ptr,
+                     tile_pages_ptr, o_ptr, lse_ptr, num_kv_heads, stride_qb, stride_qh,
+                     scale_log2, t, h, s, GROUP, ROWS, BLOCK_M, HEAD_DIM, PAGE_SIZE, BLOCK_N,
+                     NUM_SLOTS, NUM_SPLITS, ROPE)  # fmt: skip
+        t += programs
+
+
+@triton.jit
+def _prefix_tile(
+    q_ptr, pos_ptr, cos_sin_ptr, cache_ptr, indices_ptr, tile_rows_ptr, tile_pages_ptr, o_ptr,
+    lse_ptr, num_kv_heads, stride_qb, stride_qh, scale_log2, t, h, s,
+    GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SLOTS: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, ROPE: tl.constexpr,
+):  # fmt: skip
+    """Tile t's rows of KV head h against split s of their prefix (prefix_tiles_kernel)."""
     m = tl.arange(0, BLOCK_M)
     row = tl.load(tile_rows_ptr + t * ROWS + m // GROUP, mask=m < ROWS * GROUP, other=-1)
     row_ok = row >= 0  # [BLOCK_M]

@@ -25,17 +25,25 @@ MAX_SPLITS = 16
 
 @dataclass(frozen=True)
 class TileShape:
-    """The prefix launch of one graph batch size: grid (max_tiles, num_kv_heads, num_splits).
+    """The prefix launch of one graph batch size: grid (programs, num_kv_heads, num_splits).
 
     A tile's `block_m` query rows are `rows_per_tile` batch rows times their GQA group; a batch
     of B rows in groups of >= 2 never needs more than `max_tiles` = B // rows_per_tile + B // 2
-    + 1 tiles (each group and the rows without one may leave one tile part full).
+    + 1 tiles (each group and the rows without one may leave one tile part full). Program p
+    takes tiles p, p + programs, ... of the table, so the tables can be sized for the worst
+    case without launching a program per unused tile.
     """
 
     block_m: int
     rows_per_tile: int
     max_tiles: int
     num_splits: int
+    programs: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.programs <= self.max_tiles:
+            raise ValueError(f"programs must be in [1, max_tiles={self.max_tiles}], "
+                             f"got {self.programs}")  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
@@ -60,7 +68,9 @@ class PrefixTiles:
 def tile_shape(batch_size: int, group: int, num_kv_heads: int, num_sms: int) -> TileShape:
     """The shape for `batch_size` rows of `group` query heads per KV head on `num_sms` SMs.
 
-    The prefix is split so a batch in one prefix group gives every SM about one program.
+    The prefix is split so a batch in one prefix group gives every SM about one program; there
+    are programs for the tiles of one group plus one (rows without a prefix), and any further
+    tiles (several groups) queue behind them.
     """
     if min(batch_size, group, num_kv_heads, num_sms) < 1:
         raise ValueError(
@@ -71,7 +81,8 @@ def tile_shape(batch_size: int, group: int, num_kv_heads: int, num_sms: int) -> 
     rows = block_m // group
     full_tiles = -(-batch_size // rows)
     splits = max(1, min(MAX_SPLITS, num_sms // (full_tiles * num_kv_heads)))
-    return TileShape(block_m, rows, batch_size // rows + batch_size // 2 + 1, splits)
+    max_tiles = batch_size // rows + batch_size // 2 + 1
+    return TileShape(block_m, rows, max_tiles, splits, min(max_tiles, full_tiles + 1))
 
 
 def worth_tiling(

@@ -24,10 +24,13 @@ from .test_triton_paged_decode import Step, assert_same_cache, with_rope
 
 # ---- CPU: launch shape and layout ------------------------------------------------------------
 def test_tile_shape_fills_the_sms_for_one_group():
-    assert tile_shape(64, 4, 8, 132) == TileShape(64, 16, 4 + 32 + 1, 4)
-    assert tile_shape(1, 4, 8, 132) == TileShape(64, 16, 1, 16)
-    assert tile_shape(8, 3, 3, 4) == TileShape(64, 21, 0 + 4 + 1, 1)
-    assert tile_shape(2, 128, 1, 132) == TileShape(128, 1, 2 + 1 + 1, 16)
+    # programs: one group's tiles plus one; the other tiles queue behind them
+    assert tile_shape(64, 4, 8, 132) == TileShape(64, 16, 4 + 32 + 1, 4, 4 + 1)
+    assert tile_shape(1, 4, 8, 132) == TileShape(64, 16, 1, 16, 1)
+    assert tile_shape(8, 3, 3, 4) == TileShape(64, 21, 0 + 4 + 1, 1, 1 + 1)
+    assert tile_shape(2, 128, 1, 132) == TileShape(128, 1, 2 + 1 + 1, 16, 2 + 1)
+    with pytest.raises(ValueError, match=r"programs must be in \[1, max_tiles=3\], got 4"):
+        TileShape(64, 2, 3, 1, 4)
 
 
 def test_tile_shape_rejects_empty_sizes():
@@ -42,7 +45,7 @@ GROUPS = [PrefixGroup((0, 1, 4), 2), PrefixGroup((2, 3), 1)]
 
 
 def test_tile_prefixes_cuts_prefixes_and_tiles_the_rows():
-    layout = tile_prefixes(INDPTR, PAGES, GROUPS, TileShape(64, 2, 6, 1))
+    layout = tile_prefixes(INDPTR, PAGES, GROUPS, TileShape(64, 2, 6, 1, 6))
     assert layout.kv_indptr == [0, 1, 2, 3, 4, 5, 6]
     assert layout.pages == [12, 13, 21, 22, 14, 99, 10, 11, 20]
     # tiles: group 0 in two (rows 0, 1 / row 4), group 1, then rows without a prefix
@@ -51,7 +54,7 @@ def test_tile_prefixes_cuts_prefixes_and_tiles_the_rows():
 
 
 def test_tile_prefixes_without_groups_keeps_the_pages():
-    layout = tile_prefixes(INDPTR, PAGES, [], TileShape(64, 4, 3, 1))
+    layout = tile_prefixes(INDPTR, PAGES, [], TileShape(64, 4, 3, 1, 3))
     assert (layout.kv_indptr, layout.pages) == (INDPTR, PAGES)
     assert layout.tile_rows == [0, 1, 2, 3, 4, 5, -1, -1, -1, -1, -1, -1]
     assert layout.tile_pages == [0] * 6
@@ -59,9 +62,9 @@ def test_tile_prefixes_without_groups_keeps_the_pages():
 
 def test_tile_prefixes_checks_its_inputs():
     with pytest.raises(ValueError, match="row 5 has no page after its 1-page prefix"):
-        tile_prefixes(INDPTR, PAGES, [PrefixGroup((4, 5), 1)], TileShape(64, 2, 6, 1))
+        tile_prefixes(INDPTR, PAGES, [PrefixGroup((4, 5), 1)], TileShape(64, 2, 6, 1, 6))
     with pytest.raises(ValueError, match="4 prefix tiles exceed the 3"):
-        tile_prefixes(INDPTR, PAGES, GROUPS, TileShape(64, 2, 3, 1))
+        tile_prefixes(INDPTR, PAGES, GROUPS, TileShape(64, 2, 3, 1, 3))
 
 
 def test_worth_tiling_weighs_the_bytes_saved():
@@ -72,7 +75,7 @@ def test_worth_tiling_weighs_the_bytes_saved():
 
 
 def test_prefix_tiles_check_their_tables():
-    shape = TileShape(64, 2, 3, 1)
+    shape = TileShape(64, 2, 3, 1, 3)
     rows, pages = torch.zeros(3, 2, dtype=torch.int32), torch.zeros(3, 2, dtype=torch.int32)
     PrefixTiles(rows, pages, shape)
     with pytest.raises(ValueError, match=r"PrefixTiles.rows must be int32 \[3, 2\]"):
@@ -103,7 +106,8 @@ def shared_step(seq_lens, groups, heads, head_dim, dtype, device) -> Step:
 
 
 def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
-    """Every case; the odd ones with q and k rotated by the kernels."""
+    """Every case; the odd ones with q and k rotated by the kernels; in cases 0 and 2 one
+    program takes every tile in turn, in the others each tile has a program."""
     for i, (seq_lens, groups, heads, splits, prefix_splits) in enumerate(CASES):
         step = shared_step(seq_lens, groups, heads, head_dim, dtype, device)
         (q, k), rope = (step.q, step.k), None
@@ -112,7 +116,9 @@ def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
         cache, expected = step.reference()
         group = heads[0] // heads[1]
         shape = tile_shape(len(seq_lens), group, heads[1], 1)
-        shape = TileShape(shape.block_m, shape.rows_per_tile, shape.max_tiles, prefix_splits)
+        programs = 1 if i % 4 == 0 or i == 2 else shape.max_tiles
+        shape = TileShape(shape.block_m, shape.rows_per_tile, shape.max_tiles, prefix_splits,
+                          programs)  # fmt: skip
         layout = tile_prefixes(step.indptr.tolist(), step.indices.tolist(),
                                [PrefixGroup(m, n) for m, n in groups], shape)  # fmt: skip
         i32 = dict(dtype=torch.int32, device=device)
