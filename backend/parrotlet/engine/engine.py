@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -85,7 +86,9 @@ class LLMEngine:
         self._requests: dict[str, tuple[Sequence, IncrementalDetokenizer | None]] = {}
         self._pins: dict[str, PrefixPin] = {}
         self._ids = itertools.count()
-        self._counters = dict.fromkeys(("computed", "prompt", "cached", "preemptions", "steps"), 0)
+        self._counters = dict.fromkeys(
+            ("computed", "prompt", "cached", "preemptions", "steps", "step_us", "device_wait_us"), 0
+        )
         logger.info(
             "KV cache: %d blocks x %d tokens = %d tokens of capacity (%s, %s); attention: %s",
             spec.num_blocks,
@@ -157,6 +160,7 @@ class LLMEngine:
         """Schedule and launch one batch, then postprocess a launched one (append its tokens,
         detokenize, finish): this batch, or with async scheduling the previous batch, whose
         tokens the device has produced meanwhile."""
+        start = time.perf_counter()
         batch = self.scheduler.schedule()
         outputs = [self._fail(seq) for seq in batch.failed]
         launched = (batch, self._launch(batch)) if batch.seqs else None
@@ -164,6 +168,7 @@ class LLMEngine:
             launched, self._in_flight = self._in_flight, launched
         if launched is not None:
             outputs += self._complete(*launched)
+        self._counters["step_us"] += round((time.perf_counter() - start) * 1e6)
         return outputs
 
     def generate(
@@ -228,6 +233,8 @@ class LLMEngine:
             num_steps=c["steps"],
             num_graph_steps=graphs.num_replays if graphs else 0,
             num_tiled_steps=graphs.num_tiled_replays if graphs else 0,
+            step_us=c["step_us"],
+            device_wait_us=c["device_wait_us"],
         )
 
     # ---- internals -----------------------------------------------------------------------
@@ -250,7 +257,9 @@ class LLMEngine:
     def _complete(self, batch: ScheduledBatch, launched: LaunchedStep) -> list[RequestOutput]:
         """Read a launched batch's tokens and postprocess each sequence still running."""
         outputs = []
+        start = time.perf_counter()
         tokens = launched.tokens()
+        self._counters["device_wait_us"] += round((time.perf_counter() - start) * 1e6)
         for seq, caught_up, token in zip(batch.seqs, launched.caught_up, tokens, strict=True):
             if seq.is_finished:  # aborted, or stopped by a token of an earlier step
                 continue

@@ -43,6 +43,8 @@ class EngineStats:
     num_steps: int
     num_graph_steps: int = 0  # steps that replayed a CUDA graph
     num_tiled_steps: int = 0  # of those, graphs reading shared prefixes once per tile
+    step_us: int = 0  # wall time inside step(): host work plus device_wait_us
+    device_wait_us: int = 0  # of it, waiting for the device's tokens (0: the host is the bound)
 
     @property
     def capacity_tokens(self) -> int:

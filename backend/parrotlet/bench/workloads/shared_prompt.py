@@ -122,13 +122,17 @@ async def run(bench: Bench, smoke: bool) -> Report:
     return report
 
 
-def _counts(before: EngineStats, after: EngineStats) -> dict[str, int]:
-    """Tokens computed and found cached, engine steps, graph steps and those with prefix tiles."""
+def _counts(before: EngineStats, after: EngineStats) -> dict[str, float]:
+    """Tokens computed and found cached, engine steps, graph steps and those with prefix tiles,
+    seconds inside the engine's steps and, of those, waiting for the device (the rest of the
+    run's time the serving loop had the engine idle)."""
     fields = dict(
         computed_tokens="num_computed_tokens", cached_tokens="num_cached_prompt_tokens",
         steps="num_steps", graph_steps="num_graph_steps", tiled_steps="num_tiled_steps",
+        step_s="step_us", device_wait_s="device_wait_us",
     )  # fmt: skip
-    return {key: getattr(after, f) - getattr(before, f) for key, f in fields.items()}
+    counts = {key: getattr(after, f) - getattr(before, f) for key, f in fields.items()}
+    return counts | {k: counts[k] / 1e6 for k in ("step_s", "device_wait_s")}
 
 
 def _row(results: list[AppResult]) -> dict[str, float]:
