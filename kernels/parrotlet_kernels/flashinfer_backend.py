@@ -497,7 +497,6 @@ class GraphDecodeAttention:
         self._value_rows = torch.zeros(max_batch_size, dtype=torch.long, device=device)
         self._wrappers: dict[int, Any] = {}
         self._fence = PlanFence(device)
-        self.kernel = kernel
         self._splits: dict[int, int] = {}
         self.prefix_tiles = prefix_tiles
         self.planned_kernel = self.kernels[0]  # the last plan's

@@ -134,10 +134,10 @@ def _attend_prefixes(
     prefix_tiles_kernel[(shape.programs, num_kv_heads, shape.num_splits)](
         q, *_rope_args(q, rope), kv_cache, kv_indices, prefix.rows, prefix.pages, o_part, lse_part,
         shape.max_tiles, shape.programs, num_kv_heads, q.stride(0), q.stride(1), scale_log2,
-        GROUP=q.shape[1] // num_kv_heads,
-        ROWS=shape.rows_per_tile, BLOCK_M=shape.block_m, HEAD_DIM=q.shape[2],
-        PAGE_SIZE=kv_cache.shape[2], BLOCK_N=BLOCK_N, NUM_SLOTS=o_part.shape[2],
-        NUM_SPLITS=shape.num_splits, ROPE=rope is not None, num_warps=4,
+        GROUP=q.shape[1] // num_kv_heads, ROWS=shape.rows_per_tile, BLOCK_M=shape.block_m,
+        HEAD_DIM=q.shape[2], PAGE_SIZE=kv_cache.shape[2], BLOCK_N=BLOCK_N,
+        NUM_SLOTS=o_part.shape[2], NUM_SPLITS=shape.num_splits, ROPE=rope is not None,
+        num_warps=4,
     )  # fmt: skip
 
 
