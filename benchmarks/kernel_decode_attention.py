@@ -5,7 +5,8 @@ For Llama-3-8B's heads (32 q / 8 KV, head dim 128, bf16, page 16), batch 1-64 an
 flashinfer (its in-place RoPE, two index_copy_ cache writes, then the tensor-core paged decode
 with its split merge, as the model + GraphDecodeAttention run it) and
 `triton_paged_decode.paged_decode` with a Rope (rotate, write and attend in one launch, a merge
-where it splits). Each is a CUDA graph over 32 layers' caches; the floor is the KV bytes over
+where it splits), at its default 64 cached tokens a loop step and at one page (16) a step. Each
+is a CUDA graph over 32 layers' caches; the floor is the KV bytes over
 the copy bandwidth measured in the same run. Checks the Triton output against flashinfer's first.
 Prints a line per point and a summary; writes benchmarks/results/kernel_decode_attention.json
 (and $OUT/kernel_decode_attention.json when $OUT is set).
@@ -24,6 +25,7 @@ from kernel_linear import time_us as graph_time_us
 
 from parrotlet_kernels.interface import Rope
 from parrotlet_kernels.triton_paged_decode import num_sms, paged_decode, plan_splits
+from parrotlet_kernels.triton_prefix_tiles import BLOCK_N
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE, LAYERS = 32, 8, 128, 16, 32
 
@@ -87,11 +89,14 @@ def flashinfer_layer(problem: Problem, workspace: torch.Tensor) -> Callable[[int
     return layer
 
 
-def triton_layer(problem: Problem, num_splits: int) -> Callable[[int], torch.Tensor]:
+def triton_layer(
+    problem: Problem, num_splits: int, block_n: int = BLOCK_N
+) -> Callable[[int], torch.Tensor]:
     def layer(i: int) -> torch.Tensor:
         return paged_decode(
             problem.q, problem.k, problem.v, problem.caches[i], problem.indptr,
             problem.indices, problem.last, problem.key_rows, num_splits, rope=problem.rope,
+            block_n=block_n,
         )  # fmt: skip
 
     return layer
@@ -111,6 +116,7 @@ def measure(batch: int, context: int, bandwidth: float, workspace: torch.Tensor)
         "batch": batch, "context": context, "num_splits": splits, "max_abs_err": error,
         "floor_us": problem.kv_bytes() / bandwidth * 1e6,
         "flashinfer_us": time_us(theirs), "triton_us": time_us(ours),
+        "triton_page_us": time_us(triton_layer(problem, splits, block_n=PAGE)),
     }  # fmt: skip
     row["speedup"] = row["flashinfer_us"] / row["triton_us"]
     return row
@@ -130,7 +136,8 @@ def main() -> None:
             rows.append(r)
             print(
                 f"batch {batch:3d} context {context:5d}: flashinfer {r['flashinfer_us']:7.2f} us"
-                f"  triton {r['triton_us']:7.2f} us ({r['num_splits']} splits)"
+                f"  triton {r['triton_us']:7.2f} us ({r['num_splits']} splits; a page a loop"
+                f" step {r['triton_page_us']:7.2f})"
                 f"  floor {r['floor_us']:7.2f}  {r['speedup']:.2f}x  err {r['max_abs_err']:.3g}",
                 flush=True,
             )

@@ -31,10 +31,11 @@ def triton_decode_wins(batch: int, longest: int) -> bool:
     """Whether this kernel beats flashinfer's decode (RoPE and the K/V append counted on both
     sides) for `batch` sequences of at most `longest` tokens.
 
-    On the H100 (benchmarks/kernel_decode_attention.py, 2026-12-06) it won at 160 tokens for
-    batch 1-64 (1.5-3.1x) and at batch 1 up to 1024 (1.85x), and lost from 1024 tokens at
-    batch 8-64 (0.38-0.97x) and at batch 1 / 4096 (0.91x); the limits sit below the crossovers
-    those points bound (about 3400 tokens at batch 1, 360-880 at batch 8-64).
+    On the H100 (benchmarks/kernel_decode_attention.py, 2026-12-06), with the kernel's loop then
+    taking a page a step, it won at 160 tokens for batch 1-64 (1.5-3.1x) and at batch 1 up to
+    1024 (1.85x), and lost from 1024 tokens at batch 8-64 (0.38-0.97x) and at batch 1 / 4096
+    (0.91x); the limits sit below the crossovers those points bound (about 3400 tokens at batch
+    1, 360-880 at batch 8-64). The loop now takes 64 tokens a step (unmeasured): re-derive.
     """
     return longest <= (2048 if batch == 1 else 320)
 
@@ -65,6 +66,7 @@ def paged_decode(
     scale: float | None = None,
     prefix: PrefixTiles | None = None,
     rope: Rope | None = None,
+    block_n: int = BLOCK_N,
 ) -> torch.Tensor:  # [batch, num_heads, head_dim]
     """Write each sequence's k/v at `key_rows`, then attend its pages (this token last).
 
@@ -74,7 +76,8 @@ def paged_decode(
     sequence b's tile (also ids in `kv_indices`) come before those. Page ids, lengths and tiles
     are trusted (reading them would sync the device). With `rope`, q and k are rotated here
     (k as it is cached; the inputs stay as they are). Equal to softmax attention over the
-    sequence's tokens.
+    sequence's tokens. `block_n`: cached tokens per loop step of each program, a power-of-two
+    multiple of the page size.
 
     Raises:
         ValueError: a shape, dtype or device does not fit the description above.
@@ -83,6 +86,9 @@ def paged_decode(
         q, k, v, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, num_splits, prefix
     )
     _check_rope(rope, batch=q.shape[0], head_dim=q.shape[2])
+    if block_n < kv_cache.shape[2] or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two >= the page size {kv_cache.shape[2]}, "
+                         f"got {block_n}")  # fmt: skip
     if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"paged_decode needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
     from parrotlet_kernels.triton_paged_decode_kernels import paged_decode_kernel
@@ -103,7 +109,8 @@ def paged_decode(
         o_part, lse_part, num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         v.stride(0), v.stride(1), scale_log2, GROUP=group,
         BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim, PAGE_SIZE=page_size,
-        NUM_SPLITS=num_splits, NUM_SLOTS=slots, ROPE=rope is not None, num_warps=4,
+        BLOCK_N=block_n, NUM_SPLITS=num_splits, NUM_SLOTS=slots, ROPE=rope is not None,
+        num_warps=4,
     )  # fmt: skip
     if prefix is not None:
         _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2, rope)

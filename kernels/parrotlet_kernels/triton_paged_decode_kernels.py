@@ -65,20 +65,22 @@ def paged_decode_kernel(
     BLOCK_G: tl.constexpr,  # GROUP padded to >= 16 rows for the tensor cores
     HEAD_DIM: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # cached tokens per loop step, a multiple of PAGE_SIZE
     NUM_SPLITS: tl.constexpr,
     NUM_SLOTS: tl.constexpr,  # >= NUM_SPLITS; the slots past NUM_SPLITS are prefix_tiles_kernel's
     ROPE: tl.constexpr,  # q and k arrive unrotated: rotate them here (k as it is cached)
 ):
     """Program (sequence b, KV head h, split s): the GROUP query heads of h over split s's pages.
 
-    The cached tokens (all but this step's) are cut into NUM_SPLITS runs of whole pages; split 0
-    also writes this step's k/v into the cache, and the last split attends that token from the
-    inputs, so no program reads a cache slot another one writes. An empty split stores lse -inf.
+    The cached tokens (all but this step's) are cut into NUM_SPLITS runs of whole pages, each
+    attended BLOCK_N tokens at a time (the next block's loads issued before this block's math);
+    split 0 also writes this step's k/v into the cache, and the last split attends that token
+    from the inputs, so no program reads a cache slot another one writes. An empty split stores
+    lse -inf.
     """
     b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, HEAD_DIM)
-    t = tl.arange(0, PAGE_SIZE)
     heads = h * GROUP + g  # [BLOCK_G]
     one = tl.zeros([1], tl.int32)
     pos = one  # [1]
@@ -98,29 +100,24 @@ def paged_decode_kernel(
     first = tl.load(indptr_ptr + b)
     num_pages = tl.load(indptr_ptr + b + 1) - first
     cached = (num_pages - 1) * PAGE_SIZE + tl.load(last_ptr + b) - 1  # tokens before this one
-    cached_pages = tl.cdiv(cached, PAGE_SIZE)
-    per_split = tl.cdiv(cached_pages, NUM_SPLITS)
-    page = s * per_split
-    end = tl.minimum(page + per_split, cached_pages)
+    per_split = tl.cdiv(tl.cdiv(cached, PAGE_SIZE), NUM_SPLITS) * PAGE_SIZE  # whole pages
+    start = s * per_split
+    end = tl.minimum(start + per_split, cached)
+    kv_ptr, pages_ptr = cache_ptr + h * HEAD_DIM, indices_ptr + first
+    page_stride, kv_stride = 2 * PAGE_SIZE * row_elems, PAGE_SIZE * row_elems
     m = tl.full((BLOCK_G,), float("-inf"), tl.float32)
     l_sum = tl.zeros((BLOCK_G,), tl.float32)
     acc = tl.zeros((BLOCK_G, HEAD_DIM), tl.float32)
-    while page < end:  # every page here holds at least one cached token
-        block = tl.load(indices_ptr + first + page).to(tl.int64)
-        rows = block * 2 * PAGE_SIZE + t  # [PAGE_SIZE] key rows; values at + PAGE_SIZE
-        offs = rows[:, None] * row_elems + h * HEAD_DIM + d[None, :]  # [PAGE_SIZE, HEAD_DIM]
-        keys = tl.load(cache_ptr + offs)
-        values = tl.load(cache_ptr + offs + PAGE_SIZE * row_elems)
-        scores = tl.dot(q, tl.trans(keys)) * scale_log2  # [BLOCK_G, PAGE_SIZE]
-        valid = (page * PAGE_SIZE + t) < cached
-        scores = tl.where(valid[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        l_sum = l_sum * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values)
-        m = m_new
-        page += 1
+    tok = start + tl.arange(0, BLOCK_N)
+    keys, values = _load_kv(kv_ptr, pages_ptr, tok, tok < end, page_stride, kv_stride,
+                            row_elems, HEAD_DIM, PAGE_SIZE)  # fmt: skip
+    while start < end:  # block i + 1's loads are issued before block i's math
+        nxt = tok + BLOCK_N
+        keys_next, values_next = _load_kv(kv_ptr, pages_ptr, nxt, nxt < end, page_stride,
+                                          kv_stride, row_elems, HEAD_DIM, PAGE_SIZE)  # fmt: skip
+        m, l_sum, acc = _softmax_step(q, keys, values, tok < end, scale_log2, m, l_sum, acc)
+        keys, values, tok = keys_next, values_next, nxt
+        start += BLOCK_N
     if s == NUM_SPLITS - 1:
         score = tl.sum(q.to(tl.float32) * k_new.to(tl.float32), 1) * scale_log2
         m_new = tl.maximum(m, score)

@@ -18,7 +18,7 @@ import torch
 
 from parrotlet_kernels.interface import PrefixGroup
 
-BLOCK_N = 64  # prefix tokens per KV block of prefix_tiles_kernel
+BLOCK_N = 64  # KV tokens per loop step of the decode kernels (prefix tiles; paged by default)
 MIN_SAVED_BYTES = 8 << 20  # per layer; an estimate of the extra launch's cost, not yet measured
 MAX_SPLITS = 16
 

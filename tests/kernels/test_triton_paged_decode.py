@@ -104,13 +104,16 @@ def with_rope(step: Step) -> tuple[Step, Rope]:
 
 
 def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
-    for (seq_lens, heads, splits), use_rope in zip(CASES, [False, True] * 3, strict=False):
+    """Every case, a page (16 tokens) and four pages a loop step; odd cases with RoPE."""
+    runs = [(case, rope, n) for case, rope in zip(CASES, [False, True] * 3, strict=False)
+            for n in (16, 64)]  # fmt: skip
+    for (seq_lens, heads, splits), use_rope, block_n in runs:
         step = Step(seq_lens, heads, head_dim, dtype=dtype, device=device)
         args, rope = list(step.args(splits)), None
         if use_rope:
             (args[0], args[1]), rope = with_rope(step)
         cache, expected = step.reference()
-        out = paged_decode(*args, rope=rope)
+        out = paged_decode(*args, rope=rope, block_n=block_n)
         assert out.shape == step.q.shape and out.dtype == dtype
         torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
         assert_same_cache(step, cache, rotated=rope is not None)
@@ -168,6 +171,13 @@ def test_rope_inputs_are_checked():
     for rope, message in bad:
         with pytest.raises(ValueError, match=message):
             paged_decode(*step.args(2), rope=rope)
+
+
+def test_block_n_is_a_power_of_two_of_whole_pages():
+    step = Step([1, 17, 16, 33])  # page 16
+    for block_n in (8, 48):
+        with pytest.raises(ValueError, match=f"power of two >= the page size 16, got {block_n}"):
+            paged_decode(*step.args(2), block_n=block_n)
 
 
 def test_reference_reads_the_sequence_in_order():
