@@ -1,11 +1,12 @@
 """CudaGraphRunner's decode steps end to end on CPU, against the torch reference backend.
 
-A tiny random Llama decodes one token of three sequences through the runner (prepare, the one
-input copy, the attention's plan, a graph per (batch size, variant)) and eagerly through
-TorchReferenceBackend, from the same KV cache; the logits and the cache writes agree for a step
-of each variant "auto" picks: Triton at short contexts, flashinfer past them, prefix tiles. What
-CPU cannot run is faked: a "graph" re-runs the model on replay, flashinfer is torch
-(test_flashinfer_backend.FAKE_OPS), and the Triton kernels run under Triton's interpreter.
+A tiny random Llama warms up every graph of the runner (capture_all), then decodes one token of
+three sequences through it (prepare, the one input copy, the attention's plan, the graph of the
+(batch size, variant)) and eagerly through TorchReferenceBackend, from the same KV cache; the
+logits and the cache writes agree for a step of each variant "auto" picks: Triton at short
+contexts, flashinfer past them, prefix tiles. What CPU cannot run is faked: a "graph" re-runs
+the model on replay, flashinfer is torch (test_flashinfer_backend.FAKE_OPS), and the Triton
+kernels run under Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def check_steps() -> None:
     runner = CudaGraphRunner(model, backend, max_num_seqs=4, max_pages=NUM_BLOCKS,
                              decode_kernel="auto", prefix_tiles=True)  # fmt: skip
     runner._capture = lambda ids, positions: fake_capture(runner, ids, positions)
+    torch.cuda.synchronize = lambda: None  # this process only runs the check
+    runner.capture_all(block=NUM_BLOCKS - 1)  # warm-up steps of every size and variant
+    assert runner.captured == tuple((b, v) for b in (4, 2, 1) for v in runner.variants)
+    assert runner.num_replays == 0
     runner.min_tiled_bytes = 0
     reference = TorchReferenceBackend(spec, [x.clone() for x in start])
     for lengths, shared, variant in STEPS:
