@@ -5,9 +5,10 @@ For Llama-3-8B's heads (32 q / 8 KV, head dim 128, bf16, page 16), batch 1-64 an
 flashinfer (its in-place RoPE, two index_copy_ cache writes, then the tensor-core paged decode
 with its split merge, as the model + GraphDecodeAttention run it) and
 `triton_paged_decode.paged_decode` with a Rope (rotate, write and attend in one launch, a merge
-where it splits), at its default 64 cached tokens a loop step and at one page (16) a step. Each
-is a CUDA graph over 32 layers' caches; the floor is the KV bytes over
-the copy bandwidth measured in the same run. Checks the Triton output against flashinfer's first.
+where it splits), at its default 64 cached tokens a loop step and at one page (16) a step, and
+with 2x and 4x the KV splits `plan_splits` gives. Each is a CUDA graph over 32 layers' caches;
+the floor is the KV bytes over the copy bandwidth measured in the same run. Checks the Triton
+output against flashinfer's first.
 Prints a line per point and a summary; writes benchmarks/results/kernel_decode_attention.json
 (and $OUT/kernel_decode_attention.json when $OUT is set).
 
@@ -24,7 +25,7 @@ from engine_decode import copy_bandwidth, write_report
 from kernel_linear import time_us as graph_time_us
 
 from parrotlet_kernels.interface import Rope
-from parrotlet_kernels.triton_paged_decode import num_sms, paged_decode, plan_splits
+from parrotlet_kernels.triton_paged_decode import MAX_SPLITS, num_sms, paged_decode, plan_splits
 from parrotlet_kernels.triton_prefix_tiles import BLOCK_N
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE, LAYERS = 32, 8, 128, 16, 32
@@ -118,6 +119,10 @@ def measure(batch: int, context: int, bandwidth: float, workspace: torch.Tensor)
         "flashinfer_us": time_us(theirs), "triton_us": time_us(ours),
         "triton_page_us": time_us(triton_layer(problem, splits, block_n=PAGE)),
     }  # fmt: skip
+    for factor in (2, 4):  # more KV splits than plan_splits gives: a sweep for its rule
+        more = min(MAX_SPLITS, splits * factor)
+        row[f"triton_x{factor}_splits"] = more
+        row[f"triton_x{factor}_us"] = time_us(triton_layer(problem, more))
     row["speedup"] = row["flashinfer_us"] / row["triton_us"]
     return row
 
@@ -137,7 +142,8 @@ def main() -> None:
             print(
                 f"batch {batch:3d} context {context:5d}: flashinfer {r['flashinfer_us']:7.2f} us"
                 f"  triton {r['triton_us']:7.2f} us ({r['num_splits']} splits; a page a loop"
-                f" step {r['triton_page_us']:7.2f})"
+                f" step {r['triton_page_us']:7.2f}; {r['triton_x2_splits']} splits"
+                f" {r['triton_x2_us']:7.2f}, {r['triton_x4_splits']} {r['triton_x4_us']:7.2f})"
                 f"  floor {r['floor_us']:7.2f}  {r['speedup']:.2f}x  err {r['max_abs_err']:.3g}",
                 flush=True,
             )
