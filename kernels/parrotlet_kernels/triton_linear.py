@@ -117,7 +117,7 @@ def _plan(
         and weight.dtype == x.dtype
         and weight.is_contiguous()
         and x.stride(-1) == 1
-        and _triton_available()
+        and triton_available()
     ):
         return None
     return plan_linear(x.shape[0], n, weight.shape[1], weight_tiles)
@@ -150,5 +150,6 @@ def _launch(
 
 
 @cache
-def _triton_available() -> bool:
+def triton_available() -> bool:
+    """Whether triton is installed (this module never imports it itself)."""
     return importlib.util.find_spec("triton") is not None

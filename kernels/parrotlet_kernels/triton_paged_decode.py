@@ -21,10 +21,9 @@ from functools import cache
 import torch
 
 from parrotlet_kernels.interface import Rope
-from parrotlet_kernels.triton_prefix_tiles import BLOCK_N, PrefixTiles
+from parrotlet_kernels.triton_prefix_tiles import BLOCK_N, MAX_SPLITS, PrefixTiles, splits_to_fill
 
 _DTYPES = (torch.float16, torch.bfloat16)
-MAX_SPLITS = 16
 
 
 def triton_decode_wins(batch: int, longest: int) -> bool:
@@ -42,7 +41,7 @@ def triton_decode_wins(batch: int, longest: int) -> bool:
 
 def plan_splits(batch: int, num_kv_heads: int, num_sms: int) -> int:
     """KV splits per (sequence, KV head): enough programs to give every SM one, at most 16."""
-    return max(1, min(MAX_SPLITS, num_sms // (batch * num_kv_heads)))
+    return splits_to_fill(batch * num_kv_heads, num_sms)
 
 
 @cache

@@ -20,7 +20,13 @@ from parrotlet_kernels.interface import PrefixGroup
 
 BLOCK_N = 64  # KV tokens per loop step of the decode kernels (prefix tiles; paged by default)
 MIN_SAVED_BYTES = 8 << 20  # per layer; an estimate of the extra launch's cost, not yet measured
-MAX_SPLITS = 16
+MAX_SPLITS = 16  # the most KV splits a row of the decode kernels (prefix tiles, paged) takes
+
+
+def splits_to_fill(programs: int, num_sms: int) -> int:
+    """KV splits that give `num_sms` SMs about one program each when `programs` programs cover
+    the rows without splitting: at least 1, at most MAX_SPLITS."""
+    return max(1, min(MAX_SPLITS, num_sms // programs))
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ def tile_shape(batch_size: int, group: int, num_kv_heads: int, num_sms: int) -> 
     block_m = max(64, 1 << (group - 1).bit_length())
     rows = block_m // group
     full_tiles = -(-batch_size // rows)
-    splits = max(1, min(MAX_SPLITS, num_sms // (full_tiles * num_kv_heads)))
+    splits = splits_to_fill(full_tiles * num_kv_heads, num_sms)
     max_tiles = batch_size // rows + batch_size // 2 + 1
     return TileShape(block_m, rows, max_tiles, splits, min(max_tiles, full_tiles + 1))
 

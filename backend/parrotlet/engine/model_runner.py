@@ -11,7 +11,6 @@ and the model runs fused kernels (flashinfer's elementwise ones, parrotlet's sma
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 from collections import defaultdict
 from collections.abc import Sequence as Seq
@@ -25,6 +24,7 @@ from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM, load_f
 from parrotlet.engine.sampler import Sampler, make_generator, to_device
 from parrotlet.engine.scheduler import ScheduledBatch
 from parrotlet.engine.sequence import Sequence
+from parrotlet_kernels import triton_linear
 from parrotlet_kernels.interface import AttentionBackend, AttentionMetadata, PrefixGroup
 
 
@@ -181,7 +181,7 @@ class ModelRunner:
 
         if self.device.type != "cuda" or not isinstance(self.attention, FlashInferBackend):
             return None
-        if decode_kernel == "auto" and importlib.util.find_spec("triton") is None:
+        if decode_kernel == "auto" and not triton_linear.triton_available():
             decode_kernel = "flashinfer"
         max_blocks_per_seq = -(-self.model.config.max_position_embeddings // self.block_size)
         max_pages = max_num_seqs * max_blocks_per_seq
