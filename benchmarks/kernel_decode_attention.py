@@ -1,18 +1,20 @@
 """Decode attention of one layer with RoPE and the K/V append: Triton's fused kernel vs flashinfer.
 
 For Llama-3-8B's heads (32 q / 8 KV, head dim 128, bf16, page 16), batch 1-64 and contexts of
-160-4096 tokens, times what a CUDA-graph decode step does per layer after the qkv projection:
+160-16384 tokens, times what a CUDA-graph decode step does per layer after the qkv projection:
 flashinfer (its in-place RoPE, two index_copy_ cache writes, then the tensor-core paged decode
 with its split merge, as the model + GraphDecodeAttention run it) and
 `triton_paged_decode.paged_decode` with a Rope (rotate, write and attend in one launch, a merge
 where it splits), at its default 64 cached tokens a loop step and at one page (16) a step, and
-with 2x and 4x the KV splits `plan_splits` gives. Each is a CUDA graph over 32 layers' caches;
-the floor is the KV bytes over the copy bandwidth measured in the same run. Checks the Triton
-output against flashinfer's first.
+with 2x and 4x the KV splits `plan_splits` gives. Each is a CUDA graph over 32 layers, whose
+caches are distinct up to 4 GiB in all (then reused in turn: each far larger than the L2); the
+floor is the KV bytes over the copy bandwidth measured in the same run. Checks the Triton output
+against flashinfer's first.
 Prints a line per point and a summary; writes benchmarks/results/kernel_decode_attention.json
 (and $OUT/kernel_decode_attention.json when $OUT is set).
 
-    python benchmarks/kernel_decode_attention.py [--batches 1 8 32 64] [--contexts 160 1024 4096]
+    python benchmarks/kernel_decode_attention.py [--batches 1 8 32 64]
+        [--contexts 160 1024 4096 16384]
 """
 
 from __future__ import annotations
@@ -29,17 +31,20 @@ from parrotlet_kernels.triton_paged_decode import MAX_SPLITS, num_sms, paged_dec
 from parrotlet_kernels.triton_prefix_tiles import BLOCK_N
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE, LAYERS = 32, 8, 128, 16, 32
+CACHE_BYTES = 4 << 30  # distinct caches up to this size in all
 
 
 class Problem:
-    """`LAYERS` caches holding `batch` sequences of `context` tokens (this step's included)."""
+    """Caches for `LAYERS` layers holding `batch` sequences of `context` tokens (this step's
+    included); layer i reads cache i % len(caches)."""
 
     def __init__(self, batch: int, context: int) -> None:
         dev, bf16 = torch.device("cuda"), torch.bfloat16
         pages = -(-context // PAGE)
+        cache_bytes = batch * pages * 2 * PAGE * KV_HEADS * HEAD_DIM * 2
         self.caches = [
             torch.randn(batch * pages, 2, PAGE, KV_HEADS, HEAD_DIM, device=dev, dtype=bf16)
-            for _ in range(LAYERS)
+            for _ in range(max(2, min(LAYERS, CACHE_BYTES // cache_bytes)))
         ]
         self.indptr = torch.arange(batch + 1, dtype=torch.int32, device=dev) * pages
         self.indices = torch.randperm(batch * pages, device=dev).to(torch.int32)
@@ -60,7 +65,10 @@ class Problem:
         return self.batch * self.context * KV_HEADS * HEAD_DIM * 2 * 2
 
     def rows(self, layer: int) -> torch.Tensor:
-        return self.caches[layer].view(-1, KV_HEADS, HEAD_DIM)
+        return self.cache(layer).view(-1, KV_HEADS, HEAD_DIM)
+
+    def cache(self, layer: int) -> torch.Tensor:
+        return self.caches[layer % len(self.caches)]
 
 
 def flashinfer_layer(problem: Problem, workspace: torch.Tensor) -> Callable[[int], torch.Tensor]:
@@ -85,7 +93,7 @@ def flashinfer_layer(problem: Problem, workspace: torch.Tensor) -> Callable[[int
         rows = problem.rows(i)
         rows.index_copy_(0, problem.key_rows, k)
         rows.index_copy_(0, problem.key_rows + PAGE, problem.v)
-        return wrapper.run(q, problem.caches[i])
+        return wrapper.run(q, problem.cache(i))
 
     return layer
 
@@ -95,7 +103,7 @@ def triton_layer(
 ) -> Callable[[int], torch.Tensor]:
     def layer(i: int) -> torch.Tensor:
         return paged_decode(
-            problem.q, problem.k, problem.v, problem.caches[i], problem.indptr,
+            problem.q, problem.k, problem.v, problem.cache(i), problem.indptr,
             problem.indices, problem.last, problem.key_rows, num_splits, rope=problem.rope,
             block_n=block_n,
         )  # fmt: skip
@@ -130,7 +138,7 @@ def measure(batch: int, context: int, bandwidth: float, workspace: torch.Tensor)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--contexts", type=int, nargs="+", default=[160, 1024, 4096])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[160, 1024, 4096, 16384])
     args = parser.parse_args()
     bandwidth = copy_bandwidth(torch.device("cuda"))
     workspace = torch.zeros(256 << 20, dtype=torch.uint8, device="cuda")

@@ -40,8 +40,12 @@ def triton_decode_wins(batch: int, longest: int) -> bool:
 
 
 def plan_splits(batch: int, num_kv_heads: int, num_sms: int) -> int:
-    """KV splits per (sequence, KV head): enough programs to give every SM one, at most 16."""
-    return splits_to_fill(batch * num_kv_heads, num_sms)
+    """KV splits per (sequence, KV head): enough programs to give every SM two, at most 16.
+
+    Two, not one: on the H100 (benchmarks/kernel_decode_attention.py, 2026-12-06) batch 8 ran
+    1.04-1.12x faster at 4 splits than at 2 (160-4096 tokens), while batch 32 and 64, which
+    fill the SMs unsplit, only lost from splitting."""
+    return splits_to_fill(batch * num_kv_heads, 2 * num_sms)
 
 
 @cache

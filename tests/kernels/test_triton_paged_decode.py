@@ -131,9 +131,9 @@ def assert_same_cache(step: Step, expected: torch.Tensor, rotated: bool) -> None
 
 
 # ---- CPU: planning and input checks ----------------------------------------------------------
-def test_plan_splits_fills_the_sms_up_to_16():
-    assert [plan_splits(b, 8, 132) for b in (1, 2, 8, 16, 64)] == [16, 8, 2, 1, 1]
-    assert plan_splits(1, 1, 4) == 4
+def test_plan_splits_gives_every_sm_two_programs_up_to_16_splits():
+    assert [plan_splits(b, 8, 132) for b in (1, 2, 4, 8, 16, 32, 64)] == [16, 16, 8, 4, 2, 1, 1]
+    assert plan_splits(1, 1, 4) == 8
 
 
 BAD = [
