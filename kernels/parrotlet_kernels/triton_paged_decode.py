@@ -70,6 +70,7 @@ def paged_decode(
     prefix: PrefixTiles | None = None,
     rope: Rope | None = None,
     block_n: int = BLOCK_N,
+    counters: torch.Tensor | None = None,  # [>= batch * num_kv_heads] int32, all zero
 ) -> torch.Tensor:  # [batch, num_heads, head_dim]
     """Write each sequence's k/v at `key_rows`, then attend its pages (this token last).
 
@@ -80,7 +81,9 @@ def paged_decode(
     are trusted (reading them would sync the device). With `rope`, q and k are rotated here
     (k as it is cached; the inputs stay as they are). Equal to softmax attention over the
     sequence's tokens. `block_n`: cached tokens per loop step of each program, a power-of-two
-    multiple of the page size.
+    multiple of the page size. With `counters` (the caller's, zero, and left zero; one launch
+    at a time uses them) and no prefix, the KV splits are merged inside the launch by the last
+    split of each (sequence, KV head) to finish, not by a second launch.
 
     Raises:
         ValueError: a shape, dtype or device does not fit the description above.
@@ -89,6 +92,12 @@ def paged_decode(
         q, k, v, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, num_splits, prefix
     )
     _check_rope(rope, batch=q.shape[0], head_dim=q.shape[2])
+    if counters is not None:
+        _check_index("counters", counters, torch.int32, None)
+        if counters.numel() < q.shape[0] * kv_cache.shape[3] or counters.device != q.device:
+            raise ValueError(f"counters must hold batch * num_kv_heads = "
+                             f"{q.shape[0] * kv_cache.shape[3]} int32 on {q.device}, got "
+                             f"{counters.numel()} on {counters.device}")  # fmt: skip
     if block_n < kv_cache.shape[2] or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two >= the page size {kv_cache.shape[2]}, "
                          f"got {block_n}")  # fmt: skip
@@ -107,17 +116,18 @@ def paged_decode(
         o_part = q.new_empty((batch, num_heads, slots, head_dim), dtype=torch.float32)
         lse_part = q.new_empty((batch, num_heads, slots), dtype=torch.float32)
     scale_log2 = (head_dim**-0.5 if scale is None else scale) * math.log2(math.e)
+    merge_here = counters is not None and prefix is None and slots > 1
     paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k, v, *_rope_args(q, rope), kv_cache, kv_indptr, kv_indices, last_page_len, key_rows,
-        o_part, lse_part, num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        v.stride(0), v.stride(1), scale_log2, GROUP=group,
-        BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim, PAGE_SIZE=page_size,
-        BLOCK_N=block_n, NUM_SPLITS=num_splits, NUM_SLOTS=slots, ROPE=rope is not None,
-        num_warps=4,
+        o_part, lse_part, out, counters if merge_here else kv_indptr, num_kv_heads, q.stride(0),
+        q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), scale_log2,
+        GROUP=group, BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim,
+        PAGE_SIZE=page_size, BLOCK_N=block_n, NUM_SPLITS=num_splits, NUM_SLOTS=slots,
+        ROPE=rope is not None, MERGE=merge_here, num_warps=4,
     )  # fmt: skip
     if prefix is not None:
         _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2, rope)
-    if slots > 1:
+    if slots > 1 and not merge_here:
         from parrotlet_kernels.triton_shared_prefix_kernels import merge_kernel
 
         merge_kernel[(batch * num_heads,)](

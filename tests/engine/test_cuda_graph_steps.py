@@ -6,7 +6,8 @@ three sequences through it (prepare, the one input copy, the attention's plan, t
 logits and the cache writes agree for a step of each variant "auto" picks: Triton at short
 contexts, flashinfer past them, prefix tiles. What CPU cannot run is faked: a "graph" re-runs
 the model on replay, flashinfer is torch (test_flashinfer_backend.FAKE_OPS), and the Triton
-kernels run under Triton's interpreter.
+kernels run under Triton's interpreter, on as many programs as 8 SMs take (the KV of each row
+split in two, the splits merged in the launch).
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def decoding_seq(length: int, table: list[int]) -> Sequence:
 
 
 def check_steps() -> None:
+    from parrotlet_kernels import triton_paged_decode
     from tests.kernels.test_flashinfer_backend import FAKE_OPS
+
+    triton_paged_decode.num_sms = lambda device: 8  # split the KV as on a GPU: 2 splits at batch 4
 
     model = random_model("tiny-random", VOCAB, torch.float16, torch.device("cpu"))
     c = model.config
