@@ -5,9 +5,7 @@ decode shapes reach 67-94% of the copy bandwidth (o_proj the least; qkv and down
 plus a reduce kernel), and SwiGLU's `silu(gate) * up` is a kernel of its own. The model's fused
 path (CUDA, 16-bit) calls `linear` and `swiglu`: they run the Triton kernel where `plan_linear`
 returns a launch (`swiglu` forms the product in the gate/up kernel's epilogue), and cuBLAS / the
-given elementwise kernel otherwise. `norm_linear` also takes the RMSNorm (and residual add)
-before qkv and gate_up into the same launch, up to NORM_MAX_ROWS rows. Importing this module
-does not import triton.
+given elementwise kernel otherwise. Importing this module does not import triton.
 """
 
 from __future__ import annotations
@@ -24,9 +22,6 @@ import torch.nn.functional as F
 # benchmarks/kernel_linear.py) it beat or tied cuBLAS on Llama-3-8B's layers at 1-32 rows; at 64
 # rows it won gate_up (86 vs 93 us) and lm_head (366 vs 393) and lost 0.6 us on o_proj and down.
 MAX_ROWS = 64
-# Rows up to which norm_linear fuses the norm: each program re-reads every input row (and the
-# residual's) from L2, which grows with the rows; 16 is an estimate, not yet measured.
-NORM_MAX_ROWS = 16
 _SMEM_BYTES = 200 * 1024  # for the pipeline's stages; an H100 SM has 227 KB
 _DTYPES = (torch.float16, torch.bfloat16)
 
@@ -95,67 +90,15 @@ def swiglu(
     launch: LinearLaunch | None = None,
 ) -> torch.Tensor:  # [m, n]
     """`silu_and_mul(F.linear(x, gate_up_weight))`, as one Triton kernel where it applies."""
-    _check_gate_up(gate_up_weight)
-    launch = launch or _plan(x, gate_up_weight, gate_up_weight.shape[0] // 2, weight_tiles=2)
-    if launch is None:
-        return silu_and_mul(F.linear(x, gate_up_weight))
-    return _launch(x, gate_up_weight, None, launch, swiglu=True)
-
-
-@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
-class InputNorm:
-    """The RMSNorm of a linear layer's input: rmsnorm(x + residual) (x alone without one)."""
-
-    weight: torch.Tensor  # [k]
-    eps: float
-    residual: torch.Tensor | None = None  # [m, k]
-
-
-def norm_linear(
-    x: torch.Tensor,  # [m, k]
-    norm: InputNorm,
-    weight: torch.Tensor,  # [n, k]; with `swiglu` [2 * n, k]: gate rows, then up rows
-    bias: torch.Tensor | None = None,
-    *,
-    swiglu: bool = False,
-    fallback: Callable[..., tuple[torch.Tensor, torch.Tensor]],
-    launch: LinearLaunch | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:  # ([m, n], [m, k])
-    """(`F.linear(rmsnorm(s), weight, bias)` or with `swiglu` its `silu(gate) * up`, s), where
-    s = x + norm.residual (x without one), in one Triton launch up to NORM_MAX_ROWS rows (the
-    norm on the kernel's input slices; s in float32, stored rounded). Otherwise
-    `fallback(x, norm, weight, bias, swiglu=swiglu)`, which may work in place.
-    """
-    if swiglu:
-        _check_gate_up(weight)
-    n = weight.shape[0] // 2 if swiglu else weight.shape[0]
-    if launch is None and _norm_fusable(x, norm):
-        launch = _plan(x, weight, n, weight_tiles=2 if swiglu else 1)
-    if launch is None:
-        return fallback(x, norm, weight, bias, swiglu=swiglu)
-    total = x if norm.residual is None else torch.empty_like(x)
-    return _launch(x, weight, bias, launch, swiglu=swiglu, norm=norm, total=total), total
-
-
-def _check_gate_up(gate_up_weight: torch.Tensor) -> None:
     if gate_up_weight.shape[0] % 2:
         raise ValueError(
             f"gate_up_weight has {gate_up_weight.shape[0]} rows, expected an even number "
             "(gate rows, then as many up rows)"
         )
-
-
-def _norm_fusable(x: torch.Tensor, norm: InputNorm) -> bool:
-    residual = norm.residual
-    return (
-        x.dim() == 2
-        and x.shape[0] <= NORM_MAX_ROWS
-        and x.is_contiguous()
-        and tuple(norm.weight.shape) == (x.shape[1],)
-        and norm.weight.dtype == x.dtype
-        and (residual is None or (residual.shape == x.shape and residual.is_contiguous()
-                                  and residual.dtype == x.dtype))
-    )  # fmt: skip
+    launch = launch or _plan(x, gate_up_weight, gate_up_weight.shape[0] // 2, weight_tiles=2)
+    if launch is None:
+        return silu_and_mul(F.linear(x, gate_up_weight))
+    return _launch(x, gate_up_weight, None, launch, swiglu=True)
 
 
 def reference_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -187,8 +130,6 @@ def _launch(
     launch: LinearLaunch,
     *,
     swiglu: bool,
-    norm: InputNorm | None = None,
-    total: torch.Tensor | None = None,  # receives x + norm.residual
 ) -> torch.Tensor:
     m, (n, k) = x.shape[0], weight.shape
     n = n // 2 if swiglu else n
@@ -199,13 +140,9 @@ def _launch(
     from parrotlet_kernels.triton_linear_kernels import small_batch_linear_kernel
 
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    residual = None if norm is None else norm.residual
     small_batch_linear_kernel[(n // launch.block_n,)](
-        x, weight, bias if bias is not None else weight, y,
-        x if residual is None else residual, x if total is None else total,
-        weight if norm is None else norm.weight, 0.0 if norm is None else norm.eps,
-        m, n, x.stride(0), y.stride(0), K=k, HAS_BIAS=bias is not None, SWIGLU=swiglu,
-        NORM=norm is not None, HAS_RESIDUAL=residual is not None, BLOCK_M=launch.block_m,
+        x, weight, bias if bias is not None else weight, y, m, n, x.stride(0), y.stride(0),
+        K=k, HAS_BIAS=bias is not None, SWIGLU=swiglu, BLOCK_M=launch.block_m,
         BLOCK_N=launch.block_n, BLOCK_K=launch.block_k, NUM_STAGES=launch.num_stages,
         num_warps=launch.num_warps,
     )  # fmt: skip

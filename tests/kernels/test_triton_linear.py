@@ -14,11 +14,8 @@ import torch.nn.functional as F
 
 from parrotlet_kernels.triton_linear import (
     MAX_ROWS,
-    NORM_MAX_ROWS,
-    InputNorm,
     LinearLaunch,
     linear,
-    norm_linear,
     plan_linear,
     reference_silu_and_mul,
     swiglu,
@@ -95,30 +92,6 @@ def test_a_launch_that_does_not_fit_is_refused():
         linear(torch.zeros(1, 64), torch.zeros(32, 96), launch=LinearLaunch(16, 32, 32))
 
 
-def unfused(x, norm, weight, bias=None, *, swiglu=False):
-    """norm_linear's fallback in float32 torch: the reference of the fused kernel."""
-    total = x.float() if norm.residual is None else x.float() + norm.residual.float()
-    normed = total * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + norm.eps)
-    y = F.linear(
-        normed * norm.weight.float(), weight.float(), None if bias is None else bias.float()
-    )
-    if swiglu:
-        gate, up = y.chunk(2, dim=-1)
-        y = F.silu(gate) * up
-    return y, total
-
-
-def test_norm_linear_falls_back_where_the_kernel_does_not_apply():
-    gen = torch.Generator().manual_seed(1)
-    x, r, g, w = (torch.randn(*s, generator=gen) for s in ((3, 64), (3, 64), (64,), (32, 64)))
-    norm = InputNorm(g, 1e-5, r)
-    y, total = norm_linear(x, norm, w, fallback=unfused)  # CPU tensors
-    expected = unfused(x, norm, w)
-    assert torch.equal(y, expected[0]) and torch.equal(total, expected[1])
-    with pytest.raises(ValueError, match="gate_up_weight has 7 rows, expected an even number"):
-        norm_linear(x, norm, torch.zeros(7, 64), swiglu=True, fallback=unfused)
-
-
 def test_reference_silu_and_mul_rounds_once():
     gate_up = torch.tensor([[1.0, -2.0, 3.0, 0.5]], dtype=torch.bfloat16)
     expected = (F.silu(torch.tensor([1.0, -2.0])) * torch.tensor([3.0, 0.5])).bfloat16()
@@ -161,39 +134,11 @@ def check_kernel(device: str, dtype: torch.dtype) -> None:
         torch.testing.assert_close(ours.float(), exact, atol=2e-2, rtol=1e-2)
 
 
-NORM_CASES = [  # (rows, out features, in features, bias, SwiGLU, residual, launch)
-    (1, 96, 192, True, False, True, LinearLaunch(16, 32, 64, num_stages=2)),
-    (5, 64, 256, False, True, True, LinearLaunch(16, 16, 128)),
-    (NORM_MAX_ROWS, 128, 128, False, False, False, LinearLaunch(16, 64, 64)),
-    (3, 64, 128, False, True, False, LinearLaunch(16, 64, 128, num_stages=5)),
-]
-
-
-def check_norm_kernel(device: str, dtype: torch.dtype) -> None:
-    """norm_linear's launch against float32 torch (`unfused`): the output, and x + residual
-    rounded once; x and the residual are left as they were."""
-    gen = torch.Generator().manual_seed(2)
-    for rows, n, k, bias, fused, with_residual, launch in NORM_CASES:
-        w = (torch.randn(2 * n if fused else n, k, generator=gen) * 0.05).to(dtype).to(device)
-        b = torch.randn(n, generator=gen).to(dtype).to(device) if bias else None
-        x, r = (torch.randn(rows, k, generator=gen).to(dtype).to(device) for _ in range(2))
-        g = (1 + 0.1 * torch.randn(k, generator=gen)).to(dtype).to(device)
-        inputs = (x.clone(), r.clone())
-        norm = InputNorm(g, 1e-5, r if with_residual else None)
-        ours, total = norm_linear(x, norm, w, b, swiglu=fused, launch=launch, fallback=unfused)
-        exact, exact_total = unfused(x, norm, w, b, swiglu=fused)
-        assert ours.shape == (rows, n) and ours.dtype == dtype
-        torch.testing.assert_close(ours.float(), exact, atol=3e-2, rtol=2e-2)
-        assert torch.equal(total, exact_total.to(dtype))
-        assert torch.equal(x, inputs[0]) and torch.equal(r, inputs[1])
-
-
 @requires_triton
 def test_kernel_under_the_triton_interpreter():
     """float16 only: the interpreter mishandles bfloat16 loads (seen with triton 3.6)."""
-    code = "from tests.kernels.test_triton_linear import check_kernel, check_norm_kernel; "
-    code += "import torch; check_kernel('cpu', torch.float16); "
-    code += "check_norm_kernel('cpu', torch.float16)"
+    code = "from tests.kernels.test_triton_linear import check_kernel; import torch; "
+    code += "check_kernel('cpu', torch.float16)"
     run_under_triton_interpreter(code)
 
 
@@ -201,7 +146,6 @@ def test_kernel_under_the_triton_interpreter():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_kernel_on_gpu(dtype: torch.dtype) -> None:
     check_kernel("cuda", dtype)
-    check_norm_kernel("cuda", dtype)
 
 
 @pytest.mark.gpu

@@ -20,7 +20,6 @@ from torch import nn
 from parrotlet.engine.models.config import ModelConfig, RopeScaling
 from parrotlet_kernels import triton_linear
 from parrotlet_kernels.interface import AttentionBackend, Rope
-from parrotlet_kernels.triton_linear import InputNorm
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,7 @@ class FusedKernels:
     cos_sin_cache)` rotates q and k in place (rotate-half); `linear(x, weight, bias)` is
     F.linear; `swiglu(x, gate_up_weight)` is `silu(gate) * up` of `F.linear(x, gate_up_weight)`.
     They compute in float32 and round once, so outputs differ from the torch path in the last
-    bits. With `fuse_norms`, `norm_linear` runs a norm and the linear layer after it as one
-    Triton launch where it applies (triton_linear.norm_linear).
+    bits.
     """
 
     rmsnorm: Callable[..., torch.Tensor]
@@ -41,50 +39,14 @@ class FusedKernels:
     apply_rope: Callable[..., None]
     linear: Callable[..., torch.Tensor]
     swiglu: Callable[..., torch.Tensor]
-    fuse_norms: bool = False
-
-    def norm_linear(
-        self,
-        x: torch.Tensor,  # [num_tokens, k]
-        norm: InputNorm,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None = None,
-        *,
-        swiglu: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(`linear` or `swiglu` of rmsnorm(x + norm.residual), x + norm.residual); without a
-        residual the sum is x. May overwrite x and the residual."""
-        if self.fuse_norms:
-            return triton_linear.norm_linear(
-                x, norm, weight, bias, swiglu=swiglu, fallback=self._norm_then_linear
-            )
-        return self._norm_then_linear(x, norm, weight, bias, swiglu=swiglu)
-
-    def _norm_then_linear(
-        self,
-        x: torch.Tensor,
-        norm: InputNorm,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None = None,
-        *,
-        swiglu: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """norm_linear as two launches: the norm (residual add fused, in place), the layer."""
-        if norm.residual is None:
-            residual, x = x, self.rmsnorm(x, norm.weight, norm.eps)
-        else:
-            residual = norm.residual
-            self.fused_add_rmsnorm(x, residual, norm.weight, norm.eps)
-        return (self.swiglu(x, weight) if swiglu else self.linear(x, weight, bias)), residual
 
 
 def load_fused_kernels(small_batch_linear: bool = True) -> FusedKernels | None:
     """flashinfer's elementwise kernels, or None where flashinfer is not installed.
 
     With `small_batch_linear`, linear layers of at most `triton_linear.MAX_ROWS` rows (decode
-    steps) run parrotlet's weight-streaming Triton kernel, SwiGLU's product fused into gate_up's
-    and, up to `triton_linear.NORM_MAX_ROWS` rows, the norm before qkv and gate_up into theirs;
-    otherwise cuBLAS and flashinfer's silu_and_mul and norms.
+    steps) run parrotlet's weight-streaming Triton kernel, SwiGLU's product fused into gate_up's;
+    otherwise cuBLAS and flashinfer's silu_and_mul.
     """
     try:
         import flashinfer
@@ -105,7 +67,6 @@ def load_fused_kernels(small_batch_linear: bool = True) -> FusedKernels | None:
         apply_rope=flashinfer.apply_rope_with_cos_sin_cache_inplace,
         linear=linear,
         swiglu=swiglu,
-        fuse_norms=small_batch_linear,
     )
 
 
@@ -219,18 +180,15 @@ class Attention(nn.Module):
 
     def forward_fused(
         self,
-        x: torch.Tensor,  # [num_tokens, hidden], before the layer's input norm
-        norm: InputNorm,  # that norm
+        x: torch.Tensor,  # [num_tokens, hidden]
         positions: torch.Tensor,  # [num_tokens]
         cos_sin: torch.Tensor,  # [max_positions, head_dim] float32
         attn: AttentionBackend,
         kernels: FusedKernels,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # [num_tokens, hidden] each
-        """`forward` of `norm`'s output with the fused kernels (the norm taken into the qkv
-        projection where it can be; RoPE applied in place by one kernel, or by the attention).
-        Returns (the output, the residual sum the norm read)."""
+    ) -> torch.Tensor:  # [num_tokens, hidden]
+        """`forward` with the fused linear kernels and RoPE applied in place by one kernel."""
         num_tokens = x.shape[0]
-        qkv, residual = kernels.norm_linear(x, norm, self.qkv_proj.weight, self.qkv_proj.bias)
+        qkv = kernels.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
         q, k, v = qkv.split(self.sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)  # [num_tokens, num_heads, head_dim]
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [num_tokens, kv_heads, head_dim]
@@ -243,7 +201,7 @@ class Attention(nn.Module):
             kernels.apply_rope(positions, q, k, self.head_dim, cos_sin)
             out = attn.forward(q, k, v, self.layer_idx)  # [num_tokens, num_heads, head_dim]
         out = out.reshape(num_tokens, -1)  # [num_tokens, q_size]
-        return kernels.linear(out, self.o_proj.weight, self.o_proj.bias), residual
+        return kernels.linear(out, self.o_proj.weight, self.o_proj.bias)  # [num_tokens, hidden]
 
 
 class MLP(nn.Module):
@@ -258,13 +216,9 @@ class MLP(nn.Module):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [num_tokens, intermediate] each
         return self.down_proj(F.silu(gate) * up)  # [num_tokens, hidden]
 
-    def forward_fused(
-        self, x: torch.Tensor, norm: InputNorm, kernels: FusedKernels
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`forward` of `norm`'s output of x; returns (the output, the residual sum)."""
-        w = self.gate_up_proj.weight
-        hidden, residual = kernels.norm_linear(x, norm, w, swiglu=True)  # [num_tokens, inter]
-        return kernels.linear(hidden, self.down_proj.weight), residual  # [num_tokens, hidden]
+    def forward_fused(self, x: torch.Tensor, kernels: FusedKernels) -> torch.Tensor:
+        hidden = kernels.swiglu(x, self.gate_up_proj.weight)  # [num_tokens, intermediate]
+        return kernels.linear(hidden, self.down_proj.weight)  # [num_tokens, hidden]
 
 
 class DecoderLayer(nn.Module):
@@ -294,10 +248,15 @@ class DecoderLayer(nn.Module):
 
         Returns (the MLP output, the residual sum before it); their sum is `forward`'s output.
         """
-        norm = InputNorm(self.input_layernorm.weight, self.input_layernorm.eps, residual)
-        x, residual = self.self_attn.forward_fused(x, norm, positions, cos_sin, attn, kernels)
-        post = self.post_attention_layernorm
-        return self.mlp.forward_fused(x, InputNorm(post.weight, post.eps, residual), kernels)
+        norm = self.input_layernorm
+        if residual is None:
+            residual, x = x, kernels.rmsnorm(x, norm.weight, norm.eps)
+        else:
+            kernels.fused_add_rmsnorm(x, residual, norm.weight, norm.eps)
+        x = self.self_attn.forward_fused(x, positions, cos_sin, attn, kernels)
+        norm = self.post_attention_layernorm
+        kernels.fused_add_rmsnorm(x, residual, norm.weight, norm.eps)
+        return self.mlp.forward_fused(x, kernels), residual
 
 
 class LlamaForCausalLM(nn.Module):
