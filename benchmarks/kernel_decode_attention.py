@@ -4,10 +4,9 @@ For Llama-3-8B's heads (32 q / 8 KV, head dim 128, bf16, page 16), batch 1-64 an
 160-16384 tokens, times what a CUDA-graph decode step does per layer after the qkv projection:
 flashinfer (its in-place RoPE, two index_copy_ cache writes, then the tensor-core paged decode
 with its split merge, as the model + GraphDecodeAttention run it) and
-`triton_paged_decode.paged_decode` with a Rope (rotate, write and attend in one launch, its KV
-splits merged by the last to finish, as the engine runs it), and so with the merge as a second
-launch, at one page (16) a loop step (not 64), and with 2x and 4x the KV splits `plan_splits`
-gives. Each is a CUDA graph over 32 layers, whose
+`triton_paged_decode.paged_decode` with a Rope (rotate, write and attend in one launch, a merge
+where it splits), at its default 64 cached tokens a loop step and at one page (16) a step, and
+with 2x and 4x the KV splits `plan_splits` gives. Each is a CUDA graph over 32 layers, whose
 caches are distinct up to 4 GiB in all (then reused in turn: each far larger than the L2); the
 floor is the KV bytes over the copy bandwidth measured in the same run. Checks the Triton output
 against flashinfer's first.
@@ -100,17 +99,13 @@ def flashinfer_layer(problem: Problem, workspace: torch.Tensor) -> Callable[[int
 
 
 def triton_layer(
-    problem: Problem, num_splits: int, block_n: int = BLOCK_N, merge_launch: bool = False
+    problem: Problem, num_splits: int, block_n: int = BLOCK_N
 ) -> Callable[[int], torch.Tensor]:
-    counters = None
-    if not merge_launch:
-        counters = torch.zeros(problem.batch * KV_HEADS, dtype=torch.int32, device="cuda")
-
     def layer(i: int) -> torch.Tensor:
         return paged_decode(
             problem.q, problem.k, problem.v, problem.cache(i), problem.indptr,
             problem.indices, problem.last, problem.key_rows, num_splits, rope=problem.rope,
-            block_n=block_n, counters=counters,
+            block_n=block_n,
         )  # fmt: skip
 
     return layer
@@ -130,7 +125,6 @@ def measure(batch: int, context: int, bandwidth: float, workspace: torch.Tensor)
         "batch": batch, "context": context, "num_splits": splits, "max_abs_err": error,
         "floor_us": problem.kv_bytes() / bandwidth * 1e6,
         "flashinfer_us": time_us(theirs), "triton_us": time_us(ours),
-        "triton_merge_launch_us": time_us(triton_layer(problem, splits, merge_launch=True)),
         "triton_page_us": time_us(triton_layer(problem, splits, block_n=PAGE)),
     }  # fmt: skip
     for factor in (2, 4):  # more KV splits than plan_splits gives: a sweep for its rule
@@ -155,9 +149,8 @@ def main() -> None:
             rows.append(r)
             print(
                 f"batch {batch:3d} context {context:5d}: flashinfer {r['flashinfer_us']:7.2f} us"
-                f"  triton {r['triton_us']:7.2f} us ({r['num_splits']} splits; merge launch"
-                f" {r['triton_merge_launch_us']:7.2f}; a page a loop step"
-                f" {r['triton_page_us']:7.2f}; {r['triton_x2_splits']} splits"
+                f"  triton {r['triton_us']:7.2f} us ({r['num_splits']} splits; a page a loop"
+                f" step {r['triton_page_us']:7.2f}; {r['triton_x2_splits']} splits"
                 f" {r['triton_x2_us']:7.2f}, {r['triton_x4_splits']} {r['triton_x4_us']:7.2f})"
                 f"  floor {r['floor_us']:7.2f}  {r['speedup']:.2f}x  err {r['max_abs_err']:.3g}",
                 flush=True,

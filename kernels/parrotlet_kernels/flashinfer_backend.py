@@ -465,8 +465,8 @@ class GraphDecodeAttention:
     read the caller's `pages` in place). forward() writes k/v at those slots, then attends; it does
     only device work, so a graph captured once per batch size replays any later plan of that size.
     Each plan names its kernel, one of `kernels`: "flashinfer", or "triton", parrotlet's fused
-    append + paged decode (triton_paged_decode.py; one launch, its KV splits merged in it).
-    `kernel` "auto" allows both (the caller picks per step: `triton_decode_wins`). With
+    append + paged decode (triton_paged_decode.py; one launch, plus a merge where it splits the
+    KV). `kernel` "auto" allows both (the caller picks per step: `triton_decode_wins`). With
     `prefix_tiles`, a plan may carry prefix tiles (triton_prefix_tiles.py, laid out by the caller
     for `prefix_shape(batch size)`): that step runs the Triton kernel plus the launch that reads
     each shared prefix once per tile. A graph captured after a plan serves only plans of the same
@@ -504,9 +504,6 @@ class GraphDecodeAttention:
         # The Triton kernel's tables, one copy a plan: kv_indptr, last_page_len, tile tables
         self._tables = torch.zeros(self._tables_len(max_batch_size), dtype=i32, device=device)
         self._pages = self._indices  # the Triton kernel's page ids: the last plan's `pages`
-        # the Triton kernel's split counters: it merges its KV splits in the same launch
-        self._counters = torch.zeros(max_batch_size * self.spec.num_kv_heads, dtype=i32,
-                                     device=device)  # fmt: skip
 
     @property
     def max_pages(self) -> int:
@@ -606,7 +603,6 @@ class GraphDecodeAttention:
             tables[: b + 1], self._pages, tables[b + 1 : 2 * b + 1],
             self._key_rows[:b], self._splits[b], scale=spec.scale,
             prefix=self._prefix_tiles(b) if self.with_prefix else None, rope=rope,
-            counters=self._counters,
         )  # fmt: skip
 
     def _tables_len(self, batch_size: int) -> int:

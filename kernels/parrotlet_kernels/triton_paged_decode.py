@@ -30,13 +30,13 @@ def triton_decode_wins(batch: int, longest: int) -> bool:
     """Whether this kernel beats flashinfer's decode (RoPE and the K/V append counted on both
     sides) for `batch` sequences of at most `longest` tokens.
 
-    On the H100 (benchmarks/kernel_decode_attention.py, 2026-12-06), with the kernel's loop then
-    taking a page a step, it won at 160 tokens for batch 1-64 (1.5-3.1x) and at batch 1 up to
-    1024 (1.85x), and lost from 1024 tokens at batch 8-64 (0.38-0.97x) and at batch 1 / 4096
-    (0.91x); the limits sit below the crossovers those points bound (about 3400 tokens at batch
-    1, 360-880 at batch 8-64). The loop now takes 64 tokens a step (unmeasured): re-derive.
+    On the H100 (benchmarks/kernel_decode_attention.py, 2026-12-06, 64 tokens a loop step, two
+    programs an SM) it won at 15 of 16 points of batch 1-64 x 160-16384 tokens: 1.6-2.5x at 160
+    tokens, 1.28x at batch 1 / 16384, 1.07x at batch 8 / 16384, ties (within 1%) at batch 32 /
+    16384 and batch 64 / 16384 (0.99x), 1.03x at batch 64 / 4096. Beyond 16384 tokens it is
+    unmeasured; at batch 64 the limit sits between the last win and the tie.
     """
-    return longest <= (2048 if batch == 1 else 320)
+    return longest <= (16384 if batch < 64 else 8192)
 
 
 def plan_splits(batch: int, num_kv_heads: int, num_sms: int) -> int:
@@ -70,7 +70,6 @@ def paged_decode(
     prefix: PrefixTiles | None = None,
     rope: Rope | None = None,
     block_n: int = BLOCK_N,
-    counters: torch.Tensor | None = None,  # [>= batch * num_kv_heads] int32, all zero
 ) -> torch.Tensor:  # [batch, num_heads, head_dim]
     """Write each sequence's k/v at `key_rows`, then attend its pages (this token last).
 
@@ -81,9 +80,7 @@ def paged_decode(
     are trusted (reading them would sync the device). With `rope`, q and k are rotated here
     (k as it is cached; the inputs stay as they are). Equal to softmax attention over the
     sequence's tokens. `block_n`: cached tokens per loop step of each program, a power-of-two
-    multiple of the page size. With `counters` (the caller's, zero, and left zero; one launch
-    at a time uses them) and no prefix, the KV splits are merged inside the launch by the last
-    split of each (sequence, KV head) to finish, not by a second launch.
+    multiple of the page size.
 
     Raises:
         ValueError: a shape, dtype or device does not fit the description above.
@@ -92,12 +89,6 @@ def paged_decode(
         q, k, v, kv_cache, kv_indptr, kv_indices, last_page_len, key_rows, num_splits, prefix
     )
     _check_rope(rope, batch=q.shape[0], head_dim=q.shape[2])
-    if counters is not None:
-        _check_index("counters", counters, torch.int32, None)
-        if counters.numel() < q.shape[0] * kv_cache.shape[3] or counters.device != q.device:
-            raise ValueError(f"counters must hold batch * num_kv_heads = "
-                             f"{q.shape[0] * kv_cache.shape[3]} int32 on {q.device}, got "
-                             f"{counters.numel()} on {counters.device}")  # fmt: skip
     if block_n < kv_cache.shape[2] or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two >= the page size {kv_cache.shape[2]}, "
                          f"got {block_n}")  # fmt: skip
@@ -116,18 +107,17 @@ def paged_decode(
         o_part = q.new_empty((batch, num_heads, slots, head_dim), dtype=torch.float32)
         lse_part = q.new_empty((batch, num_heads, slots), dtype=torch.float32)
     scale_log2 = (head_dim**-0.5 if scale is None else scale) * math.log2(math.e)
-    merge_here = counters is not None and prefix is None and slots > 1
     paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k, v, *_rope_args(q, rope), kv_cache, kv_indptr, kv_indices, last_page_len, key_rows,
-        o_part, lse_part, out, counters if merge_here else kv_indptr, num_kv_heads, q.stride(0),
-        q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), scale_log2,
-        GROUP=group, BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim,
-        PAGE_SIZE=page_size, BLOCK_N=block_n, NUM_SPLITS=num_splits, NUM_SLOTS=slots,
-        ROPE=rope is not None, MERGE=merge_here, num_warps=4,
+        o_part, lse_part, num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1), scale_log2, GROUP=group,
+        BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim, PAGE_SIZE=page_size,
+        BLOCK_N=block_n, NUM_SPLITS=num_splits, NUM_SLOTS=slots, ROPE=rope is not None,
+        num_warps=4,
     )  # fmt: skip
     if prefix is not None:
         _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2, rope)
-    if slots > 1 and not merge_here:
+    if slots > 1:
         from parrotlet_kernels.triton_shared_prefix_kernels import merge_kernel
 
         merge_kernel[(batch * num_heads,)](

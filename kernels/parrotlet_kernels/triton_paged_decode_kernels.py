@@ -53,8 +53,6 @@ def paged_decode_kernel(
     key_rows_ptr,  # [batch] int64 cache row of this step's key (its value: + PAGE_SIZE)
     o_ptr,  # [batch, num_heads, NUM_SLOTS, HEAD_DIM] float32, or the output when NUM_SLOTS == 1
     lse_ptr,  # [batch, num_heads, NUM_SLOTS] float32 (base 2)
-    out_ptr,  # [batch, num_heads, HEAD_DIM] contiguous, the output (MERGE)
-    counters_ptr,  # [batch * num_kv_heads] int32, zero at launch and left zero (MERGE)
     num_kv_heads,
     stride_qb,
     stride_qh,
@@ -71,7 +69,6 @@ def paged_decode_kernel(
     NUM_SPLITS: tl.constexpr,
     NUM_SLOTS: tl.constexpr,  # >= NUM_SPLITS; the slots past NUM_SPLITS are prefix_tiles_kernel's
     ROPE: tl.constexpr,  # q and k arrive unrotated: rotate them here (k as it is cached)
-    MERGE: tl.constexpr,  # NUM_SLOTS == NUM_SPLITS > 1: the last split to finish merges them
 ):
     """Program (sequence b, KV head h, split s): the GROUP query heads of h over split s's pages.
 
@@ -79,9 +76,7 @@ def paged_decode_kernel(
     attended BLOCK_N tokens at a time (the next block's loads issued before this block's math);
     split 0 also writes this step's k/v into the cache, and the last split attends that token
     from the inputs, so no program reads a cache slot another one writes. An empty split stores
-    lse -inf. With MERGE, each program counts itself done on the (b, h) counter after storing
-    its slot, and the one that completes the count merges the slots into the output (no merge
-    launch) and zeroes the counter for the next launch.
+    lse -inf.
     """
     b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = tl.arange(0, BLOCK_G)
@@ -143,44 +138,6 @@ def paged_decode_kernel(
         tl.store(o_ptr + slot[:, None] * HEAD_DIM + d[None, :], out, mask=head_ok)
         lse = tl.where(some, m + tl.log2(tl.where(some, l_sum, 1.0)), float("-inf"))
         tl.store(lse_ptr + slot, lse, mask=g < GROUP)
-        if MERGE:
-            tl.debug_barrier()  # every thread's stores before the count (CUDA's grid sync order)
-            counter = counters_ptr + b * num_kv_heads + h
-            if tl.atomic_add(counter, 1, sem="acq_rel") == NUM_SPLITS - 1:
-                rows = b * (num_kv_heads * GROUP) + heads  # [BLOCK_G]
-                _merge_slots(o_ptr, lse_ptr, out_ptr, rows, g < GROUP, NUM_SPLITS, HEAD_DIM)
-                tl.atomic_xchg(counter, 0)
-
-
-@triton.jit
-def _merge_slots(
-    o_ptr,  # [rows, NUM_SLOTS, HEAD_DIM] float32
-    lse_ptr,  # [rows, NUM_SLOTS] float32 (base 2; -inf for a slot without keys)
-    out_ptr,  # [rows, HEAD_DIM]
-    rows,  # [R] int
-    row_ok,  # [R] bool
-    NUM_SLOTS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-):
-    """Write each row's LSE-weighted sum of its slots (some slot has keys). Reads through the L2
-    (".cg"): other SMs wrote the slots, and this SM's L1 may hold stale lines of them."""
-    d = tl.arange(0, HEAD_DIM)
-    top = tl.full(rows.shape, float("-inf"), tl.float32)
-    for i in tl.static_range(NUM_SLOTS):
-        lse = tl.load(lse_ptr + rows * NUM_SLOTS + i, mask=row_ok, other=0.0, cache_modifier=".cg")
-        top = tl.maximum(top, lse)
-    total = tl.zeros(rows.shape, tl.float32)
-    acc = tl.zeros((rows.shape[0], HEAD_DIM), tl.float32)
-    for i in tl.static_range(NUM_SLOTS):
-        lse = tl.load(lse_ptr + rows * NUM_SLOTS + i, mask=row_ok, other=0.0, cache_modifier=".cg")
-        o = tl.load(o_ptr + (rows[:, None] * NUM_SLOTS + i) * HEAD_DIM + d[None, :],
-                    mask=row_ok[:, None], other=0.0, cache_modifier=".cg")  # fmt: skip
-        w = tl.exp2(lse - top)
-        total += w
-        acc += w[:, None] * o
-    out = acc / total[:, None]
-    tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=row_ok[:, None])  # fmt: skip
 
 
 @triton.jit

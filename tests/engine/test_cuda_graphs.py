@@ -193,15 +193,15 @@ def test_capture_all_runs_every_graph_largest_first(
 @pytest.mark.parametrize(
     ("lengths", "kernel"),
     [
-        ([2048], "triton"),  # batch 1: up to 2048 tokens
-        ([2049], "flashinfer"),
-        ([320, 5, 40], "triton"),  # batch 4 (3 padded): up to 320
-        ([321, 5, 40], "flashinfer"),
+        ([16384], "triton"),  # batch 1-32: up to 16384 tokens
+        ([16385], "flashinfer"),
+        ([16384, 5, 40], "triton"),  # batch 4 (3 padded)
+        ([16385, 5, 40], "flashinfer"),
     ],
 )
 def test_auto_picks_the_kernel_by_batch_and_longest_context(lengths, kernel):
     runner = make_runner(prefix_tiles=False, decode_kernel="auto")
-    blocks = iter(range(1000))
+    blocks = iter(range(10_000))
     seqs = [make_decoding_seq(n, [next(blocks) for _ in range(-(-n // 4))]) for n in lengths]
     runner.max_pages = 10_000
     step = runner.prepare(seqs)

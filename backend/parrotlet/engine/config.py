@@ -83,12 +83,13 @@ class EngineConfig:
     weight-streaming Triton kernel on CUDA in 16-bit where triton is installed (off: cuBLAS).
     `graph_decode_attention` is the decode attention inside CUDA graphs: "flashinfer" (RoPE, two
     cache writes, paged decode), "triton" (parrotlet's kernel with RoPE and the K/V append
-    fused: one launch), or "auto": per step, the Triton kernel at short contexts, where it was
-    measured faster (`triton_paged_decode.triton_decode_wins`), flashinfer's beyond (flashinfer
-    alone where triton is not installed). `graph_prefix_tiles` (needs triton) runs decode steps
-    whose sequences share long prefixes (`shared_prefix_attention`) through a graph of parrotlet's
-    Triton kernel that reads each prefix once per tile of rows instead of once per sequence
-    (opt-in until measured end to end).
+    fused: one launch), or "auto": per step, the Triton kernel up to the contexts where it was
+    measured faster or level (`triton_paged_decode.triton_decode_wins`: 16K tokens, 8K from
+    batch 64), flashinfer's beyond (flashinfer alone where triton is not installed).
+    `graph_prefix_tiles` (needs triton) runs decode steps whose sequences share long prefixes
+    (`shared_prefix_attention`) through a graph of parrotlet's Triton kernel that reads each
+    prefix once per tile of rows instead of once per sequence (opt-in until measured end to
+    end).
     """
 
     model: str | None = None
