@@ -147,7 +147,7 @@ def _attend_prefixes(
         GROUP=q.shape[1] // num_kv_heads, ROWS=shape.rows_per_tile, BLOCK_M=shape.block_m,
         HEAD_DIM=q.shape[2], PAGE_SIZE=kv_cache.shape[2], BLOCK_N=BLOCK_N,
         NUM_SLOTS=o_part.shape[2], NUM_SPLITS=shape.num_splits, ROPE=rope is not None,
-        num_warps=4,
+        num_warps=8 if shape.block_m > 64 else 4,
     )  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """Triton kernel behind `triton_paged_decode.py`: paged decode attention with the K/V append fused.
 
-Imported on the first launch only (this module imports triton). Loops are `while` loops over
-lengths read from device tensors, so one compiled kernel (and one CUDA graph) serves any length.
+Imported on the first launch only (this module imports triton). Loops run over lengths read
+from device tensors, so one compiled kernel (and one CUDA graph) serves any length.
 Partial states (normalized output, base-2 LSE) go to slot s of `[batch, num_heads, NUM_SLOTS]`:
 slots [0, NUM_SPLITS) are the rows' own pages, the rest the shared prefixes' splits.
 """
@@ -215,12 +215,13 @@ def _prefix_tile(
     tok = start + tl.arange(0, BLOCK_N)
     k, v = _load_kv(kv_ptr, pages_ptr, tok, tok < end, page_stride, kv_stride, row_elems,
                     HEAD_DIM, PAGE_SIZE)  # fmt: skip
-    while start < end:  # block i + 1's loads are issued before block i's math
+    # a `for` loop, unlike the paged kernel's: the compiler pipelines it (cp.async stages)
+    for n0 in range(start, end, BLOCK_N):  # block i + 1's loads are issued before block i's math
+        tok = n0 + tl.arange(0, BLOCK_N)
         nxt = tok + BLOCK_N
         k_next, v_next = _load_kv(kv_ptr, pages_ptr, nxt, nxt < end, page_stride, kv_stride,
                                   row_elems, HEAD_DIM, PAGE_SIZE)  # fmt: skip
         m_i, l_i, acc = _softmax_step(q, k, v, tok < end, scale_log2, m_i, l_i, acc)
-        k, v, tok = k_next, v_next, nxt
-        start += BLOCK_N
+        k, v = k_next, v_next
     _store_partial(o_ptr, lse_ptr, row * (num_kv_heads * GROUP) + head, row_ok,
                    NUM_SLOTS - NUM_SPLITS + s, NUM_SLOTS, m_i, l_i, acc, HEAD_DIM)  # fmt: skip

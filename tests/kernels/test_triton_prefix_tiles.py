@@ -29,6 +29,10 @@ def test_tile_shape_fills_the_sms_for_one_group():
     assert tile_shape(1, 4, 8, 132) == TileShape(64, 16, 1, 16, 1)
     assert tile_shape(8, 3, 3, 4) == TileShape(64, 21, 0 + 4 + 1, 1, 1 + 1)
     assert tile_shape(2, 128, 1, 132) == TileShape(128, 1, 2 + 1 + 1, 16, 2 + 1)
+    # from 1024 query rows a KV head: tiles of 128 (32 sequences at GQA 4), unless block_m says
+    assert tile_shape(256, 4, 8, 132) == TileShape(128, 32, 8 + 128 + 1, 2, 8 + 1)
+    assert tile_shape(256, 4, 8, 132, block_m=64) == TileShape(64, 16, 16 + 128 + 1, 1, 16 + 1)
+    assert tile_shape(17, 4, 8, 132, block_m=128) == TileShape(128, 32, 0 + 8 + 1, 16, 1 + 1)
     with pytest.raises(ValueError, match=r"programs must be in \[1, max_tiles=3\], got 4"):
         TileShape(64, 2, 3, 1, 4)
 
@@ -90,6 +94,8 @@ CASES = [  # (sequence lengths, (members, prefix pages) per group, heads, splits
     ([200, 170, 90], [((0, 2), 5)], (4, 4), 1, 3),  # GQA 1, a row without a prefix
     ([65, 80, 49, 70], [((0, 1, 2, 3), 3)], (16, 2), 3, 1),  # GQA 8, tiles of 8 rows
     ([300, 310], [((0, 1), 18)], (8, 2), 4, 16),  # more prefix splits than pages
+    # 68 query rows a KV head in tiles of 128 (32 sequences, 8 warps), two rows without a prefix
+    ([40 + 3 * i for i in range(17)], [(tuple(range(2, 17)), 2)], (8, 2), 2, 2),
 ]
 
 
@@ -107,7 +113,8 @@ def shared_step(seq_lens, groups, heads, head_dim, dtype, device) -> Step:
 
 def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
     """Every case; the odd ones with q and k rotated by the kernels; in cases 0 and 2 one
-    program takes every tile in turn, in the others each tile has a program."""
+    program takes every tile in turn, in the others each tile has a program; case 4 in tiles of
+    128 query rows."""
     for i, (seq_lens, groups, heads, splits, prefix_splits) in enumerate(CASES):
         step = shared_step(seq_lens, groups, heads, head_dim, dtype, device)
         (q, k), rope = (step.q, step.k), None
@@ -115,7 +122,7 @@ def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
             (q, k), rope = with_rope(step)
         cache, expected = step.reference()
         group = heads[0] // heads[1]
-        shape = tile_shape(len(seq_lens), group, heads[1], 1)
+        shape = tile_shape(len(seq_lens), group, heads[1], 1, block_m=128 if i == 4 else None)
         programs = 1 if i % 4 == 0 or i == 2 else shape.max_tiles
         shape = TileShape(shape.block_m, shape.rows_per_tile, shape.max_tiles, prefix_splits,
                           programs)  # fmt: skip
