@@ -19,7 +19,11 @@ import torch
 from parrotlet_kernels.interface import PrefixGroup
 
 BLOCK_N = 64  # KV tokens per loop step of the decode kernels (prefix tiles; paged by default)
-MIN_SAVED_BYTES = 8 << 20  # per layer; an estimate of the extra launch's cost, not yet measured
+# KV reads a group's tiles must save per layer. On the H100 (2026-12-06, Llama-3-8B layers) the
+# tiles lost to per-row paged decode saving 60 MiB (16 rows / 1K prefix: 23.1 vs 18.1 us), were
+# level at 252 MiB (64 / 1K: 41.4 vs 43.2) and won from 293 MiB (a 16 x 5000 decode step 7.31
+# vs 7.71 ms; 64 / 8K 2.8x).
+MIN_SAVED_BYTES = 256 << 20
 MAX_SPLITS = 16  # the most KV splits a row of the decode kernels (prefix tiles, paged) takes
 
 
@@ -101,7 +105,8 @@ def worth_tiling(
     group: PrefixGroup, block_bytes: int, min_saved_bytes: int = MIN_SAVED_BYTES
 ) -> bool:
     """Whether reading `group`'s prefix once per tile saves at least `min_saved_bytes` of KV
-    reads per layer, to pay for the extra launch (`block_bytes`: one KV block of one layer)."""
+    reads per layer, to pay for the extra launch and the tiles' slower reads (`block_bytes`: one
+    KV block of one layer)."""
     return (len(group.seq_indices) - 1) * group.num_blocks * block_bytes >= min_saved_bytes
 
 

@@ -34,5 +34,5 @@ def test_bad_fields_are_named(field: str, value: object, message: str) -> None:
 def test_defaults_keep_the_measured_kernels():
     config = EngineConfig()
     assert (config.small_batch_linear, config.graph_decode_attention) == (True, "auto")
-    assert not config.graph_prefix_tiles  # opt-in until measured end to end
+    assert config.graph_prefix_tiles  # measured end to end: benchmarks/apps/README.md
     assert EngineConfig(graph_decode_attention="triton").graph_decode_attention == "triton"

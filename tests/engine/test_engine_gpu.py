@@ -43,6 +43,7 @@ def make_engine(folder: Path, device: str, dtype: str, backend: str) -> LLMEngin
         dtype=dtype,
         attention_backend=backend,
         shared_prefix_min_tokens=0,
+        graph_prefix_tiles=False,  # decode steps with prefix groups take flashinfer's cascade
         cache=CacheConfig(block_size=16, num_blocks=256),
         scheduler=SchedulerConfig(max_num_batched_tokens=64, max_num_seqs=64),
     )

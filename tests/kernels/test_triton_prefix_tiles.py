@@ -73,9 +73,10 @@ def test_tile_prefixes_checks_its_inputs():
 
 def test_worth_tiling_weighs_the_bytes_saved():
     block = 16 * 2 * 8 * 128 * 2  # Llama-3-8B, page 16, bf16: 64 KiB per layer
-    assert worth_tiling(PrefixGroup((0, 1, 2), 64), block)  # 2 x 64 blocks = 8 MiB
-    assert not worth_tiling(PrefixGroup((0, 1, 2), 63), block)
-    assert not worth_tiling(PrefixGroup((0, 1), 127), block)
+    assert worth_tiling(PrefixGroup((0, 1, 2), 2048), block)  # 2 x 2048 blocks = 256 MiB
+    assert not worth_tiling(PrefixGroup((0, 1, 2), 2047), block)
+    assert not worth_tiling(PrefixGroup(tuple(range(16)), 64), block)  # 16 rows / 1K: 60 MiB
+    assert worth_tiling(PrefixGroup(tuple(range(16)), 64), block, min_saved_bytes=60 << 20)
 
 
 def test_prefix_tiles_check_their_tables():

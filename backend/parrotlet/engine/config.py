@@ -86,10 +86,11 @@ class EngineConfig:
     fused: one launch), or "auto": per step, the Triton kernel up to the contexts where it was
     measured faster or level (`triton_paged_decode.triton_decode_wins`: 16K tokens, 8K from
     batch 64), flashinfer's beyond (flashinfer alone where triton is not installed).
-    `graph_prefix_tiles` (needs triton) runs decode steps whose sequences share long prefixes
-    (`shared_prefix_attention`) through a graph of parrotlet's Triton kernel that reads each
-    prefix once per tile of rows instead of once per sequence (opt-in until measured end to
-    end).
+    `graph_prefix_tiles` runs decode steps whose sequences share long prefixes
+    (`shared_prefix_attention`; where the tiles save enough reads,
+    `triton_prefix_tiles.worth_tiling`) through a graph of parrotlet's Triton kernel that reads
+    each prefix once per tile of rows instead of once per sequence, where triton is installed
+    (64 requests under a 5000-token prompt: 1.57x lower per-token latency on the H100).
     """
 
     model: str | None = None
@@ -103,7 +104,7 @@ class EngineConfig:
     async_scheduling: bool | None = None
     small_batch_linear: bool = True
     graph_decode_attention: str = "auto"
-    graph_prefix_tiles: bool = False
+    graph_prefix_tiles: bool = True
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

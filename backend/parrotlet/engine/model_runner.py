@@ -84,7 +84,7 @@ class ModelRunner:
         max_num_seqs: int = 64,
         small_batch_linear: bool = True,
         graph_decode_attention: str = "auto",
-        graph_prefix_tiles: bool = False,
+        graph_prefix_tiles: bool = True,
     ) -> None:
         self.model = model
         self.attention = attention
@@ -181,8 +181,9 @@ class ModelRunner:
 
         if self.device.type != "cuda" or not isinstance(self.attention, FlashInferBackend):
             return None
-        if decode_kernel == "auto" and not triton_linear.triton_available():
-            decode_kernel = "flashinfer"
+        if not triton_linear.triton_available():  # "auto" and the tiles fall back to flashinfer
+            decode_kernel = "flashinfer" if decode_kernel == "auto" else decode_kernel
+            prefix_tiles = False
         max_blocks_per_seq = -(-self.model.config.max_position_embeddings // self.block_size)
         max_pages = max_num_seqs * max_blocks_per_seq
         return CudaGraphRunner(
