@@ -6,10 +6,9 @@ cycle over enough layer caches that no call finds the previous call's KV in L2 (
 where every layer reads its own cache). Compares parrotlet_kernels.triton_shared_prefix, and the
 engine's graph-decode kernel with prefix tiles (triton_paged_decode + triton_prefix_tiles: each
 sequence's new token appended, tables read on the device; "tiles128" with 128-row tiles whatever
-the batch), with flashinfer's per-sequence paged
-decode (tensor cores) and its 2-level cascade, and with the
-floor: prefix KV read once + every suffix + q and output, over the device copy bandwidth
-measured in the same run. Prints a table and one summary line; writes
+the batch), with flashinfer's per-sequence paged decode (tensor cores) and its 2-level cascade,
+and with the floor: prefix KV read once + every suffix + q and output, over the device copy
+bandwidth measured in the same run. Prints a table and one summary line; writes
 benchmarks/results/kernel_shared_prefix.json (and $OUT/kernel_shared_prefix.json when $OUT is set).
 
     python benchmarks/kernel_shared_prefix.py [--quick] [--sweep] [--batches 64] [--prefixes 8192]

@@ -5,9 +5,8 @@ three sequences through it (prepare, the one input copy, the attention's plan, t
 (batch size, variant)) and eagerly through TorchReferenceBackend, from the same KV cache; the
 logits and the cache writes agree for a step of each variant "auto" picks: Triton at short
 contexts, flashinfer past them (the limit lowered to 320 tokens to fit a small cache), prefix
-tiles. What CPU cannot run is faked: a "graph" re-runs
-the model on replay, flashinfer is torch (test_flashinfer_backend.FAKE_OPS), and the Triton
-kernels run under Triton's interpreter.
+tiles. What CPU cannot run is faked: a "graph" re-runs the model on replay, flashinfer is torch
+(test_flashinfer_backend.FAKE_OPS), and the Triton kernels run under Triton's interpreter.
 """
 
 from __future__ import annotations
