@@ -69,18 +69,18 @@ LINEAR_POINTERS = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16
 
 
 def configs() -> list[Config]:
-    paged = [paged_config(n, splits) for n, splits in ((64, 16), (64, 1), (16, 16))]
-    tiles = [tiles_config(block_m, warps) for block_m, warps in ((64, 4), (128, 8))]
+    paged = [paged_config(*c) for c in ((64, 16, 4), (64, 16, 8), (64, 1, 4), (16, 16, 4))]
+    tiles = [tiles_config(block_m, warps) for block_m, warps in ((64, 4), (64, 8), (128, 8))]
     standalone = [shared_prefix_config(block_m, warps) for block_m, warps in ((64, 4), (128, 8))]
     return paged + tiles + standalone + linear_configs()
 
 
-def paged_config(block_n: int, splits: int) -> Config:
+def paged_config(block_n: int, splits: int, warps: int) -> Config:
     """The engine's Triton decode attention (4 query heads a KV head padded to 16 rows)."""
     constexprs = dict(HEADS, BLOCK_G=16, BLOCK_N=block_n, NUM_SPLITS=splits, NUM_SLOTS=splits,
                       ROPE=True)  # fmt: skip
     name = f"paged_decode block_n {block_n}, {splits} splits"
-    return Config(name, paged_decode_kernel, constexprs, ATTENTION_POINTERS, num_warps=4)
+    return Config(name, paged_decode_kernel, constexprs, ATTENTION_POINTERS, num_warps=warps)
 
 
 def tiles_config(block_m: int, warps: int) -> Config:

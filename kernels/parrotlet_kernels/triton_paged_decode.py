@@ -70,6 +70,7 @@ def paged_decode(
     prefix: PrefixTiles | None = None,
     rope: Rope | None = None,
     block_n: int = BLOCK_N,
+    num_warps: int = 4,
 ) -> torch.Tensor:  # [batch, num_heads, head_dim]
     """Write each sequence's k/v at `key_rows`, then attend its pages (this token last).
 
@@ -80,7 +81,9 @@ def paged_decode(
     are trusted (reading them would sync the device). With `rope`, q and k are rotated here
     (k as it is cached; the inputs stay as they are). Equal to softmax attention over the
     sequence's tokens. `block_n`: cached tokens per loop step of each program, a power-of-two
-    multiple of the page size.
+    multiple of the page size; `num_warps` (4 or 8) of each program: at 4 the default loop
+    spills registers, at 8 it does not but an SM holds one program, not two
+    (benchmarks/results/kernel_registers_notes.md; 8 is not yet timed).
 
     Raises:
         ValueError: a shape, dtype or device does not fit the description above.
@@ -92,6 +95,8 @@ def paged_decode(
     if block_n < kv_cache.shape[2] or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two >= the page size {kv_cache.shape[2]}, "
                          f"got {block_n}")  # fmt: skip
+    if num_warps not in (4, 8):
+        raise ValueError(f"num_warps must be 4 or 8, got {num_warps}")
     if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"paged_decode needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
     from parrotlet_kernels.triton_paged_decode_kernels import paged_decode_kernel
@@ -113,7 +118,7 @@ def paged_decode(
         v.stride(0), v.stride(1), scale_log2, GROUP=group,
         BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim, PAGE_SIZE=page_size,
         BLOCK_N=block_n, NUM_SPLITS=num_splits, NUM_SLOTS=slots, ROPE=rope is not None,
-        num_warps=4,
+        num_warps=num_warps,
     )  # fmt: skip
     if prefix is not None:
         _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2, rope)
@@ -147,7 +152,7 @@ def _attend_prefixes(
         GROUP=q.shape[1] // num_kv_heads, ROWS=shape.rows_per_tile, BLOCK_M=shape.block_m,
         HEAD_DIM=q.shape[2], PAGE_SIZE=kv_cache.shape[2], BLOCK_N=BLOCK_N,
         NUM_SLOTS=o_part.shape[2], NUM_SPLITS=shape.num_splits, ROPE=rope is not None,
-        num_warps=8 if shape.block_m > 64 else 4,
+        num_warps=shape.num_warps,
     )  # fmt: skip
 
 

@@ -49,11 +49,14 @@ class TileShape:
     max_tiles: int
     num_splits: int
     programs: int
+    num_warps: int = 4  # of each program, 4 or 8
 
     def __post_init__(self) -> None:
         if not 1 <= self.programs <= self.max_tiles:
             raise ValueError(f"programs must be in [1, max_tiles={self.max_tiles}], "
                              f"got {self.programs}")  # fmt: skip
+        if self.num_warps not in (4, 8):
+            raise ValueError(f"num_warps must be 4 or 8, got {self.num_warps}")
 
 
 @dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
@@ -83,6 +86,7 @@ def tile_shape(
     Tiles take 64 query rows (at least one row's group, a power of 2), 128 from 1024 rows a KV
     head: on the H100 (benchmarks/kernel_shared_prefix.py, 2026-12-06, 8K prefix) 128-row tiles
     ran 119 vs 90 us at batch 64 and 222 vs 282 at batch 256 (GQA 4). `block_m` overrides that.
+    Programs have 4 warps, 8 for 128 rows.
     The prefix is split so a batch in one prefix group gives every SM about one program; there
     are programs for the tiles of one group plus one (rows without a prefix), and any further
     tiles (several groups) queue behind them.
@@ -98,7 +102,8 @@ def tile_shape(
     full_tiles = -(-batch_size // rows)
     splits = splits_to_fill(full_tiles * num_kv_heads, num_sms)
     max_tiles = batch_size // rows + batch_size // 2 + 1
-    return TileShape(block_m, rows, max_tiles, splits, min(max_tiles, full_tiles + 1))
+    programs, warps = min(max_tiles, full_tiles + 1), 8 if block_m > 64 else 4
+    return TileShape(block_m, rows, max_tiles, splits, programs, warps)
 
 
 def worth_tiling(

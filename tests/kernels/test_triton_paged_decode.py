@@ -109,16 +109,18 @@ def with_rope(step: Step) -> tuple[Step, Rope]:
 
 
 def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
-    """Every case, a page (16 tokens) and four pages a loop step; odd cases with RoPE."""
-    runs = [(case, rope, n) for case, rope in zip(CASES, [False, True] * 3, strict=False)
-            for n in (16, 64)]  # fmt: skip
-    for (seq_lens, heads, splits), use_rope, block_n in runs:
+    """Every case, a page (16 tokens) and four pages a loop step; odd cases with RoPE; on a GPU
+    four pages a step with 8 warps too (the interpreter has no warps)."""
+    loops = [(16, 4), (64, 4)] + ([(64, 8)] if device == "cuda" else [])
+    runs = [(case, rope, n, warps) for case, rope in zip(CASES, [False, True] * 3, strict=False)
+            for n, warps in loops]  # fmt: skip
+    for (seq_lens, heads, splits), use_rope, block_n, num_warps in runs:
         step = Step(seq_lens, heads, head_dim, dtype=dtype, device=device)
         args, rope = list(step.args(splits)), None
         if use_rope:
             (args[0], args[1]), rope = with_rope(step)
         cache, expected = step.reference()
-        out = paged_decode(*args, rope=rope, block_n=block_n)
+        out = paged_decode(*args, rope=rope, block_n=block_n, num_warps=num_warps)
         assert out.shape == step.q.shape and out.dtype == dtype
         torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
         assert_same_cache(step, cache, rotated=rope is not None)
@@ -185,11 +187,13 @@ def test_rope_inputs_are_checked():
             paged_decode(*step.args(2), rope=rope)
 
 
-def test_block_n_is_a_power_of_two_of_whole_pages():
+def test_block_n_is_a_power_of_two_of_whole_pages_and_warps_4_or_8():
     step = Step([1, 17, 16, 33])  # page 16
     for block_n in (8, 48):
         with pytest.raises(ValueError, match=f"power of two >= the page size 16, got {block_n}"):
             paged_decode(*step.args(2), block_n=block_n)
+    with pytest.raises(ValueError, match="num_warps must be 4 or 8, got 2"):
+        paged_decode(*step.args(2), num_warps=2)
 
 
 def test_reference_reads_the_sequence_in_order():

@@ -5,6 +5,8 @@ under Triton's interpreter (float16) and on the GPU (`-m gpu`).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -28,13 +30,15 @@ def test_tile_shape_fills_the_sms_for_one_group():
     assert tile_shape(64, 4, 8, 132) == TileShape(64, 16, 4 + 32 + 1, 4, 4 + 1)
     assert tile_shape(1, 4, 8, 132) == TileShape(64, 16, 1, 16, 1)
     assert tile_shape(8, 3, 3, 4) == TileShape(64, 21, 0 + 4 + 1, 1, 1 + 1)
-    assert tile_shape(2, 128, 1, 132) == TileShape(128, 1, 2 + 1 + 1, 16, 2 + 1)
+    assert tile_shape(2, 128, 1, 132) == TileShape(128, 1, 2 + 1 + 1, 16, 2 + 1, 8)
     # from 1024 query rows a KV head: tiles of 128 (32 sequences at GQA 4), unless block_m says
-    assert tile_shape(256, 4, 8, 132) == TileShape(128, 32, 8 + 128 + 1, 2, 8 + 1)
+    assert tile_shape(256, 4, 8, 132) == TileShape(128, 32, 8 + 128 + 1, 2, 8 + 1, 8)
     assert tile_shape(256, 4, 8, 132, block_m=64) == TileShape(64, 16, 16 + 128 + 1, 1, 16 + 1)
-    assert tile_shape(17, 4, 8, 132, block_m=128) == TileShape(128, 32, 0 + 8 + 1, 16, 1 + 1)
+    assert tile_shape(17, 4, 8, 132, block_m=128) == TileShape(128, 32, 0 + 8 + 1, 16, 1 + 1, 8)
     with pytest.raises(ValueError, match=r"programs must be in \[1, max_tiles=3\], got 4"):
         TileShape(64, 2, 3, 1, 4)
+    with pytest.raises(ValueError, match="num_warps must be 4 or 8, got 6"):
+        TileShape(64, 2, 3, 1, 3, 6)
 
 
 def test_tile_shape_rejects_empty_sizes():
@@ -125,8 +129,7 @@ def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
         group = heads[0] // heads[1]
         shape = tile_shape(len(seq_lens), group, heads[1], 1, block_m=128 if i == 4 else None)
         programs = 1 if i % 4 == 0 or i == 2 else shape.max_tiles
-        shape = TileShape(shape.block_m, shape.rows_per_tile, shape.max_tiles, prefix_splits,
-                          programs)  # fmt: skip
+        shape = replace(shape, num_splits=prefix_splits, programs=programs)
         layout = tile_prefixes(step.indptr.tolist(), step.indices.tolist(),
                                [PrefixGroup(m, n) for m, n in groups], shape)  # fmt: skip
         i32 = dict(dtype=torch.int32, device=device)
