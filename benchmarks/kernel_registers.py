@@ -70,24 +70,25 @@ LINEAR_POINTERS = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16
 
 def configs() -> list[Config]:
     paged = [paged_config(*c) for c in ((64, 16, 4), (64, 16, 8), (64, 1, 4), (16, 16, 4))]
-    tiles = [tiles_config(block_m, warps) for block_m, warps in ((64, 4), (64, 8), (128, 8))]
+    paged.append(paged_config(64, 16, 4, pipelined=True))
+    tiles = [tiles_config(*c) for c in ((64, 4), (64, 8), (128, 8), (64, 4, True), (128, 8, True))]
     standalone = [shared_prefix_config(block_m, warps) for block_m, warps in ((64, 4), (128, 8))]
     return paged + tiles + standalone + linear_configs()
 
 
-def paged_config(block_n: int, splits: int, warps: int) -> Config:
+def paged_config(block_n: int, splits: int, warps: int, pipelined: bool = False) -> Config:
     """The engine's Triton decode attention (4 query heads a KV head padded to 16 rows)."""
     constexprs = dict(HEADS, BLOCK_G=16, BLOCK_N=block_n, NUM_SPLITS=splits, NUM_SLOTS=splits,
-                      ROPE=True)  # fmt: skip
-    name = f"paged_decode block_n {block_n}, {splits} splits"
+                      ROPE=True, PIPELINED=pipelined)  # fmt: skip
+    name = f"paged_decode block_n {block_n}, {splits} splits" + (", pipelined" * pipelined)
     return Config(name, paged_decode_kernel, constexprs, ATTENTION_POINTERS, num_warps=warps)
 
 
-def tiles_config(block_m: int, warps: int) -> Config:
+def tiles_config(block_m: int, warps: int, pipelined: bool = False) -> Config:
     """The decode graphs' prefix tiles (8 prefix splits after 4 own-page slots)."""
     constexprs = dict(HEADS, ROWS=block_m // 4, BLOCK_M=block_m, BLOCK_N=64, NUM_SLOTS=12,
-                      NUM_SPLITS=8, ROPE=True)  # fmt: skip
-    name = f"prefix_tiles {block_m} rows"
+                      NUM_SPLITS=8, ROPE=True, PIPELINED=pipelined)  # fmt: skip
+    name = f"prefix_tiles {block_m} rows" + (", pipelined" * pipelined)
     return Config(name, prefix_tiles_kernel, constexprs, ATTENTION_POINTERS, num_warps=warps)
 
 
@@ -151,11 +152,11 @@ def ptxas_report(config: Config, ptx: str, shared: int) -> Registers:
 def main() -> None:
     rows = [ptxas_report(c, *compile_ptx(c)) for c in configs()]
     print(f"Triton {triton.__version__}, sm_90a")
-    print(f"{'kernel':<36} {'warps':>5} {'regs':>5} {'spill st/ld B':>14} {'smem':>7}  wgmma")
+    print(f"{'kernel':<46} {'warps':>5} {'regs':>5} {'spill st/ld B':>14} {'smem':>7}  wgmma")
     for r in rows:
         spill = f"{r.spill_store_bytes}/{r.spill_load_bytes}"
         serial = "serialized" if r.wgmma_serialized else "-"
-        print(f"{r.name:<36} {r.num_warps:>5} {r.registers:>5} {spill:>14} {r.shared_bytes:>7}  "
+        print(f"{r.name:<46} {r.num_warps:>5} {r.registers:>5} {spill:>14} {r.shared_bytes:>7}  "
               f"{serial}")  # fmt: skip
     out = Path(__file__).parent / "results" / "kernel_registers.json"
     report = dict(triton=triton.__version__, target="sm_90a", rows=[asdict(r) for r in rows])

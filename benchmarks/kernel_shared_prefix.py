@@ -5,10 +5,10 @@ own a suffix of 64 (32 q / 8 KV heads x 128, page 16, bf16), timed as CUDA-graph
 cycle over enough layer caches that no call finds the previous call's KV in L2 (as in a model,
 where every layer reads its own cache). Compares parrotlet_kernels.triton_shared_prefix, and the
 engine's graph-decode kernel with prefix tiles (triton_paged_decode + triton_prefix_tiles: each
-sequence's new token appended, tables read on the device; "tiles8w" with 8 warps a program),
-with flashinfer's per-sequence paged decode (tensor cores) and its 2-level cascade, and with the
-floor: prefix KV read once + every suffix + q and output, over the device copy bandwidth
-measured in the same run. Prints a table and one summary line; writes
+sequence's new token appended, tables read on the device; "tiles8w" with 8 warps a program,
+"tilesP" with pipelined KV loops), with flashinfer's per-sequence paged decode (tensor cores)
+and its 2-level cascade, and with the floor: prefix KV read once + every suffix + q and output,
+over the device copy bandwidth measured in the same run. Prints a table and one summary line; writes
 benchmarks/results/kernel_shared_prefix.json (and $OUT/kernel_shared_prefix.json when $OUT is set).
 
     python benchmarks/kernel_shared_prefix.py [--quick] [--sweep] [--batches 64] [--prefixes 8192]
@@ -105,11 +105,12 @@ def triton_kernel(problem: Problem, launch=None) -> Callable[[int], torch.Tensor
 
 
 def prefix_tiles(
-    problem: Problem, shape: Shape, num_warps: int | None = None
+    problem: Problem, shape: Shape, num_warps: int | None = None, pipelined: bool = False
 ) -> Callable[[int], torch.Tensor]:
     """The engine's Triton graph decode with one prefix group: each row's last suffix token is
     "this step's" (its cached k/v rewritten in place), the prefix read once per tile of rows
-    (tile_shape's tiles; `num_warps` for their programs and the paged kernel's)."""
+    (tile_shape's tiles; `num_warps` for their programs and the paged kernel's; `pipelined`
+    KV loops)."""
     p, device, i32 = problem, problem.q.device, dict(dtype=torch.int32, device=problem.q.device)
     prefix_pages = p.prefix_pages.numel()
     pages = torch.cat([p.prefix_pages.expand(p.batch, -1), p.suffix_pages], dim=1)
@@ -131,8 +132,9 @@ def prefix_tiles(
     splits = triton_paged_decode.plan_splits(p.batch, shape.num_kv_heads, sms)
     warps = num_warps or 4  # the paged kernel's, as the engine launches it without an override
     return lambda layer: triton_paged_decode.paged_decode(
-        p.q, k, v, p.caches[layer], *own, last, key_rows, splits, prefix=table, num_warps=warps
-    )
+        p.q, k, v, p.caches[layer], *own, last, key_rows, splits, prefix=table, num_warps=warps,
+        pipelined=pipelined,
+    )  # fmt: skip
 
 
 def paged_decode(problem: Problem, shape: Shape, workspace: torch.Tensor) -> Callable:
@@ -238,6 +240,7 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
         "triton": lambda: triton_kernel(problem),
         "tiles": lambda: prefix_tiles(problem, shape),
         "tiles_8warps": lambda: prefix_tiles(problem, shape, num_warps=8),
+        "tiles_pipelined": lambda: prefix_tiles(problem, shape, pipelined=True),
         "paged": lambda: paged_decode(problem, shape, workspaces[0]),
         "cascade": lambda: cascade(problem, shape, workspaces[1]),
     }
@@ -257,7 +260,7 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
     row["triton_over_floor"] = row["triton_us"] / row["floor_us"]
     row["paged_over_tiles"] = row["paged_us"] / row["tiles_us"]
     row["tiles_over_floor"] = row["tiles_us"] / row["floor_us"]
-    for name in ("triton", "tiles", "tiles_8warps", "cascade"):
+    for name in ("triton", "tiles", "tiles_8warps", "tiles_pipelined", "cascade"):
         if name in outs and "paged" in outs:
             row[f"max_err_{name}"] = (outs[name] - outs["paged"]).abs().max().item()
     return row
@@ -324,8 +327,8 @@ def profile_kernels(shape: Shape, batch: int, prefix: int, workspaces) -> dict[s
 
 
 HEADER = (
-    f"{'batch':>5} {'prefix':>6} | {'triton':>8} {'tiles':>8} {'tiles8w':>8} {'paged':>8} "
-    f"{'cascade':>8} "
+    f"{'batch':>5} {'prefix':>6} | {'triton':>8} {'tiles':>8} {'tiles8w':>8} {'tilesP':>8} "
+    f"{'paged':>8} {'cascade':>8} "
     f"{'floor':>7} us | {'paged/tri':>9} {'casc/tri':>8} {'tri/floor':>9} {'paged/til':>9} "
     f"{'til/floor':>9} | err tri, til"
 )
@@ -335,7 +338,8 @@ def format_row(r: dict) -> str:
     nan = float("nan")
     return (
         f"{r['batch']:>5} {r['prefix']:>6} | {r['triton_us']:>8.1f} {r['tiles_us']:>8.1f} "
-        f"{r['tiles_8warps_us']:>8.1f} {r['paged_us']:>8.1f} {r['cascade_us']:>8.1f} "
+        f"{r['tiles_8warps_us']:>8.1f} {r['tiles_pipelined_us']:>8.1f} {r['paged_us']:>8.1f} "
+        f"{r['cascade_us']:>8.1f} "
         f"{r['floor_us']:>7.1f}    | "
         f"{r['paged_over_triton']:>9.2f} {r['cascade_over_triton']:>8.2f} "
         f"{r['triton_over_floor']:>9.2f} {r['paged_over_tiles']:>9.2f} "

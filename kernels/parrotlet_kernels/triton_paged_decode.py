@@ -71,6 +71,7 @@ def paged_decode(
     rope: Rope | None = None,
     block_n: int = BLOCK_N,
     num_warps: int = 4,
+    pipelined: bool = False,
 ) -> torch.Tensor:  # [batch, num_heads, head_dim]
     """Write each sequence's k/v at `key_rows`, then attend its pages (this token last).
 
@@ -83,7 +84,9 @@ def paged_decode(
     sequence's tokens. `block_n`: cached tokens per loop step of each program, a power-of-two
     multiple of the page size; `num_warps` (4 or 8) of each program: at 4 the default loop
     spills registers, at 8 it does not but an SM holds one program, not two
-    (benchmarks/results/kernel_registers_notes.md; 8 is not yet timed).
+    (benchmarks/results/kernel_registers_notes.md; 8 is not yet timed). `pipelined` (untimed)
+    overlaps each KV block's loads with the previous block's math through Triton's software
+    pipeline instead of registers, in both kernels.
 
     Raises:
         ValueError: a shape, dtype or device does not fit the description above.
@@ -118,10 +121,11 @@ def paged_decode(
         v.stride(0), v.stride(1), scale_log2, GROUP=group,
         BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim, PAGE_SIZE=page_size,
         BLOCK_N=block_n, NUM_SPLITS=num_splits, NUM_SLOTS=slots, ROPE=rope is not None,
-        num_warps=num_warps,
+        PIPELINED=pipelined, num_warps=num_warps,
     )  # fmt: skip
     if prefix is not None:
-        _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2, rope)
+        _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2, rope,
+                         pipelined)  # fmt: skip
     if slots > 1:
         from parrotlet_kernels.triton_shared_prefix_kernels import merge_kernel
 
@@ -141,6 +145,7 @@ def _attend_prefixes(
     lse_part: torch.Tensor,  # [batch, num_heads, slots] float32
     scale_log2: float,
     rope: Rope | None,
+    pipelined: bool,
 ) -> None:
     """Fill the last `prefix.shape.num_splits` slots: each tile's rows against its prefix."""
     from parrotlet_kernels.triton_paged_decode_kernels import prefix_tiles_kernel
@@ -152,7 +157,7 @@ def _attend_prefixes(
         GROUP=q.shape[1] // num_kv_heads, ROWS=shape.rows_per_tile, BLOCK_M=shape.block_m,
         HEAD_DIM=q.shape[2], PAGE_SIZE=kv_cache.shape[2], BLOCK_N=BLOCK_N,
         NUM_SLOTS=o_part.shape[2], NUM_SPLITS=shape.num_splits, ROPE=rope is not None,
-        num_warps=shape.num_warps,
+        PIPELINED=pipelined, num_warps=shape.num_warps,
     )  # fmt: skip
 
 

@@ -109,18 +109,21 @@ def with_rope(step: Step) -> tuple[Step, Rope]:
 
 
 def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
-    """Every case, a page (16 tokens) and four pages a loop step; odd cases with RoPE; on a GPU
-    four pages a step with 8 warps too (the interpreter has no warps)."""
-    loops = [(16, 4), (64, 4)] + ([(64, 8)] if device == "cuda" else [])
-    runs = [(case, rope, n, warps) for case, rope in zip(CASES, [False, True] * 3, strict=False)
-            for n, warps in loops]  # fmt: skip
-    for (seq_lens, heads, splits), use_rope, block_n, num_warps in runs:
+    """Every case, a page (16 tokens) and four pages a loop step, and four pages in the pipelined
+    loop; odd cases with RoPE; on a GPU four pages a step with 8 warps too (the interpreter has
+    no warps)."""
+    loops = [(16, 4, False), (64, 4, False), (64, 4, True)]
+    loops += [(64, 8, False)] if device == "cuda" else []
+    runs = [(case, rope, *loop) for case, rope in zip(CASES, [False, True] * 3, strict=False)
+            for loop in loops]  # fmt: skip
+    for (seq_lens, heads, splits), use_rope, block_n, num_warps, pipelined in runs:
         step = Step(seq_lens, heads, head_dim, dtype=dtype, device=device)
         args, rope = list(step.args(splits)), None
         if use_rope:
             (args[0], args[1]), rope = with_rope(step)
         cache, expected = step.reference()
-        out = paged_decode(*args, rope=rope, block_n=block_n, num_warps=num_warps)
+        out = paged_decode(*args, rope=rope, block_n=block_n, num_warps=num_warps,
+                           pipelined=pipelined)  # fmt: skip
         assert out.shape == step.q.shape and out.dtype == dtype
         torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
         assert_same_cache(step, cache, rotated=rope is not None)
