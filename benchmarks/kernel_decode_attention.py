@@ -6,12 +6,13 @@ flashinfer (its in-place RoPE, two index_copy_ cache writes, then the tensor-cor
 with its split merge, as the model + GraphDecodeAttention run it) and
 `triton_paged_decode.paged_decode` with a Rope (rotate, write and attend in one launch, a merge
 where it splits), at its default 64 cached tokens a loop step and at one page (16) a step, with
-8 warps a program (4 by default), with the pipelined KV loop, and with 2x and 4x the KV splits
-`plan_splits` gives. Each is a CUDA graph over 32 layers, whose caches are distinct up to 4 GiB
-in all (then reused in turn: each far larger than the L2); the floor is the KV bytes over the
-copy bandwidth measured in the same run. Checks the Triton output against flashinfer's first.
-Prints a line per point and a summary; writes benchmarks/results/kernel_decode_attention.json (and
-$OUT/kernel_decode_attention.json when $OUT is set).
+8 warps a program (4 by default), with the pipelined KV loop (4 and 8 warps), and with 2x and 4x
+the KV splits `plan_splits` gives. Each is a CUDA graph over 32 layers, whose caches are distinct
+up to 4 GiB in all (then reused in turn: each far larger than the L2); the floor is the KV bytes
+over the copy bandwidth measured in the same run. Checks the Triton output against flashinfer's
+first. Prints a line per point and a summary; writes
+benchmarks/results/kernel_decode_attention.json (and $OUT/kernel_decode_attention.json when
+$OUT is set).
 
     python benchmarks/kernel_decode_attention.py [--batches 1 8 32 64]
         [--contexts 160 1024 4096 16384]
@@ -132,6 +133,9 @@ def measure(batch: int, context: int, bandwidth: float, workspace: torch.Tensor)
         "triton_page_us": time_us(triton_layer(problem, splits, block_n=PAGE)),
         "triton_8warps_us": time_us(triton_layer(problem, splits, num_warps=8)),
         "triton_pipelined_us": time_us(triton_layer(problem, splits, pipelined=True)),
+        "triton_pipelined_8warps_us": time_us(
+            triton_layer(problem, splits, num_warps=8, pipelined=True)
+        ),
     }  # fmt: skip
     for factor in (2, 4):  # more KV splits than plan_splits gives: a sweep for its rule
         more = min(MAX_SPLITS, splits * factor)
@@ -157,7 +161,8 @@ def main() -> None:
                 f"batch {batch:3d} context {context:5d}: flashinfer {r['flashinfer_us']:7.2f} us"
                 f"  triton {r['triton_us']:7.2f} us ({r['num_splits']} splits; a page a loop"
                 f" step {r['triton_page_us']:7.2f}; 8 warps {r['triton_8warps_us']:7.2f};"
-                f" pipelined {r['triton_pipelined_us']:7.2f};"
+                f" pipelined {r['triton_pipelined_us']:7.2f},"
+                f" with 8 warps {r['triton_pipelined_8warps_us']:7.2f};"
                 f" {r['triton_x2_splits']} splits"
                 f" {r['triton_x2_us']:7.2f}, {r['triton_x4_splits']} {r['triton_x4_us']:7.2f})"
                 f"  floor {r['floor_us']:7.2f}  {r['speedup']:.2f}x  err {r['max_abs_err']:.3g}",

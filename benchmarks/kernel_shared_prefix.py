@@ -6,10 +6,11 @@ cycle over enough layer caches that no call finds the previous call's KV in L2 (
 where every layer reads its own cache). Compares parrotlet_kernels.triton_shared_prefix, and the
 engine's graph-decode kernel with prefix tiles (triton_paged_decode + triton_prefix_tiles: each
 sequence's new token appended, tables read on the device; "tiles8w" with 8 warps a program,
-"tilesP" with pipelined KV loops), with flashinfer's per-sequence paged decode (tensor cores)
-and its 2-level cascade, and with the floor: prefix KV read once + every suffix + q and output,
-over the device copy bandwidth measured in the same run. Prints a table and one summary line; writes
-benchmarks/results/kernel_shared_prefix.json (and $OUT/kernel_shared_prefix.json when $OUT is set).
+"tilesP" with pipelined KV loops, "tilesP8w" both), with flashinfer's per-sequence paged
+decode (tensor cores) and its 2-level cascade, and with the floor: prefix KV read once + every
+suffix + q and output, over the device copy bandwidth measured in the same run. Prints a table
+and one summary line; writes benchmarks/results/kernel_shared_prefix.json (and
+$OUT/kernel_shared_prefix.json when $OUT is set).
 
     python benchmarks/kernel_shared_prefix.py [--quick] [--sweep] [--batches 64] [--prefixes 8192]
 """
@@ -23,6 +24,7 @@ import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,6 +38,14 @@ ROTATE_BYTES = 256 << 20  # KV cycled through per timed pass, several times an H
 WORKSPACE_BYTES = 128 << 20
 QUICK = [(16, 1024), (64, 1024), (64, 8192), (256, 8192)]
 TARGET = (64, 8192)  # the issue's target point: >= 10x paged decode, <= 1.3x the floor
+# the prefix-tile graph kernel as the engine runs it, then with other launches:
+# name -> (column, num_warps or None for the engine's, pipelined KV loops)
+TILE_VARIANTS = {
+    "tiles": ("tiles", None, False),
+    "tiles_8warps": ("tiles8w", 8, False),
+    "tiles_pipelined": ("tilesP", None, True),
+    "tiles_pipelined_8warps": ("tilesP8w", 8, True),
+}
 
 
 @dataclass(frozen=True)
@@ -238,9 +248,10 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
     layers = len(problem.caches)
     builders = {
         "triton": lambda: triton_kernel(problem),
-        "tiles": lambda: prefix_tiles(problem, shape),
-        "tiles_8warps": lambda: prefix_tiles(problem, shape, num_warps=8),
-        "tiles_pipelined": lambda: prefix_tiles(problem, shape, pipelined=True),
+        **{
+            name: partial(prefix_tiles, problem, shape, warps, pipelined)
+            for name, (_, warps, pipelined) in TILE_VARIANTS.items()
+        },
         "paged": lambda: paged_decode(problem, shape, workspaces[0]),
         "cascade": lambda: cascade(problem, shape, workspaces[1]),
     }
@@ -260,7 +271,7 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
     row["triton_over_floor"] = row["triton_us"] / row["floor_us"]
     row["paged_over_tiles"] = row["paged_us"] / row["tiles_us"]
     row["tiles_over_floor"] = row["tiles_us"] / row["floor_us"]
-    for name in ("triton", "tiles", "tiles_8warps", "tiles_pipelined", "cascade"):
+    for name in ("triton", *TILE_VARIANTS, "cascade"):
         if name in outs and "paged" in outs:
             row[f"max_err_{name}"] = (outs[name] - outs["paged"]).abs().max().item()
     return row
@@ -327,20 +338,19 @@ def profile_kernels(shape: Shape, batch: int, prefix: int, workspaces) -> dict[s
 
 
 HEADER = (
-    f"{'batch':>5} {'prefix':>6} | {'triton':>8} {'tiles':>8} {'tiles8w':>8} {'tilesP':>8} "
-    f"{'paged':>8} {'cascade':>8} "
-    f"{'floor':>7} us | {'paged/tri':>9} {'casc/tri':>8} {'tri/floor':>9} {'paged/til':>9} "
-    f"{'til/floor':>9} | err tri, til"
+    f"{'batch':>5} {'prefix':>6} | {'triton':>8} "
+    + "".join(f"{label:>9}" for label, _, _ in TILE_VARIANTS.values())
+    + f" {'paged':>8} {'cascade':>8} {'floor':>7} us | {'paged/tri':>9} {'casc/tri':>8} "
+    f"{'tri/floor':>9} {'paged/til':>9} {'til/floor':>9} | err tri, til"
 )
 
 
 def format_row(r: dict) -> str:
     nan = float("nan")
     return (
-        f"{r['batch']:>5} {r['prefix']:>6} | {r['triton_us']:>8.1f} {r['tiles_us']:>8.1f} "
-        f"{r['tiles_8warps_us']:>8.1f} {r['tiles_pipelined_us']:>8.1f} {r['paged_us']:>8.1f} "
-        f"{r['cascade_us']:>8.1f} "
-        f"{r['floor_us']:>7.1f}    | "
+        f"{r['batch']:>5} {r['prefix']:>6} | {r['triton_us']:>8.1f} "
+        + "".join(f"{r[f'{name}_us']:>9.1f}" for name in TILE_VARIANTS)
+        + f" {r['paged_us']:>8.1f} {r['cascade_us']:>8.1f} {r['floor_us']:>7.1f}    | "
         f"{r['paged_over_triton']:>9.2f} {r['cascade_over_triton']:>8.2f} "
         f"{r['triton_over_floor']:>9.2f} {r['paged_over_tiles']:>9.2f} "
         f"{r['tiles_over_floor']:>9.2f} | {r.get('max_err_triton', nan):.3f}, "
