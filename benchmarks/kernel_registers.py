@@ -32,19 +32,19 @@ from parrotlet_kernels.triton_shared_prefix_kernels import prefix_kernel
 
 TARGET = GPUTarget("cuda", 90, 32)
 HEADS = dict(GROUP=4, HEAD_DIM=128, PAGE_SIZE=16)  # Llama-3-8B: 32 q / 8 KV heads
+FLOAT_ARGS = ("scale_log2",)  # the kernels' float32 runtime arguments
 
 
 @dataclass(frozen=True)
 class Config:
-    """One launch configuration: the kernel, its constexprs, pointer dtypes and warps."""
+    """One launch configuration: the kernel, its constexprs, pointer dtypes and warps (Triton's
+    default pipeline depth, as the engine launches them)."""
 
     name: str
     kernel: object
     constexprs: dict
     pointers: dict  # argument -> Triton pointer type; other runtime arguments are i32
     num_warps: int
-    num_stages: int = 3
-    floats: tuple = ("scale_log2", "eps")
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,8 @@ def compile_ptx(config: Config) -> tuple[str, int]:
         if arg in config.constexprs:
             signature[arg], constexprs[(i,)] = "constexpr", config.constexprs[arg]
         else:
-            signature[arg] = config.pointers.get(arg, "fp32" if arg in config.floats else "i32")
-    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+            signature[arg] = config.pointers.get(arg, "fp32" if arg in FLOAT_ARGS else "i32")
+    options = dict(num_warps=config.num_warps)
     compiled = triton.compile(ASTSource(fn, signature, constexprs), target=TARGET, options=options)
     return compiled.asm["ptx"], compiled.metadata.shared
 

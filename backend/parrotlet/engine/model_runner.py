@@ -182,8 +182,9 @@ class ModelRunner:
         if self.device.type != "cuda" or not isinstance(self.attention, FlashInferBackend):
             return None
         if not triton_linear.triton_available():  # "auto" and the tiles fall back to flashinfer
-            decode_kernel = "flashinfer" if decode_kernel == "auto" else decode_kernel
             prefix_tiles = False
+            if decode_kernel == "auto":
+                decode_kernel = "flashinfer"
         max_blocks_per_seq = -(-self.model.config.max_position_embeddings // self.block_size)
         max_pages = max_num_seqs * max_blocks_per_seq
         return CudaGraphRunner(
