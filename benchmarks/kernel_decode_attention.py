@@ -5,9 +5,10 @@ For Llama-3-8B's heads (32 q / 8 KV, head dim 128, bf16, page 16), batch 1-64 an
 flashinfer (its in-place RoPE, two index_copy_ cache writes, then the tensor-core paged decode
 with its split merge, as the model + GraphDecodeAttention run it) and
 `triton_paged_decode.paged_decode` with a Rope (rotate, write and attend in one launch, a merge
-where it splits), at its default 64 cached tokens a loop step and at one page (16) a step, with
-8 warps a program (4 by default), with the pipelined KV loop (4 and 8 warps), and with 2x and 4x
-the KV splits `plan_splits` gives. Each is a CUDA graph over 32 layers, whose caches are distinct
+where it splits), as the engine launches it (64 cached tokens a loop step, `plan_launch`'s warps
+and KV loop), then at one page (16) a step, with each of the three launches `plan_launch` picks
+from (4 warps, 8 warps, the pipelined loop), and with 2x and 4x the KV splits `plan_splits`
+gives. Each is a CUDA graph over 32 layers, whose caches are distinct
 up to 4 GiB in all (then reused in turn: each far larger than the L2); the floor is the KV bytes
 over the copy bandwidth measured in the same run. Checks the Triton output against flashinfer's
 first. Prints a line per point and a summary; writes
@@ -28,11 +29,22 @@ from engine_decode import copy_bandwidth, write_report
 from kernel_linear import time_us as graph_time_us
 
 from parrotlet_kernels.interface import Rope
-from parrotlet_kernels.triton_paged_decode import MAX_SPLITS, num_sms, paged_decode, plan_splits
+from parrotlet_kernels.triton_paged_decode import (
+    MAX_SPLITS,
+    DecodeLaunch,
+    num_sms,
+    paged_decode,
+    plan_splits,
+)
 from parrotlet_kernels.triton_prefix_tiles import BLOCK_N
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE, LAYERS = 32, 8, 128, 16, 32
 CACHE_BYTES = 4 << 30  # distinct caches up to this size in all
+LAUNCHES = {  # plan_launch's choices, each timed at every point
+    "4warps": DecodeLaunch(),
+    "8warps": DecodeLaunch(num_warps=8),
+    "pipelined": DecodeLaunch(pipelined=True),
+}
 
 
 class Problem:
@@ -103,14 +115,13 @@ def triton_layer(
     problem: Problem,
     num_splits: int,
     block_n: int = BLOCK_N,
-    num_warps: int = 4,
-    pipelined: bool = False,
+    launch: DecodeLaunch | None = None,
 ) -> Callable[[int], torch.Tensor]:
     def layer(i: int) -> torch.Tensor:
         return paged_decode(
             problem.q, problem.k, problem.v, problem.cache(i), problem.indptr,
             problem.indices, problem.last, problem.key_rows, num_splits, rope=problem.rope,
-            block_n=block_n, num_warps=num_warps, pipelined=pipelined,
+            block_n=block_n, launch=launch,
         )  # fmt: skip
 
     return layer
@@ -131,11 +142,8 @@ def measure(batch: int, context: int, bandwidth: float, workspace: torch.Tensor)
         "floor_us": problem.kv_bytes() / bandwidth * 1e6,
         "flashinfer_us": time_us(theirs), "triton_us": time_us(ours),
         "triton_page_us": time_us(triton_layer(problem, splits, block_n=PAGE)),
-        "triton_8warps_us": time_us(triton_layer(problem, splits, num_warps=8)),
-        "triton_pipelined_us": time_us(triton_layer(problem, splits, pipelined=True)),
-        "triton_pipelined_8warps_us": time_us(
-            triton_layer(problem, splits, num_warps=8, pipelined=True)
-        ),
+        **{f"triton_{name}_us": time_us(triton_layer(problem, splits, launch=launch))
+           for name, launch in LAUNCHES.items()},
     }  # fmt: skip
     for factor in (2, 4):  # more KV splits than plan_splits gives: a sweep for its rule
         more = min(MAX_SPLITS, splits * factor)
@@ -160,9 +168,9 @@ def main() -> None:
             print(
                 f"batch {batch:3d} context {context:5d}: flashinfer {r['flashinfer_us']:7.2f} us"
                 f"  triton {r['triton_us']:7.2f} us ({r['num_splits']} splits; a page a loop"
-                f" step {r['triton_page_us']:7.2f}; 8 warps {r['triton_8warps_us']:7.2f};"
-                f" pipelined {r['triton_pipelined_us']:7.2f},"
-                f" with 8 warps {r['triton_pipelined_8warps_us']:7.2f};"
+                f" step {r['triton_page_us']:7.2f}; 4 warps {r['triton_4warps_us']:7.2f},"
+                f" 8 warps {r['triton_8warps_us']:7.2f}, pipelined"
+                f" {r['triton_pipelined_us']:7.2f};"
                 f" {r['triton_x2_splits']} splits"
                 f" {r['triton_x2_us']:7.2f}, {r['triton_x4_splits']} {r['triton_x4_us']:7.2f})"
                 f"  floor {r['floor_us']:7.2f}  {r['speedup']:.2f}x  err {r['max_abs_err']:.3g}",

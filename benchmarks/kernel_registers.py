@@ -71,7 +71,7 @@ LINEAR_POINTERS = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16
 def configs() -> list[Config]:
     paged = [paged_config(*c) for c in ((64, 16, 4), (64, 16, 8), (64, 1, 4), (16, 16, 4))]
     paged.append(paged_config(64, 16, 4, pipelined=True))
-    tiles = [tiles_config(*c) for c in ((64, 4), (64, 8), (128, 8), (64, 4, True), (128, 8, True))]
+    tiles = [tiles_config(*c) for c in ((64, 4), (64, 8), (128, 8))]
     standalone = [shared_prefix_config(block_m, warps) for block_m, warps in ((64, 4), (128, 8))]
     return paged + tiles + standalone + linear_configs()
 
@@ -84,11 +84,11 @@ def paged_config(block_n: int, splits: int, warps: int, pipelined: bool = False)
     return Config(name, paged_decode_kernel, constexprs, ATTENTION_POINTERS, num_warps=warps)
 
 
-def tiles_config(block_m: int, warps: int, pipelined: bool = False) -> Config:
+def tiles_config(block_m: int, warps: int) -> Config:
     """The decode graphs' prefix tiles (8 prefix splits after 4 own-page slots)."""
     constexprs = dict(HEADS, ROWS=block_m // 4, BLOCK_M=block_m, BLOCK_N=64, NUM_SLOTS=12,
-                      NUM_SPLITS=8, ROPE=True, PIPELINED=pipelined)  # fmt: skip
-    name = f"prefix_tiles {block_m} rows" + (", pipelined" * pipelined)
+                      NUM_SPLITS=8, ROPE=True)  # fmt: skip
+    name = f"prefix_tiles {block_m} rows"
     return Config(name, prefix_tiles_kernel, constexprs, ATTENTION_POINTERS, num_warps=warps)
 
 

@@ -5,8 +5,7 @@ own a suffix of 64 (32 q / 8 KV heads x 128, page 16, bf16), timed as CUDA-graph
 cycle over enough layer caches that no call finds the previous call's KV in L2 (as in a model,
 where every layer reads its own cache). Compares parrotlet_kernels.triton_shared_prefix, and the
 engine's graph-decode kernel with prefix tiles (triton_paged_decode + triton_prefix_tiles: each
-sequence's new token appended, tables read on the device; "tiles8w" with 8 warps a program,
-"tilesP" with pipelined KV loops, "tilesP8w" both), with flashinfer's per-sequence paged
+sequence's new token appended, tables read on the device), with flashinfer's per-sequence paged
 decode (tensor cores) and its 2-level cascade, and with the floor: prefix KV read once + every
 suffix + q and output, over the device copy bandwidth measured in the same run. Prints a table
 and one summary line; writes benchmarks/results/kernel_shared_prefix.json (and
@@ -24,7 +23,6 @@ import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,14 +36,6 @@ ROTATE_BYTES = 256 << 20  # KV cycled through per timed pass, several times an H
 WORKSPACE_BYTES = 128 << 20
 QUICK = [(16, 1024), (64, 1024), (64, 8192), (256, 8192)]
 TARGET = (64, 8192)  # the issue's target point: >= 10x paged decode, <= 1.3x the floor
-# the prefix-tile graph kernel as the engine runs it, then with other launches:
-# name -> (column, num_warps or None for the engine's, pipelined KV loops)
-TILE_VARIANTS = {
-    "tiles": ("tiles", None, False),
-    "tiles_8warps": ("tiles8w", 8, False),
-    "tiles_pipelined": ("tilesP", None, True),
-    "tiles_pipelined_8warps": ("tilesP8w", 8, True),
-}
 
 
 @dataclass(frozen=True)
@@ -114,13 +104,10 @@ def triton_kernel(problem: Problem, launch=None) -> Callable[[int], torch.Tensor
     )  # fmt: skip
 
 
-def prefix_tiles(
-    problem: Problem, shape: Shape, num_warps: int | None = None, pipelined: bool = False
-) -> Callable[[int], torch.Tensor]:
+def prefix_tiles(problem: Problem, shape: Shape) -> Callable[[int], torch.Tensor]:
     """The engine's Triton graph decode with one prefix group: each row's last suffix token is
     "this step's" (its cached k/v rewritten in place), the prefix read once per tile of rows
-    (tile_shape's tiles; `num_warps` for their programs and the paged kernel's; `pipelined`
-    KV loops)."""
+    (tile_shape's tiles)."""
     p, device, i32 = problem, problem.q.device, dict(dtype=torch.int32, device=problem.q.device)
     prefix_pages = p.prefix_pages.numel()
     pages = torch.cat([p.prefix_pages.expand(p.batch, -1), p.suffix_pages], dim=1)
@@ -128,8 +115,6 @@ def prefix_tiles(
     sms = triton_paged_decode.num_sms(device)
     group_size = shape.num_heads // shape.num_kv_heads
     tiles = tile_shape(p.batch, group_size, shape.num_kv_heads, sms)
-    if num_warps is not None:
-        tiles = dataclasses.replace(tiles, num_warps=num_warps)
     group = PrefixGroup(tuple(range(p.batch)), prefix_pages)
     layout = tile_prefixes(indptr, pages.flatten().tolist(), [group], tiles)
     table = PrefixTiles(torch.tensor(layout.tile_rows, **i32).view(tiles.max_tiles, -1),
@@ -140,11 +125,9 @@ def prefix_tiles(
     k, v = rows[key_rows], rows[key_rows + shape.page_size]  # layer 0's; others get them too
     last = torch.full((p.batch,), shape.page_size, **i32)
     splits = triton_paged_decode.plan_splits(p.batch, shape.num_kv_heads, sms)
-    warps = num_warps or 4  # the paged kernel's, as the engine launches it without an override
     return lambda layer: triton_paged_decode.paged_decode(
-        p.q, k, v, p.caches[layer], *own, last, key_rows, splits, prefix=table, num_warps=warps,
-        pipelined=pipelined,
-    )  # fmt: skip
+        p.q, k, v, p.caches[layer], *own, last, key_rows, splits, prefix=table
+    )
 
 
 def paged_decode(problem: Problem, shape: Shape, workspace: torch.Tensor) -> Callable:
@@ -248,10 +231,7 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
     layers = len(problem.caches)
     builders = {
         "triton": lambda: triton_kernel(problem),
-        **{
-            name: partial(prefix_tiles, problem, shape, warps, pipelined)
-            for name, (_, warps, pipelined) in TILE_VARIANTS.items()
-        },
+        "tiles": lambda: prefix_tiles(problem, shape),
         "paged": lambda: paged_decode(problem, shape, workspaces[0]),
         "cascade": lambda: cascade(problem, shape, workspaces[1]),
     }
@@ -271,7 +251,7 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
     row["triton_over_floor"] = row["triton_us"] / row["floor_us"]
     row["paged_over_tiles"] = row["paged_us"] / row["tiles_us"]
     row["tiles_over_floor"] = row["tiles_us"] / row["floor_us"]
-    for name in ("triton", *TILE_VARIANTS, "cascade"):
+    for name in ("triton", "tiles", "cascade"):
         if name in outs and "paged" in outs:
             row[f"max_err_{name}"] = (outs[name] - outs["paged"]).abs().max().item()
     return row
@@ -338,9 +318,8 @@ def profile_kernels(shape: Shape, batch: int, prefix: int, workspaces) -> dict[s
 
 
 HEADER = (
-    f"{'batch':>5} {'prefix':>6} | {'triton':>8} "
-    + "".join(f"{label:>9}" for label, _, _ in TILE_VARIANTS.values())
-    + f" {'paged':>8} {'cascade':>8} {'floor':>7} us | {'paged/tri':>9} {'casc/tri':>8} "
+    f"{'batch':>5} {'prefix':>6} | {'triton':>8} {'tiles':>8} {'paged':>8} {'cascade':>8} "
+    f"{'floor':>7} us | {'paged/tri':>9} {'casc/tri':>8} "
     f"{'tri/floor':>9} {'paged/til':>9} {'til/floor':>9} | err tri, til"
 )
 
@@ -348,9 +327,8 @@ HEADER = (
 def format_row(r: dict) -> str:
     nan = float("nan")
     return (
-        f"{r['batch']:>5} {r['prefix']:>6} | {r['triton_us']:>8.1f} "
-        + "".join(f"{r[f'{name}_us']:>9.1f}" for name in TILE_VARIANTS)
-        + f" {r['paged_us']:>8.1f} {r['cascade_us']:>8.1f} {r['floor_us']:>7.1f}    | "
+        f"{r['batch']:>5} {r['prefix']:>6} | {r['triton_us']:>8.1f} {r['tiles_us']:>8.1f} "
+        f"{r['paged_us']:>8.1f} {r['cascade_us']:>8.1f} {r['floor_us']:>7.1f}    | "
         f"{r['paged_over_triton']:>9.2f} {r['cascade_over_triton']:>8.2f} "
         f"{r['triton_over_floor']:>9.2f} {r['paged_over_tiles']:>9.2f} "
         f"{r['tiles_over_floor']:>9.2f} | {r.get('max_err_triton', nan):.3f}, "

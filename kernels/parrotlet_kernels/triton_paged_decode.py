@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -48,6 +49,40 @@ def plan_splits(batch: int, num_kv_heads: int, num_sms: int) -> int:
     return splits_to_fill(batch * num_kv_heads, 2 * num_sms)
 
 
+@dataclass(frozen=True)
+class DecodeLaunch:
+    """How paged_decode_kernel's programs run: `num_warps` each (4 or 8), and with `pipelined`
+    the KV loop overlaps each block's loads with the previous block's math through Triton's
+    cp.async pipeline instead of holding the next block in registers (which spills at 4 warps,
+    benchmarks/results/kernel_registers_notes.md)."""
+
+    num_warps: int = 4
+    pipelined: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_warps not in (4, 8):
+            raise ValueError(f"num_warps must be 4 or 8, got {self.num_warps}")
+
+
+def plan_launch(programs: int, num_sms: int) -> DecodeLaunch:
+    """The launch for a grid of `programs` (sequences x KV heads x splits) on `num_sms` SMs.
+
+    On the H100 (benchmarks/kernel_decode_attention.py, 2026-12-06; 132 SMs, 8 KV heads):
+    - batch 1 (128 programs, at most one an SM): 8 warps won at every context, 3-5% at
+      160-4096 tokens (6.10 vs 6.29 us at 160), 1% at 16384;
+    - batch 8 and 32 (256 programs): 4 warps with register prefetch won, by 0-4% over the
+      pipelined loop and 13-20% over 8 warps;
+    - batch 64 (512 programs): the pipelined loop won at every context, by 16% at 160 tokens
+      (22.4 vs 26.7 us), 2-4% from 1024 to 16384.
+    Between 256 and 512 programs the threshold is unmeasured.
+    """
+    if programs <= num_sms:
+        return DecodeLaunch(num_warps=8)
+    if programs > 2 * num_sms:
+        return DecodeLaunch(pipelined=True)
+    return DecodeLaunch()
+
+
 @cache
 def num_sms(device: torch.device) -> int:
     """The device's SM count; 1 on CPU (Triton's interpreter, tests)."""
@@ -70,8 +105,7 @@ def paged_decode(
     prefix: PrefixTiles | None = None,
     rope: Rope | None = None,
     block_n: int = BLOCK_N,
-    num_warps: int = 4,
-    pipelined: bool = False,
+    launch: DecodeLaunch | None = None,
 ) -> torch.Tensor:  # [batch, num_heads, head_dim]
     """Write each sequence's k/v at `key_rows`, then attend its pages (this token last).
 
@@ -82,11 +116,8 @@ def paged_decode(
     are trusted (reading them would sync the device). With `rope`, q and k are rotated here
     (k as it is cached; the inputs stay as they are). Equal to softmax attention over the
     sequence's tokens. `block_n`: cached tokens per loop step of each program, a power-of-two
-    multiple of the page size; `num_warps` (4 or 8) of each program: at 4 the default loop
-    spills registers, at 8 it does not but an SM holds one program, not two
-    (benchmarks/results/kernel_registers_notes.md; 8 is not yet timed). `pipelined` (untimed)
-    overlaps each KV block's loads with the previous block's math through Triton's software
-    pipeline instead of registers, in both kernels.
+    multiple of the page size; `launch`: the paged kernel's warps and KV loop (default:
+    `plan_launch` for its grid).
 
     Raises:
         ValueError: a shape, dtype or device does not fit the description above.
@@ -98,8 +129,6 @@ def paged_decode(
     if block_n < kv_cache.shape[2] or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two >= the page size {kv_cache.shape[2]}, "
                          f"got {block_n}")  # fmt: skip
-    if num_warps not in (4, 8):
-        raise ValueError(f"num_warps must be 4 or 8, got {num_warps}")
     if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"paged_decode needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
     from parrotlet_kernels.triton_paged_decode_kernels import paged_decode_kernel
@@ -115,17 +144,17 @@ def paged_decode(
         o_part = q.new_empty((batch, num_heads, slots, head_dim), dtype=torch.float32)
         lse_part = q.new_empty((batch, num_heads, slots), dtype=torch.float32)
     scale_log2 = (head_dim**-0.5 if scale is None else scale) * math.log2(math.e)
+    launch = launch or plan_launch(batch * num_kv_heads * num_splits, num_sms(q.device))
     paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k, v, *_rope_args(q, rope), kv_cache, kv_indptr, kv_indices, last_page_len, key_rows,
         o_part, lse_part, num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         v.stride(0), v.stride(1), scale_log2, GROUP=group,
         BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim, PAGE_SIZE=page_size,
         BLOCK_N=block_n, NUM_SPLITS=num_splits, NUM_SLOTS=slots, ROPE=rope is not None,
-        PIPELINED=pipelined, num_warps=num_warps,
+        PIPELINED=launch.pipelined, num_warps=launch.num_warps,
     )  # fmt: skip
     if prefix is not None:
-        _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2, rope,
-                         pipelined)  # fmt: skip
+        _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2, rope)
     if slots > 1:
         from parrotlet_kernels.triton_shared_prefix_kernels import merge_kernel
 
@@ -145,7 +174,6 @@ def _attend_prefixes(
     lse_part: torch.Tensor,  # [batch, num_heads, slots] float32
     scale_log2: float,
     rope: Rope | None,
-    pipelined: bool,
 ) -> None:
     """Fill the last `prefix.shape.num_splits` slots: each tile's rows against its prefix."""
     from parrotlet_kernels.triton_paged_decode_kernels import prefix_tiles_kernel
@@ -157,7 +185,7 @@ def _attend_prefixes(
         GROUP=q.shape[1] // num_kv_heads, ROWS=shape.rows_per_tile, BLOCK_M=shape.block_m,
         HEAD_DIM=q.shape[2], PAGE_SIZE=kv_cache.shape[2], BLOCK_N=BLOCK_N,
         NUM_SLOTS=o_part.shape[2], NUM_SPLITS=shape.num_splits, ROPE=rope is not None,
-        PIPELINED=pipelined, num_warps=shape.num_warps,
+        num_warps=shape.num_warps,
     )  # fmt: skip
 
 

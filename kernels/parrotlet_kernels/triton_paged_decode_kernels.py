@@ -40,37 +40,6 @@ def _load_heads(
 
 
 @triton.jit
-def _attend_run_pipelined(
-    q,  # [R, HEAD_DIM]
-    kv_ptr,  # the cache at this program's KV head
-    pages_ptr,  # page ids of the run: token t lives in page pages_ptr[t // PAGE_SIZE]
-    start,  # first token of the run
-    end,  # one past its last
-    page_stride,
-    kv_stride,
-    row_elems,
-    scale_log2,
-    m,  # [R] float32 running max (base 2)
-    l_sum,  # [R] float32 running sum of weights
-    acc,  # [R, HEAD_DIM] float32 running unnormalized output
-    HEAD_DIM: tl.constexpr,
-    PAGE_SIZE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """The kernels' KV loop with PIPELINED: online softmax of q over the run, BLOCK_N tokens a
-    step, each block's loads overlapped with the previous block's math by Triton's two-stage
-    software pipeline (cp.async into shared memory), not by holding the next block in registers
-    as the default loops do (which spills at 4 warps: benchmarks/results/
-    kernel_registers_notes.md). Returns (m, l_sum, acc). Untimed on a GPU so far."""
-    for n0 in tl.range(start, end, BLOCK_N, num_stages=2):
-        tok = n0 + tl.arange(0, BLOCK_N)
-        k, v = _load_kv(kv_ptr, pages_ptr, tok, tok < end, page_stride, kv_stride, row_elems,
-                        HEAD_DIM, PAGE_SIZE)  # fmt: skip
-        m, l_sum, acc = _softmax_step(q, k, v, tok < end, scale_log2, m, l_sum, acc)
-    return m, l_sum, acc
-
-
-@triton.jit
 def paged_decode_kernel(
     q_ptr,  # [batch, num_heads, HEAD_DIM]
     k_ptr,  # [batch, num_kv_heads, HEAD_DIM], this step's key of each sequence
@@ -100,13 +69,13 @@ def paged_decode_kernel(
     NUM_SPLITS: tl.constexpr,
     NUM_SLOTS: tl.constexpr,  # >= NUM_SPLITS; the slots past NUM_SPLITS are prefix_tiles_kernel's
     ROPE: tl.constexpr,  # q and k arrive unrotated: rotate them here (k as it is cached)
-    PIPELINED: tl.constexpr,  # the KV loop: _attend_run_pipelined
+    PIPELINED: tl.constexpr,  # the KV loop: Triton's software pipeline, not register prefetch
 ):
     """Program (sequence b, KV head h, split s): the GROUP query heads of h over split s's pages.
 
     The cached tokens (all but this step's) are cut into NUM_SPLITS runs of whole pages, each
     attended BLOCK_N tokens at a time (the next block's loads issued before this block's math,
-    or PIPELINED);
+    or with PIPELINED through Triton's cp.async pipeline: triton_paged_decode.plan_launch picks);
     split 0 also writes this step's k/v into the cache, and the last split attends that token
     from the inputs, so no program reads a cache slot another one writes. An empty split stores
     lse -inf.
@@ -141,10 +110,12 @@ def paged_decode_kernel(
     m = tl.full((BLOCK_G,), float("-inf"), tl.float32)
     l_sum = tl.zeros((BLOCK_G,), tl.float32)
     acc = tl.zeros((BLOCK_G, HEAD_DIM), tl.float32)
-    if PIPELINED:
-        m, l_sum, acc = _attend_run_pipelined(q, kv_ptr, pages_ptr, start, end, page_stride,
-                                              kv_stride, row_elems, scale_log2, m, l_sum, acc,
-                                              HEAD_DIM, PAGE_SIZE, BLOCK_N)  # fmt: skip
+    if PIPELINED:  # each block's loads overlap the previous block's math via cp.async
+        for n0 in tl.range(start, end, BLOCK_N, num_stages=2):
+            tok = n0 + tl.arange(0, BLOCK_N)
+            keys, values = _load_kv(kv_ptr, pages_ptr, tok, tok < end, page_stride, kv_stride,
+                                    row_elems, HEAD_DIM, PAGE_SIZE)  # fmt: skip
+            m, l_sum, acc = _softmax_step(q, keys, values, tok < end, scale_log2, m, l_sum, acc)
     else:
         tok = start + tl.arange(0, BLOCK_N)
         keys, values = _load_kv(kv_ptr, pages_ptr, tok, tok < end, page_stride, kv_stride,
@@ -205,7 +176,6 @@ def prefix_tiles_kernel(
     NUM_SLOTS: tl.constexpr,
     NUM_SPLITS: tl.constexpr,  # prefix splits, in slots NUM_SLOTS - NUM_SPLITS ...
     ROPE: tl.constexpr,  # q arrives unrotated
-    PIPELINED: tl.constexpr,  # the KV loop: _attend_run_pipelined
 ):
     """Program (p, KV head h, split s): tiles p, p + programs, ... of the table, each tile's rows
     against split s of their prefix.
@@ -219,7 +189,7 @@ def prefix_tiles_kernel(
         _prefix_tile(q_ptr, pos_ptr, cos_sin_ptr, cache_ptr, indices_ptr, tile_rows_ptr,
                      tile_pages_ptr, o_ptr, lse_ptr, num_kv_heads, stride_qb, stride_qh,
                      scale_log2, t, h, s, GROUP, ROWS, BLOCK_M, HEAD_DIM, PAGE_SIZE, BLOCK_N,
-                     NUM_SLOTS, NUM_SPLITS, ROPE, PIPELINED)  # fmt: skip
+                     NUM_SLOTS, NUM_SPLITS, ROPE)  # fmt: skip
         t += programs
 
 
@@ -229,7 +199,7 @@ def _prefix_tile(
     lse_ptr, num_kv_heads, stride_qb, stride_qh, scale_log2, t, h, s,
     GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SLOTS: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, ROPE: tl.constexpr, PIPELINED: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, ROPE: tl.constexpr,
 ):  # fmt: skip
     """Tile t's rows of KV head h against split s of their prefix (prefix_tiles_kernel)."""
     m = tl.arange(0, BLOCK_M)
@@ -252,21 +222,17 @@ def _prefix_tile(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    if PIPELINED:
-        m_i, l_i, acc = _attend_run_pipelined(q, kv_ptr, pages_ptr, start, end, page_stride,
-                                              kv_stride, row_elems, scale_log2, m_i, l_i, acc,
-                                              HEAD_DIM, PAGE_SIZE, BLOCK_N)  # fmt: skip
-    else:
-        tok = start + tl.arange(0, BLOCK_N)
-        k, v = _load_kv(kv_ptr, pages_ptr, tok, tok < end, page_stride, kv_stride, row_elems,
-                        HEAD_DIM, PAGE_SIZE)  # fmt: skip
-        # a `for` loop (measured a little faster here than the paged kernel's `while`)
-        for n0 in range(start, end, BLOCK_N):  # block i + 1's loads before block i's math
-            tok = n0 + tl.arange(0, BLOCK_N)
-            nxt = tok + BLOCK_N
-            k_next, v_next = _load_kv(kv_ptr, pages_ptr, nxt, nxt < end, page_stride,
-                                      kv_stride, row_elems, HEAD_DIM, PAGE_SIZE)  # fmt: skip
-            m_i, l_i, acc = _softmax_step(q, k, v, tok < end, scale_log2, m_i, l_i, acc)
-            k, v = k_next, v_next
+    tok = start + tl.arange(0, BLOCK_N)
+    k, v = _load_kv(kv_ptr, pages_ptr, tok, tok < end, page_stride, kv_stride, row_elems,
+                    HEAD_DIM, PAGE_SIZE)  # fmt: skip
+    # a `for` loop (measured a little faster here than the paged kernel's `while`); register
+    # prefetch, not the paged kernel's pipelined loop (slower here at 256 rows, 2026-12-06)
+    for n0 in range(start, end, BLOCK_N):  # block i + 1's loads before block i's math
+        tok = n0 + tl.arange(0, BLOCK_N)
+        nxt = tok + BLOCK_N
+        k_next, v_next = _load_kv(kv_ptr, pages_ptr, nxt, nxt < end, page_stride, kv_stride,
+                                  row_elems, HEAD_DIM, PAGE_SIZE)  # fmt: skip
+        m_i, l_i, acc = _softmax_step(q, k, v, tok < end, scale_log2, m_i, l_i, acc)
+        k, v = k_next, v_next
     _store_partial(o_ptr, lse_ptr, row * (num_kv_heads * GROUP) + head, row_ok,
                    NUM_SLOTS - NUM_SPLITS + s, NUM_SLOTS, m_i, l_i, acc, HEAD_DIM)  # fmt: skip

@@ -15,8 +15,10 @@ import torch
 from parrotlet_kernels.attention_math import attention_with_lse
 from parrotlet_kernels.interface import Rope
 from parrotlet_kernels.triton_paged_decode import (
+    DecodeLaunch,
     check_inputs,
     paged_decode,
+    plan_launch,
     plan_splits,
     triton_decode_wins,
 )
@@ -112,18 +114,17 @@ def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
     """Every case, a page (16 tokens) and four pages a loop step, and four pages in the pipelined
     loop; odd cases with RoPE; on a GPU four pages a step with 8 warps too (the interpreter has
     no warps)."""
-    loops = [(16, 4, False), (64, 4, False), (64, 4, True)]
-    loops += [(64, 8, False)] if device == "cuda" else []
+    loops = [(16, DecodeLaunch()), (64, DecodeLaunch()), (64, DecodeLaunch(pipelined=True))]
+    loops += [(64, DecodeLaunch(num_warps=8))] if device == "cuda" else []
     runs = [(case, rope, *loop) for case, rope in zip(CASES, [False, True] * 3, strict=False)
             for loop in loops]  # fmt: skip
-    for (seq_lens, heads, splits), use_rope, block_n, num_warps, pipelined in runs:
+    for (seq_lens, heads, splits), use_rope, block_n, launch in runs:
         step = Step(seq_lens, heads, head_dim, dtype=dtype, device=device)
         args, rope = list(step.args(splits)), None
         if use_rope:
             (args[0], args[1]), rope = with_rope(step)
         cache, expected = step.reference()
-        out = paged_decode(*args, rope=rope, block_n=block_n, num_warps=num_warps,
-                           pipelined=pipelined)  # fmt: skip
+        out = paged_decode(*args, rope=rope, block_n=block_n, launch=launch)
         assert out.shape == step.q.shape and out.dtype == dtype
         torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
         assert_same_cache(step, cache, rotated=rope is not None)
@@ -141,6 +142,16 @@ def assert_same_cache(step: Step, expected: torch.Tensor, rotated: bool) -> None
 
 
 # ---- CPU: planning and input checks ----------------------------------------------------------
+def test_plan_launch_uses_8_warps_up_to_an_sm_each_and_pipelines_past_two():
+    """The H100's grids (132 SMs, 8 KV heads, plan_splits' splits): batch 1, 8, 32, 64; then
+    the thresholds."""
+    assert [b * 8 * plan_splits(b, 8, 132) for b in (1, 8, 32, 64)] == [128, 256, 256, 512]
+    eight, four, pipelined = DecodeLaunch(8), DecodeLaunch(), DecodeLaunch(pipelined=True)
+    programs = (128, 256, 512, 132, 133, 264, 265)
+    launches = [eight, four, pipelined, eight, four, four, pipelined]
+    assert [plan_launch(p, 132) for p in programs] == launches
+
+
 def test_plan_splits_gives_every_sm_two_programs_up_to_16_splits():
     assert [plan_splits(b, 8, 132) for b in (1, 2, 4, 8, 16, 32, 64)] == [16, 16, 8, 4, 2, 1, 1]
     assert plan_splits(1, 1, 4) == 8
@@ -196,7 +207,7 @@ def test_block_n_is_a_power_of_two_of_whole_pages_and_warps_4_or_8():
         with pytest.raises(ValueError, match=f"power of two >= the page size 16, got {block_n}"):
             paged_decode(*step.args(2), block_n=block_n)
     with pytest.raises(ValueError, match="num_warps must be 4 or 8, got 2"):
-        paged_decode(*step.args(2), num_warps=2)
+        DecodeLaunch(num_warps=2)
 
 
 def test_reference_reads_the_sequence_in_order():
