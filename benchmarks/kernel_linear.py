@@ -3,8 +3,11 @@
 For each Llama-3-8B projection (qkv, o, gate_up with SwiGLU's product, down, lm_head) and a few
 rows (decode batch sizes 1-64, up to `triton_linear.MAX_ROWS`), times
 `F.linear` (gate_up: then flashinfer's silu_and_mul), the Triton kernel with `plan_linear`'s
-launch, and a sweep of launches, each as a CUDA graph of
-calls cycling over weight copies larger than L2 together (each call streams its weight from HBM).
+launch, the same launched with programmatic dependent launch (PDL: each call may start during
+the previous one's tail, prefetching PREFETCH_K of its weight columns into L2; "pdl" is the
+planned prefetch, "pdl_prefetch" times others) and with --sweep a sweep of launches, each as a
+CUDA graph of calls cycling over weight copies larger than L2 together (each call streams its
+weight from HBM).
 The floor is the weight bytes over the copy bandwidth measured in the same run. Checks each
 Triton result against F.linear. Prints a line per layer and size, then a summary line; writes
 benchmarks/results/kernel_linear.json (and $OUT/kernel_linear.json when $OUT is set).
@@ -15,6 +18,7 @@ benchmarks/results/kernel_linear.json (and $OUT/kernel_linear.json when $OUT is 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 from collections.abc import Callable
 
@@ -38,6 +42,7 @@ SWEEP = [
         (32, 64, 128), (64, 128, 256), (4, 8), (4, 6)
     )
 ]
+PREFETCH_K = (0, 256, 512, 1024, 2048)  # weight columns a PDL program prefetches, timed
 L2_MULTIPLE_BYTES = 256 << 20  # weight copies per graph: at least this many bytes in all
 
 
@@ -78,10 +83,12 @@ def measure(name: str, rows: int, sweep: bool, bandwidth: float, silu_and_mul) -
         y = F.linear(x, weights[i])
         return silu_and_mul(y) if swiglu else y
 
-    def ours(i: int, launch: LinearLaunch | None = None) -> torch.Tensor:
+    def ours(i: int, launch: LinearLaunch | None = None, pdl: bool = False) -> torch.Tensor:
         if swiglu:
-            return triton_linear.swiglu(x, weights[i], silu_and_mul, launch=launch)
-        return triton_linear.linear(x, weights[i], launch=launch)
+            return triton_linear.swiglu(
+                x, weights[i], silu_and_mul, launch=launch, programmatic=pdl
+            )
+        return triton_linear.linear(x, weights[i], launch=launch, programmatic=pdl)
 
     out, tiles = (n // 2, 2) if swiglu else (n, 1)
     planned = triton_linear.plan_linear(rows, out, k, tiles)
@@ -92,6 +99,18 @@ def measure(name: str, rows: int, sweep: bool, bandwidth: float, silu_and_mul) -
         "planned_us": time_us(lambda i: ours(i, planned), copies) if planned else None,
         "max_abs_err": error,
     }  # fmt: skip
+    if planned:
+        pdl_error = (ours(0, planned, pdl=True).float() - cublas(0).float()).abs().max().item()
+        prefetch = {
+            p: _pdl_time(ours, dataclasses.replace(planned, prefetch_k=p), copies)
+            for p in PREFETCH_K
+            if p <= k
+        }
+        row |= {
+            "pdl_us": prefetch[planned.prefetch_k],
+            "pdl_max_abs_err": pdl_error,
+            "pdl_prefetch_us": prefetch,
+        }
     if sweep:
         timings = [(_sweep_time(ours, c, copies), c) for c in SWEEP if c.fits(rows, out, k)]
         best_us, best = min(timings, key=lambda t: t[0])
@@ -101,11 +120,18 @@ def measure(name: str, rows: int, sweep: bool, bandwidth: float, silu_and_mul) -
 
 def format_row(r: dict) -> str:
     best = f"  best {r['best_us']:.1f} {r['best']}" if "best_us" in r else ""
+    nan = float("nan")
+    prefetch = " ".join(f"{p}:{us:.1f}" for p, us in r.get("pdl_prefetch_us", {}).items())
     return (
         f"{r['layer']:8s} rows {r['rows']:2d}: floor {r['floor_us']:7.1f} us"
-        f"  cublas {r['cublas_us']:7.1f}  triton {r['planned_us'] or float('nan'):7.1f}"
-        f"  err {r['max_abs_err']:.3g}{best}"
+        f"  cublas {r['cublas_us']:7.1f}  triton {r['planned_us'] or nan:7.1f}"
+        f"  pdl {r.get('pdl_us', nan):7.1f} (prefetch {prefetch})"
+        f"  err {r['max_abs_err']:.3g} / {r.get('pdl_max_abs_err', nan):.3g}{best}"
     )
+
+
+def _pdl_time(ours: Callable, launch: LinearLaunch, copies: int) -> float:
+    return time_us(lambda i: ours(i, launch, pdl=True), copies)
 
 
 def _sweep_time(ours: Callable, launch: LinearLaunch, copies: int) -> float:
@@ -133,13 +159,13 @@ def main() -> None:
             rows.append(r)
             print(format_row(r), flush=True)
     total = {
-        key: sum(r[key] for r in rows if r["rows"] == 1 and r[key] is not None)
-        for key in ("floor_us", "cublas_us", "planned_us")
+        key: sum(r.get(key) or 0.0 for r in rows if r["rows"] == 1)
+        for key in ("floor_us", "cublas_us", "planned_us", "pdl_us")
     }
     print(
         f"kernel_linear on {torch.cuda.get_device_name()}: one row through all layers "
-        f"{total['planned_us']:.0f} us Triton vs {total['cublas_us']:.0f} us cuBLAS "
-        f"(floor {total['floor_us']:.0f} us)"
+        f"{total['planned_us']:.0f} us Triton ({total['pdl_us']:.0f} with PDL) vs "
+        f"{total['cublas_us']:.0f} us cuBLAS (floor {total['floor_us']:.0f} us)"
     )
     write_report(
         {"device": torch.cuda.get_device_name(), "copy_bandwidth_gb_s": bandwidth / 1e9,

@@ -79,7 +79,7 @@ def configs() -> list[Config]:
 def paged_config(block_n: int, splits: int, warps: int, pipelined: bool = False) -> Config:
     """The engine's Triton decode attention (4 query heads a KV head padded to 16 rows)."""
     constexprs = dict(HEADS, BLOCK_G=16, BLOCK_N=block_n, NUM_SPLITS=splits, NUM_SLOTS=splits,
-                      ROPE=True, PIPELINED=pipelined)  # fmt: skip
+                      ROPE=True, PIPELINED=pipelined, PDL=True)  # fmt: skip
     name = f"paged_decode block_n {block_n}, {splits} splits" + (", pipelined" * pipelined)
     return Config(name, paged_decode_kernel, constexprs, ATTENTION_POINTERS, num_warps=warps)
 
@@ -87,7 +87,7 @@ def paged_config(block_n: int, splits: int, warps: int, pipelined: bool = False)
 def tiles_config(block_m: int, warps: int) -> Config:
     """The decode graphs' prefix tiles (8 prefix splits after 4 own-page slots)."""
     constexprs = dict(HEADS, ROWS=block_m // 4, BLOCK_M=block_m, BLOCK_N=64, NUM_SLOTS=12,
-                      NUM_SPLITS=8, ROPE=True)  # fmt: skip
+                      NUM_SPLITS=8, ROPE=True, PDL=True)  # fmt: skip
     name = f"prefix_tiles {block_m} rows"
     return Config(name, prefix_tiles_kernel, constexprs, ATTENTION_POINTERS, num_warps=warps)
 
@@ -108,7 +108,8 @@ def linear_configs() -> list[Config]:
         launch = plan_linear(1, n, k, weight_tiles=tiles)
         constexprs = dict(K=k, HAS_BIAS=False, SWIGLU=tiles == 2, BLOCK_M=launch.block_m,
                           BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
-                          NUM_STAGES=launch.num_stages)  # fmt: skip
+                          NUM_STAGES=launch.num_stages, PREFETCH_K=launch.prefetch_k,
+                          PDL=True)  # fmt: skip
         out.append(Config(f"linear {name}", small_batch_linear_kernel, constexprs,
                           LINEAR_POINTERS, num_warps=launch.num_warps))  # fmt: skip
     return out

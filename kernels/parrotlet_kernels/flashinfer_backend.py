@@ -471,7 +471,8 @@ class GraphDecodeAttention:
     for `prefix_shape(batch size)`): that step runs the Triton kernel plus the launch that reads
     each shared prefix once per tile. A graph captured after a plan serves only plans of the same
     kernel and tiles. Where the Triton kernel runs, `applies_rope` is true: the model hands over q
-    and k unrotated with a `Rope`, and the kernel rotates them.
+    and k unrotated with a `Rope`, and the kernel rotates them; with `programmatic` it is launched
+    with PDL where the device supports it (programmatic_launch.py).
     """
 
     def __init__(
@@ -481,6 +482,7 @@ class GraphDecodeAttention:
         max_pages: int,
         kernel: str = "flashinfer",
         prefix_tiles: bool = False,
+        programmatic: bool = False,
     ) -> None:
         if kernel not in ("flashinfer", "triton", "auto"):
             raise ValueError(f"kernel must be flashinfer, triton or auto, got {kernel!r}")
@@ -499,6 +501,7 @@ class GraphDecodeAttention:
         self._fence = PlanFence(device)
         self._splits: dict[int, int] = {}
         self.prefix_tiles = prefix_tiles
+        self.programmatic = programmatic
         self.planned_kernel = self.kernels[0]  # the last plan's
         self.with_prefix = False  # whether the last plan has prefix tiles
         # The Triton kernel's tables, one copy a plan: kv_indptr, last_page_len, tile tables
@@ -603,6 +606,7 @@ class GraphDecodeAttention:
             tables[: b + 1], self._pages, tables[b + 1 : 2 * b + 1],
             self._key_rows[:b], self._splits[b], scale=spec.scale,
             prefix=self._prefix_tiles(b) if self.with_prefix else None, rope=rope,
+            programmatic=self.programmatic,
         )  # fmt: skip
 
     def _tables_len(self, batch_size: int) -> int:

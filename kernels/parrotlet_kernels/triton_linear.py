@@ -18,23 +18,30 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from parrotlet_kernels import programmatic_launch
+
 # Rows up to which the kernel runs (64-row tiles at most). On the H100 (2026-12-06,
 # benchmarks/kernel_linear.py) it beat or tied cuBLAS on Llama-3-8B's layers at 1-32 rows; at 64
 # rows it won gate_up (86 vs 93 us) and lm_head (366 vs 393) and lost 0.6 us on o_proj and down.
 MAX_ROWS = 64
+PREFETCH_BYTES = 64 * 1024  # of weights a program asks L2 for before it waits (PDL only)
 _SMEM_BYTES = 200 * 1024  # for the pipeline's stages; an H100 SM has 227 KB
 _DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
 class LinearLaunch:
-    """Grid `n // block_n`; each program streams `block_n` weight rows in `block_k` slices."""
+    """Grid `n // block_n`; each program streams `block_n` weight rows in `block_k` slices.
+
+    Launched with programmatic dependent launch (programmatic_launch.py), a program first asks
+    L2 for the first `prefetch_k` columns of its rows (0 or a power of two >= 64, at most k)."""
 
     block_m: int
     block_n: int
     block_k: int
     num_warps: int = 4
     num_stages: int = 4
+    prefetch_k: int = 0
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
@@ -44,9 +51,17 @@ class LinearLaunch:
         for name in ("num_warps", "num_stages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        prefetch = self.prefetch_k
+        if prefetch and (prefetch < 64 or prefetch & (prefetch - 1)):
+            raise ValueError(f"prefetch_k must be 0 or a power of two >= 64, got {prefetch}")
 
     def fits(self, m: int, n: int, k: int) -> bool:
-        return m <= self.block_m and n % self.block_n == 0 and k % self.block_k == 0
+        return (
+            m <= self.block_m
+            and n % self.block_n == 0
+            and k % self.block_k == 0
+            and self.prefetch_k <= k
+        )
 
 
 def plan_linear(m: int, n: int, k: int, weight_tiles: int = 1) -> LinearLaunch | None:
@@ -57,6 +72,7 @@ def plan_linear(m: int, n: int, k: int, weight_tiles: int = 1) -> LinearLaunch |
     128-wide slices, up to 5 slices in flight as shared memory allows: on the H100 this beat
     narrower programs that fill every SM (benchmarks/kernel_linear.py --sweep); narrower blocks
     where 64 does not divide n. The input rows are padded to a tensor-core tile of 16, 32 or 64.
+    Under PDL a program prefetches PREFETCH_BYTES of its weight rows (gate and up together).
     """
     if not 1 <= m <= MAX_ROWS:
         return None
@@ -67,7 +83,9 @@ def plan_linear(m: int, n: int, k: int, weight_tiles: int = 1) -> LinearLaunch |
     block_m = max(16, 1 << (m - 1).bit_length())  # 16: the tensor cores' smallest tile
     stage_bytes = 2 * block_k * (weight_tiles * block_n + block_m)  # 16-bit weight and x slices
     stages = min(5, _SMEM_BYTES // stage_bytes)
-    return LinearLaunch(block_m=block_m, block_n=block_n, block_k=block_k, num_stages=stages)
+    prefetch = min(PREFETCH_BYTES // (2 * weight_tiles * block_n), k)  # 16-bit weights
+    prefetch_k = 1 << (prefetch.bit_length() - 1) if prefetch >= 64 else 0  # a power of two
+    return LinearLaunch(block_m, block_n, block_k, num_stages=stages, prefetch_k=prefetch_k)
 
 
 def linear(
@@ -75,12 +93,14 @@ def linear(
     weight: torch.Tensor,  # [n, k]
     bias: torch.Tensor | None = None,  # [n]
     launch: LinearLaunch | None = None,
+    programmatic: bool = False,
 ) -> torch.Tensor:  # [m, n]
-    """`F.linear(x, weight, bias)`, through the Triton kernel where it applies."""
+    """`F.linear(x, weight, bias)`, through the Triton kernel where it applies; with
+    `programmatic` the kernel is launched with PDL where the device supports it."""
     launch = launch or _plan(x, weight, weight.shape[0])
     if launch is None:
         return F.linear(x, weight, bias)
-    return _launch(x, weight, bias, launch, swiglu=False)
+    return _launch(x, weight, bias, launch, swiglu=False, programmatic=programmatic)
 
 
 def swiglu(
@@ -88,8 +108,10 @@ def swiglu(
     gate_up_weight: torch.Tensor,  # [2 * n, k]: gate rows, then up rows
     silu_and_mul: Callable[[torch.Tensor], torch.Tensor],
     launch: LinearLaunch | None = None,
+    programmatic: bool = False,
 ) -> torch.Tensor:  # [m, n]
-    """`silu_and_mul(F.linear(x, gate_up_weight))`, as one Triton kernel where it applies."""
+    """`silu_and_mul(F.linear(x, gate_up_weight))`, as one Triton kernel where it applies
+    (`programmatic`: as in `linear`)."""
     if gate_up_weight.shape[0] % 2:
         raise ValueError(
             f"gate_up_weight has {gate_up_weight.shape[0]} rows, expected an even number "
@@ -98,7 +120,7 @@ def swiglu(
     launch = launch or _plan(x, gate_up_weight, gate_up_weight.shape[0] // 2, weight_tiles=2)
     if launch is None:
         return silu_and_mul(F.linear(x, gate_up_weight))
-    return _launch(x, gate_up_weight, None, launch, swiglu=True)
+    return _launch(x, gate_up_weight, None, launch, swiglu=True, programmatic=programmatic)
 
 
 def reference_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -130,6 +152,7 @@ def _launch(
     launch: LinearLaunch,
     *,
     swiglu: bool,
+    programmatic: bool,
 ) -> torch.Tensor:
     m, (n, k) = x.shape[0], weight.shape
     n = n // 2 if swiglu else n
@@ -139,12 +162,13 @@ def _launch(
         raise ValueError(f"{launch} does not fit a [{m}, {k}] x [{n}, {k}].T product")
     from parrotlet_kernels.triton_linear_kernels import small_batch_linear_kernel
 
+    pdl = programmatic and programmatic_launch.supported(x.device)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     small_batch_linear_kernel[(n // launch.block_n,)](
         x, weight, bias if bias is not None else weight, y, m, n, x.stride(0), y.stride(0),
         K=k, HAS_BIAS=bias is not None, SWIGLU=swiglu, BLOCK_M=launch.block_m,
         BLOCK_N=launch.block_n, BLOCK_K=launch.block_k, NUM_STAGES=launch.num_stages,
-        num_warps=launch.num_warps,
+        PREFETCH_K=launch.prefetch_k, PDL=pdl, num_warps=launch.num_warps, launch_pdl=pdl,
     )  # fmt: skip
     return y
 

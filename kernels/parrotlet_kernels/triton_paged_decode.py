@@ -21,6 +21,7 @@ from functools import cache
 
 import torch
 
+from parrotlet_kernels import programmatic_launch
 from parrotlet_kernels.interface import Rope
 from parrotlet_kernels.triton_prefix_tiles import BLOCK_N, MAX_SPLITS, PrefixTiles, splits_to_fill
 
@@ -106,6 +107,7 @@ def paged_decode(
     rope: Rope | None = None,
     block_n: int = BLOCK_N,
     launch: DecodeLaunch | None = None,
+    programmatic: bool = False,
 ) -> torch.Tensor:  # [batch, num_heads, head_dim]
     """Write each sequence's k/v at `key_rows`, then attend its pages (this token last).
 
@@ -117,7 +119,8 @@ def paged_decode(
     (k as it is cached; the inputs stay as they are). Equal to softmax attention over the
     sequence's tokens. `block_n`: cached tokens per loop step of each program, a power-of-two
     multiple of the page size; `launch`: the paged kernel's warps and KV loop (default:
-    `plan_launch` for its grid).
+    `plan_launch` for its grid). With `programmatic` the kernels are launched with PDL
+    where the device supports it (programmatic_launch.py).
 
     Raises:
         ValueError: a shape, dtype or device does not fit the description above.
@@ -145,22 +148,23 @@ def paged_decode(
         lse_part = q.new_empty((batch, num_heads, slots), dtype=torch.float32)
     scale_log2 = (head_dim**-0.5 if scale is None else scale) * math.log2(math.e)
     launch = launch or plan_launch(batch * num_kv_heads * num_splits, num_sms(q.device))
+    pdl = programmatic and programmatic_launch.supported(q.device)
     paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k, v, *_rope_args(q, rope), kv_cache, kv_indptr, kv_indices, last_page_len, key_rows,
         o_part, lse_part, num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         v.stride(0), v.stride(1), scale_log2, GROUP=group,
         BLOCK_G=max(16, 1 << (group - 1).bit_length()), HEAD_DIM=head_dim, PAGE_SIZE=page_size,
         BLOCK_N=block_n, NUM_SPLITS=num_splits, NUM_SLOTS=slots, ROPE=rope is not None,
-        PIPELINED=launch.pipelined, num_warps=launch.num_warps,
+        PIPELINED=launch.pipelined, PDL=pdl, num_warps=launch.num_warps, launch_pdl=pdl,
     )  # fmt: skip
     if prefix is not None:
-        _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2, rope)
+        _attend_prefixes(q, kv_cache, kv_indices, prefix, o_part, lse_part, scale_log2, rope, pdl)
     if slots > 1:
         from parrotlet_kernels.triton_shared_prefix_kernels import merge_kernel
 
         merge_kernel[(batch * num_heads,)](
             o_part, lse_part, out, slots, SLOTS=1 << (slots - 1).bit_length(),
-            HEAD_DIM=head_dim, num_warps=2,
+            HEAD_DIM=head_dim, PDL=pdl, num_warps=2, launch_pdl=pdl,
         )  # fmt: skip
     return out
 
@@ -174,6 +178,7 @@ def _attend_prefixes(
     lse_part: torch.Tensor,  # [batch, num_heads, slots] float32
     scale_log2: float,
     rope: Rope | None,
+    pdl: bool,
 ) -> None:
     """Fill the last `prefix.shape.num_splits` slots: each tile's rows against its prefix."""
     from parrotlet_kernels.triton_paged_decode_kernels import prefix_tiles_kernel
@@ -185,7 +190,7 @@ def _attend_prefixes(
         GROUP=q.shape[1] // num_kv_heads, ROWS=shape.rows_per_tile, BLOCK_M=shape.block_m,
         HEAD_DIM=q.shape[2], PAGE_SIZE=kv_cache.shape[2], BLOCK_N=BLOCK_N,
         NUM_SLOTS=o_part.shape[2], NUM_SPLITS=shape.num_splits, ROPE=rope is not None,
-        num_warps=shape.num_warps,
+        PDL=pdl, num_warps=shape.num_warps, launch_pdl=pdl,
     )  # fmt: skip
 
 

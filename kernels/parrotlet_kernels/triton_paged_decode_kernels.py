@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from parrotlet_kernels.triton_shared_prefix_kernels import _load_kv, _softmax_step, _store_partial
 
@@ -70,6 +71,7 @@ def paged_decode_kernel(
     NUM_SLOTS: tl.constexpr,  # >= NUM_SPLITS; the slots past NUM_SPLITS are prefix_tiles_kernel's
     ROPE: tl.constexpr,  # q and k arrive unrotated: rotate them here (k as it is cached)
     PIPELINED: tl.constexpr,  # the KV loop: Triton's software pipeline, not register prefetch
+    PDL: tl.constexpr = False,  # launched with programmatic dependent launch: wait first
 ):
     """Program (sequence b, KV head h, split s): the GROUP query heads of h over split s's pages.
 
@@ -80,6 +82,9 @@ def paged_decode_kernel(
     from the inputs, so no program reads a cache slot another one writes. An empty split stores
     lse -inf.
     """
+    if PDL:  # q, k, v come from the kernel before (programmatic_launch.py)
+        gdc_launch_dependents()
+        gdc_wait()
     b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, HEAD_DIM)
@@ -176,6 +181,7 @@ def prefix_tiles_kernel(
     NUM_SLOTS: tl.constexpr,
     NUM_SPLITS: tl.constexpr,  # prefix splits, in slots NUM_SLOTS - NUM_SPLITS ...
     ROPE: tl.constexpr,  # q arrives unrotated
+    PDL: tl.constexpr = False,  # launched with programmatic dependent launch: wait first
 ):
     """Program (p, KV head h, split s): tiles p, p + programs, ... of the table, each tile's rows
     against split s of their prefix.
@@ -184,6 +190,9 @@ def prefix_tiles_kernel(
     block, so a prefix is read once per tile, not once per sequence. A tile without prefix pages
     (rows that share none, unused tiles) stores LSE -inf for its rows, which the merge weighs 0.
     """
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     t, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     while t < num_tiles:
         _prefix_tile(q_ptr, pos_ptr, cos_sin_ptr, cache_ptr, indices_ptr, tile_rows_ptr,

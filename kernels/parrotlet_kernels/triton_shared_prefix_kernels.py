@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 
 @triton.jit
@@ -248,11 +249,15 @@ def merge_kernel(
     num_slots,
     SLOTS: tl.constexpr,  # a power of two >= num_slots
     HEAD_DIM: tl.constexpr,
+    PDL: tl.constexpr = False,  # launched with programmatic dependent launch: wait first
 ):
     """Program (sequence * num_heads + head): the LSE-weighted sum of the row's slots.
 
     Every prefix split holds at least one key, so the weights never sum to 0.
     """
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     row = tl.program_id(0)
     slot = tl.arange(0, SLOTS)
     slot_ok = slot < num_slots

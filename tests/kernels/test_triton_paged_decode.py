@@ -110,10 +110,12 @@ def with_rope(step: Step) -> tuple[Step, Rope]:
     return raw, rope
 
 
-def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
+def check_kernel(
+    device: str, dtype: torch.dtype, head_dim: int = 16, programmatic: bool = False
+) -> None:
     """Every case, a page (16 tokens) and four pages a loop step, and four pages in the pipelined
     loop; odd cases with RoPE; on a GPU four pages a step with 8 warps too (the interpreter has
-    no warps)."""
+    no warps); `programmatic`: launched with PDL (on a GPU that has it)."""
     loops = [(16, DecodeLaunch()), (64, DecodeLaunch()), (64, DecodeLaunch(pipelined=True))]
     loops += [(64, DecodeLaunch(num_warps=8))] if device == "cuda" else []
     runs = [(case, rope, *loop) for case, rope in zip(CASES, [False, True] * 3, strict=False)
@@ -124,7 +126,9 @@ def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
         if use_rope:
             (args[0], args[1]), rope = with_rope(step)
         cache, expected = step.reference()
-        out = paged_decode(*args, rope=rope, block_n=block_n, launch=launch)
+        out = paged_decode(
+            *args, rope=rope, block_n=block_n, launch=launch, programmatic=programmatic
+        )
         assert out.shape == step.q.shape and out.dtype == dtype
         torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
         assert_same_cache(step, cache, rotated=rope is not None)
@@ -240,5 +244,6 @@ def test_kernel_under_the_triton_interpreter():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_kernel_on_gpu(dtype: torch.dtype, head_dim: int) -> None:
-    check_kernel("cuda", dtype, head_dim)
+@pytest.mark.parametrize("programmatic", [False, True])
+def test_kernel_on_gpu(dtype: torch.dtype, head_dim: int, programmatic: bool) -> None:
+    check_kernel("cuda", dtype, head_dim, programmatic)

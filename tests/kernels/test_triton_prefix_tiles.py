@@ -116,10 +116,13 @@ def shared_step(seq_lens, groups, heads, head_dim, dtype, device) -> Step:
     return step
 
 
-def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
+def check_kernel(
+    device: str, dtype: torch.dtype, head_dim: int = 16, programmatic: bool = False
+) -> None:
     """Every case; the odd ones with q and k rotated by the kernels; in cases 0 and 2 one
     program takes every tile in turn, in the others each tile has a program; case 4 in tiles of
-    128 query rows; cases 1 and 4 with the paged kernel's pipelined KV loop."""
+    128 query rows; cases 1 and 4 with the paged kernel's pipelined KV loop; `programmatic`:
+    the three kernels launched with PDL (on a GPU that has it)."""
     for i, (seq_lens, groups, heads, splits, prefix_splits) in enumerate(CASES):
         step = shared_step(seq_lens, groups, heads, head_dim, dtype, device)
         (q, k), rope = (step.q, step.k), None
@@ -137,8 +140,8 @@ def check_kernel(device: str, dtype: torch.dtype, head_dim: int = 16) -> None:
                             torch.tensor(layout.tile_pages, **i32).view(-1, 2), shape)  # fmt: skip
         own = (torch.tensor(layout.kv_indptr, **i32), torch.tensor(layout.pages, **i32))
         out = paged_decode(q, k, step.v, step.cache, *own, step.last, step.key_rows, splits,
-                           prefix=tiles, rope=rope,
-                           launch=DecodeLaunch(pipelined=i in (1, 4)))  # fmt: skip
+                           prefix=tiles, rope=rope, launch=DecodeLaunch(pipelined=i in (1, 4)),
+                           programmatic=programmatic)  # fmt: skip
         torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
         assert_same_cache(step, cache, rotated=rope is not None)
 
@@ -152,5 +155,6 @@ def test_kernel_under_the_triton_interpreter():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_kernel_on_gpu(dtype: torch.dtype) -> None:
-    check_kernel("cuda", dtype, 128)
+@pytest.mark.parametrize("programmatic", [False, True])
+def test_kernel_on_gpu(dtype: torch.dtype, programmatic: bool) -> None:
+    check_kernel("cuda", dtype, 128, programmatic)

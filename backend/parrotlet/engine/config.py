@@ -91,6 +91,10 @@ class EngineConfig:
     `triton_prefix_tiles.worth_tiling`) through a graph of parrotlet's Triton kernel that reads
     each prefix once per tile of rows instead of once per sequence, where triton is installed
     (64 requests under a 5000-token prompt: 1.57x lower per-token latency on the H100).
+    `programmatic_launch` launches the decode step's Triton kernels (linear layers, decode
+    attention) with programmatic dependent launch on sm_90+ GPUs: each may start during the tail
+    of the kernel before it, a linear layer prefetching its first weights into L2 meanwhile
+    (parrotlet_kernels/programmatic_launch.py).
     """
 
     model: str | None = None
@@ -105,6 +109,7 @@ class EngineConfig:
     small_batch_linear: bool = True
     graph_decode_attention: str = "auto"
     graph_prefix_tiles: bool = True
+    programmatic_launch: bool = True
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

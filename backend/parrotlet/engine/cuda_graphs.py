@@ -184,6 +184,7 @@ class CudaGraphRunner:
         kernels: FusedKernels | None = None,
         decode_kernel: str = "flashinfer",
         prefix_tiles: bool = False,
+        programmatic: bool = False,
     ) -> None:
         self.model, self.kernels = model, kernels
         self.backend = attention
@@ -191,8 +192,9 @@ class CudaGraphRunner:
         self.block_size = attention.spec.block_size
         self.max_pages = max_pages
         self.attention = GraphDecodeAttention(
-            attention, self.sizes[-1], max_pages + self.sizes[-1], decode_kernel, prefix_tiles
-        )
+            attention, self.sizes[-1], max_pages + self.sizes[-1], decode_kernel, prefix_tiles,
+            programmatic,
+        )  # fmt: skip
         device = attention.spec.device
         self._inputs = torch.zeros(
             3 * self.sizes[-1] + self.attention.max_pages, dtype=torch.int32, device=device

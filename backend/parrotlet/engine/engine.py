@@ -76,6 +76,7 @@ class LLMEngine:
             small_batch_linear=config.small_batch_linear,
             graph_decode_attention=config.graph_decode_attention,
             graph_prefix_tiles=config.graph_prefix_tiles,
+            programmatic_launch=config.programmatic_launch,
         )
         self.async_scheduling = (
             config.async_scheduling

@@ -70,7 +70,8 @@ class ModelRunner:
     tile where the step has long ones); other steps run eagerly. The graphs are all captured
     here, so no request waits for a capture or a kernel compile. On CUDA in 16-bit the model uses
     flashinfer's fused kernels where flashinfer is installed, and with `small_batch_linear`
-    parrotlet's Triton kernel for linear layers of a few rows.
+    parrotlet's Triton kernel for linear layers of a few rows; `programmatic_launch`: see
+    EngineConfig.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class ModelRunner:
         small_batch_linear: bool = True,
         graph_decode_attention: str = "auto",
         graph_prefix_tiles: bool = True,
+        programmatic_launch: bool = False,
     ) -> None:
         self.model = model
         self.attention = attention
@@ -98,11 +100,11 @@ class ModelRunner:
         spec = attention.spec
         self.kernels: FusedKernels | None = None
         if spec.device.type == "cuda" and spec.dtype in (torch.float16, torch.bfloat16):
-            self.kernels = load_fused_kernels(small_batch_linear)
+            self.kernels = load_fused_kernels(small_batch_linear, programmatic_launch)
         self.graphs = None
         if cuda_graphs:
             self.graphs = self._graph_runner(
-                max_num_seqs, graph_decode_attention, graph_prefix_tiles
+                max_num_seqs, graph_decode_attention, graph_prefix_tiles, programmatic_launch
             )
         if self.graphs is not None:
             self.graphs.capture_all(block=0)  # before any request: every block is free
@@ -174,7 +176,7 @@ class ModelRunner:
         return self.model.compute_logits(hidden[rows], self.kernels)  # [num_samplers, vocab]
 
     def _graph_runner(
-        self, max_num_seqs: int, decode_kernel: str, prefix_tiles: bool
+        self, max_num_seqs: int, decode_kernel: str, prefix_tiles: bool, programmatic: bool
     ) -> CudaGraphRunner | None:
         """A CudaGraphRunner where the device is CUDA and the backend is flashinfer, else None."""
         from parrotlet_kernels.flashinfer_backend import FlashInferBackend
@@ -189,7 +191,7 @@ class ModelRunner:
         max_pages = max_num_seqs * max_blocks_per_seq
         return CudaGraphRunner(
             self.model, self.attention, max_num_seqs, max_pages, self.kernels, decode_kernel,
-            prefix_tiles,
+            prefix_tiles, programmatic,
         )  # fmt: skip
 
     def _graph_step(self, batch: ScheduledBatch) -> PaddedDecode | None:

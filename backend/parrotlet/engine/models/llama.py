@@ -41,20 +41,27 @@ class FusedKernels:
     swiglu: Callable[..., torch.Tensor]
 
 
-def load_fused_kernels(small_batch_linear: bool = True) -> FusedKernels | None:
+def load_fused_kernels(
+    small_batch_linear: bool = True, programmatic_launch: bool = False
+) -> FusedKernels | None:
     """flashinfer's elementwise kernels, or None where flashinfer is not installed.
 
     With `small_batch_linear`, linear layers of at most `triton_linear.MAX_ROWS` rows (decode
     steps) run parrotlet's weight-streaming Triton kernel, SwiGLU's product fused into gate_up's;
-    otherwise cuBLAS and flashinfer's silu_and_mul.
+    otherwise cuBLAS and flashinfer's silu_and_mul. `programmatic_launch` launches the Triton
+    kernel with PDL where the GPU supports it (parrotlet_kernels/programmatic_launch.py).
     """
     try:
         import flashinfer
     except ImportError:
         return None
     if small_batch_linear:
-        linear = triton_linear.linear
-        swiglu = partial(triton_linear.swiglu, silu_and_mul=flashinfer.silu_and_mul)
+        linear = partial(triton_linear.linear, programmatic=programmatic_launch)
+        swiglu = partial(
+            triton_linear.swiglu,
+            silu_and_mul=flashinfer.silu_and_mul,
+            programmatic=programmatic_launch,
+        )
     else:
         linear = F.linear
 
