@@ -86,7 +86,7 @@ class ModelRunner:
         small_batch_linear: bool = True,
         graph_decode_attention: str = "auto",
         graph_prefix_tiles: bool = True,
-        programmatic_launch: bool = False,
+        programmatic_launch: bool = True,
     ) -> None:
         self.model = model
         self.attention = attention

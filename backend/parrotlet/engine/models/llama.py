@@ -42,7 +42,7 @@ class FusedKernels:
 
 
 def load_fused_kernels(
-    small_batch_linear: bool = True, programmatic_launch: bool = False
+    small_batch_linear: bool = True, programmatic_launch: bool = True
 ) -> FusedKernels | None:
     """flashinfer's elementwise kernels, or None where flashinfer is not installed.
 
