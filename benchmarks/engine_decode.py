@@ -5,7 +5,7 @@ B requests (random prompts, fixed output length, EOS ignored) through the parrot
 its defaults (CUDA graphs, async scheduling, the small-batch Triton linear kernel, "auto" decode
 attention) and with one of them changed at a time (VARIANTS: eager, without async scheduling,
 cuBLAS linear layers, Triton or flashinfer decode attention in every graph, no programmatic
-dependent launch, PDL without or with more L2 prefetch), and the same batch through
+dependent launch), and the same batch through
 `transformers` generate. The floor of a decode step is (weight bytes + KV bytes read) / the device
 copy bandwidth measured in the same run. Prints one summary line and writes
 benchmarks/results/engine_decode.json (and $OUT/engine_decode.json when $OUT is set).
@@ -31,7 +31,6 @@ from parrotlet.engine.engine import LLMEngine
 from parrotlet.engine.models.config import ModelConfig
 from parrotlet.engine.models.llama import LlamaForCausalLM
 from parrotlet.engine.sampling_params import SamplingParams
-from parrotlet_kernels import triton_linear
 from parrotlet_kernels.interface import AttentionMetadata
 
 LLAMA3_8B = dict(
@@ -96,19 +95,6 @@ VARIANTS = {  # name: EngineConfig fields changed from the defaults
     "flashinfer_attention": {"graph_decode_attention": "flashinfer"},
     "no_pdl": {"programmatic_launch": False},
 }
-# name: triton_linear.PREFETCH_BYTES while the engine captures its graphs (PDL's L2 prefetch)
-PREFETCH_VARIANTS = {"no_prefetch": 0, "prefetch_128k": 128 * 1024}
-
-
-def make_variant(model: LlamaForCausalLM, name: str, args: argparse.Namespace) -> LLMEngine:
-    """The engine of a VARIANTS or PREFETCH_VARIANTS name."""
-    if name in VARIANTS:
-        return make_engine(model, args.device, args, **VARIANTS[name])
-    saved, triton_linear.PREFETCH_BYTES = triton_linear.PREFETCH_BYTES, PREFETCH_VARIANTS[name]
-    try:
-        return make_engine(model, args.device, args)
-    finally:
-        triton_linear.PREFETCH_BYTES = saved
 
 
 def make_engine(
@@ -287,7 +273,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     arch = TINY if args.tiny else LLAMA3_8B
     hf_model, model = build_models(arch, device, dtype)
-    engines = {name: make_variant(model, name, args) for name in [*VARIANTS, *PREFETCH_VARIANTS]}
+    engines = {name: make_engine(model, args.device, args, **c) for name, c in VARIANTS.items()}
     engine = engines["default"]
     bandwidth = copy_bandwidth(device)
     rows = [bench_batch(engines, hf_model, model, b, args, bandwidth) for b in args.batches]

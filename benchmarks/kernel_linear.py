@@ -3,11 +3,9 @@
 For each Llama-3-8B projection (qkv, o, gate_up with SwiGLU's product, down, lm_head) and a few
 rows (decode batch sizes 1-64, up to `triton_linear.MAX_ROWS`), times
 `F.linear` (gate_up: then flashinfer's silu_and_mul), the Triton kernel with `plan_linear`'s
-launch, the same launched with programmatic dependent launch (PDL: each call may start during
-the previous one's tail, prefetching PREFETCH_K of its weight columns into L2; "pdl" is the
-planned prefetch, "pdl_prefetch" times others) and with --sweep a sweep of launches, each as a
-CUDA graph of calls cycling over weight copies larger than L2 together (each call streams its
-weight from HBM).
+launch, the same launched with programmatic dependent launch ("pdl": each call may start during
+the previous one's tail) and with --sweep a sweep of launches, each as a CUDA graph of calls
+cycling over weight copies larger than L2 together (each call streams its weight from HBM).
 The floor is the weight bytes over the copy bandwidth measured in the same run. Checks each
 Triton result against F.linear. Prints a line per layer and size, then a summary line; writes
 benchmarks/results/kernel_linear.json (and $OUT/kernel_linear.json when $OUT is set).
@@ -18,7 +16,6 @@ benchmarks/results/kernel_linear.json (and $OUT/kernel_linear.json when $OUT is 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 from collections.abc import Callable
 
@@ -42,7 +39,6 @@ SWEEP = [
         (32, 64, 128), (64, 128, 256), (4, 8), (4, 6)
     )
 ]
-PREFETCH_K = (0, 256, 512, 1024, 2048)  # weight columns a PDL program prefetches, timed
 L2_MULTIPLE_BYTES = 256 << 20  # weight copies per graph: at least this many bytes in all
 
 
@@ -101,15 +97,9 @@ def measure(name: str, rows: int, sweep: bool, bandwidth: float, silu_and_mul) -
     }  # fmt: skip
     if planned:
         pdl_error = (ours(0, planned, pdl=True).float() - cublas(0).float()).abs().max().item()
-        prefetch = {
-            p: _pdl_time(ours, dataclasses.replace(planned, prefetch_k=p), copies)
-            for p in PREFETCH_K
-            if p <= k
-        }
         row |= {
-            "pdl_us": prefetch[planned.prefetch_k],
+            "pdl_us": time_us(lambda i: ours(i, planned, pdl=True), copies),
             "pdl_max_abs_err": pdl_error,
-            "pdl_prefetch_us": prefetch,
         }
     if sweep:
         timings = [(_sweep_time(ours, c, copies), c) for c in SWEEP if c.fits(rows, out, k)]
@@ -121,17 +111,12 @@ def measure(name: str, rows: int, sweep: bool, bandwidth: float, silu_and_mul) -
 def format_row(r: dict) -> str:
     best = f"  best {r['best_us']:.1f} {r['best']}" if "best_us" in r else ""
     nan = float("nan")
-    prefetch = " ".join(f"{p}:{us:.1f}" for p, us in r.get("pdl_prefetch_us", {}).items())
     return (
         f"{r['layer']:8s} rows {r['rows']:2d}: floor {r['floor_us']:7.1f} us"
         f"  cublas {r['cublas_us']:7.1f}  triton {r['planned_us'] or nan:7.1f}"
-        f"  pdl {r.get('pdl_us', nan):7.1f} (prefetch {prefetch})"
+        f"  pdl {r.get('pdl_us', nan):7.1f}"
         f"  err {r['max_abs_err']:.3g} / {r.get('pdl_max_abs_err', nan):.3g}{best}"
     )
-
-
-def _pdl_time(ours: Callable, launch: LinearLaunch, copies: int) -> float:
-    return time_us(lambda i: ours(i, launch, pdl=True), copies)
 
 
 def _sweep_time(ours: Callable, launch: LinearLaunch, copies: int) -> float:

@@ -108,8 +108,7 @@ def linear_configs() -> list[Config]:
         launch = plan_linear(1, n, k, weight_tiles=tiles)
         constexprs = dict(K=k, HAS_BIAS=False, SWIGLU=tiles == 2, BLOCK_M=launch.block_m,
                           BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
-                          NUM_STAGES=launch.num_stages, PREFETCH_K=launch.prefetch_k,
-                          PDL=True)  # fmt: skip
+                          NUM_STAGES=launch.num_stages, PDL=True)  # fmt: skip
         out.append(Config(f"linear {name}", small_batch_linear_kernel, constexprs,
                           LINEAR_POINTERS, num_warps=launch.num_warps))  # fmt: skip
     return out

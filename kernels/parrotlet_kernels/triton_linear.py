@@ -24,24 +24,19 @@ from parrotlet_kernels import programmatic_launch
 # benchmarks/kernel_linear.py) it beat or tied cuBLAS on Llama-3-8B's layers at 1-32 rows; at 64
 # rows it won gate_up (86 vs 93 us) and lm_head (366 vs 393) and lost 0.6 us on o_proj and down.
 MAX_ROWS = 64
-PREFETCH_BYTES = 64 * 1024  # of weights a program asks L2 for before it waits (PDL only)
 _SMEM_BYTES = 200 * 1024  # for the pipeline's stages; an H100 SM has 227 KB
 _DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
 class LinearLaunch:
-    """Grid `n // block_n`; each program streams `block_n` weight rows in `block_k` slices.
-
-    Launched with programmatic dependent launch (programmatic_launch.py), a program first asks
-    L2 for the first `prefetch_k` columns of its rows (0 or a power of two >= 64, at most k)."""
+    """Grid `n // block_n`; each program streams `block_n` weight rows in `block_k` slices."""
 
     block_m: int
     block_n: int
     block_k: int
     num_warps: int = 4
     num_stages: int = 4
-    prefetch_k: int = 0
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
@@ -51,17 +46,9 @@ class LinearLaunch:
         for name in ("num_warps", "num_stages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        prefetch = self.prefetch_k
-        if prefetch and (prefetch < 64 or prefetch & (prefetch - 1)):
-            raise ValueError(f"prefetch_k must be 0 or a power of two >= 64, got {prefetch}")
 
     def fits(self, m: int, n: int, k: int) -> bool:
-        return (
-            m <= self.block_m
-            and n % self.block_n == 0
-            and k % self.block_k == 0
-            and self.prefetch_k <= k
-        )
+        return m <= self.block_m and n % self.block_n == 0 and k % self.block_k == 0
 
 
 def plan_linear(m: int, n: int, k: int, weight_tiles: int = 1) -> LinearLaunch | None:
@@ -72,7 +59,6 @@ def plan_linear(m: int, n: int, k: int, weight_tiles: int = 1) -> LinearLaunch |
     128-wide slices, up to 5 slices in flight as shared memory allows: on the H100 this beat
     narrower programs that fill every SM (benchmarks/kernel_linear.py --sweep); narrower blocks
     where 64 does not divide n. The input rows are padded to a tensor-core tile of 16, 32 or 64.
-    Under PDL a program prefetches PREFETCH_BYTES of its weight rows (gate and up together).
     """
     if not 1 <= m <= MAX_ROWS:
         return None
@@ -83,9 +69,7 @@ def plan_linear(m: int, n: int, k: int, weight_tiles: int = 1) -> LinearLaunch |
     block_m = max(16, 1 << (m - 1).bit_length())  # 16: the tensor cores' smallest tile
     stage_bytes = 2 * block_k * (weight_tiles * block_n + block_m)  # 16-bit weight and x slices
     stages = min(5, _SMEM_BYTES // stage_bytes)
-    prefetch = min(PREFETCH_BYTES // (2 * weight_tiles * block_n), k)  # 16-bit weights
-    prefetch_k = 1 << (prefetch.bit_length() - 1) if prefetch >= 64 else 0  # a power of two
-    return LinearLaunch(block_m, block_n, block_k, num_stages=stages, prefetch_k=prefetch_k)
+    return LinearLaunch(block_m=block_m, block_n=block_n, block_k=block_k, num_stages=stages)
 
 
 def linear(
@@ -168,7 +152,7 @@ def _launch(
         x, weight, bias if bias is not None else weight, y, m, n, x.stride(0), y.stride(0),
         K=k, HAS_BIAS=bias is not None, SWIGLU=swiglu, BLOCK_M=launch.block_m,
         BLOCK_N=launch.block_n, BLOCK_K=launch.block_k, NUM_STAGES=launch.num_stages,
-        PREFETCH_K=launch.prefetch_k, PDL=pdl, num_warps=launch.num_warps, launch_pdl=pdl,
+        PDL=pdl, num_warps=launch.num_warps, launch_pdl=pdl,
     )  # fmt: skip
     return y
 

@@ -9,8 +9,6 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-_LINE = tl.constexpr(64)  # 16-bit elements in a 128-byte cache line
-
 
 @triton.jit
 def small_batch_linear_kernel(
@@ -29,7 +27,6 @@ def small_batch_linear_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     NUM_STAGES: tl.constexpr,
-    PREFETCH_K: tl.constexpr,  # with PDL: weight columns prefetched into L2 before the wait
     PDL: tl.constexpr,  # launched with programmatic dependent launch (programmatic_launch.py)
 ):
     """y[:, n-block] = x @ w[n-block].T, with the weight rows as the matmul's M side.
@@ -38,8 +35,7 @@ def small_batch_linear_kernel(
     slices; the few input rows (padded to BLOCK_M >= 16 for the tensor cores) are re-read from
     L2. With SWIGLU the program also streams the matching up rows and writes
     `silu(gate) * up` from its float32 accumulators. With PDL the program lets the next kernel
-    launch, asks L2 for the first PREFETCH_K columns of its weight rows (which no earlier kernel
-    writes) and only then waits for the kernel before it, whose output x is.
+    launch, then waits for the kernel before it (whose output x is).
     """
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
@@ -50,12 +46,6 @@ def small_batch_linear_kernel(
     x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None]  # [BLOCK_K, BLOCK_M]
     if PDL:
         gdc_launch_dependents()
-        if PREFETCH_K > 0:
-            line_starts = tl.arange(0, PREFETCH_K // _LINE) * _LINE
-            lines = w_ptr + offs_n[:, None] * K + line_starts[None, :]
-            _prefetch_l2(lines)
-            if SWIGLU:
-                _prefetch_l2(lines + N * K)
         gdc_wait()
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     up = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -70,11 +60,3 @@ def small_batch_linear_kernel(
         acc = acc * tl.sigmoid(acc) * up
     y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]  # [BLOCK_N, BLOCK_M]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=rows)
-
-
-@triton.jit
-def _prefetch_l2(ptrs):
-    """Ask L2 for the cache line of each pointer (a hint: nothing is loaded into registers)."""
-    tl.inline_asm_elementwise(
-        "prefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
-    )

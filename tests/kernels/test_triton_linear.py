@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from parrotlet_kernels import programmatic_launch
 from parrotlet_kernels.triton_linear import (
     MAX_ROWS,
-    PREFETCH_BYTES,
     LinearLaunch,
     linear,
     plan_linear,
@@ -33,33 +32,23 @@ LLAMA3_8B = {"qkv": (6144, 4096), "o_proj": (4096, 4096), "gate_up": (28672, 409
 # ---- CPU: planning, validation, fallbacks ----------------------------------------------------
 def test_plan_streams_64_rows_per_program_where_they_divide():
     planned = {name: plan_linear(1, n, k) for name, (n, k) in LLAMA3_8B.items()}
-    assert set(planned.values()) == {LinearLaunch(16, 64, 128, num_stages=5, prefetch_k=512)}
-    assert plan_linear(16, 96, 192) == LinearLaunch(16, 32, 64, num_stages=5, prefetch_k=128)
-    assert plan_linear(3, 80, 128) == LinearLaunch(16, 16, 128, num_stages=5, prefetch_k=128)
-
-
-def test_plan_prefetches_64_kib_of_weights_a_program_at_most_k_columns():
-    assert PREFETCH_BYTES == 64 * 1024
-    # 64 rows x 512 columns x 2 bytes; SwiGLU: 64 gate + 64 up rows x 256 columns
-    assert plan_linear(1, 4096, 4096).prefetch_k == 512
-    assert plan_linear(1, 14336, 4096, weight_tiles=2).prefetch_k == 256
-    assert plan_linear(1, 4096, 4096, weight_tiles=8).prefetch_k == 64
-    assert plan_linear(1, 80, 4096).prefetch_k == 2048  # 16 rows a program
-    assert plan_linear(1, 4096, 192).prefetch_k == 128  # the power of two <= k
+    assert set(planned.values()) == {LinearLaunch(16, 64, 128, num_stages=5)}
+    assert plan_linear(16, 96, 192) == LinearLaunch(16, 32, 64, num_stages=5)
+    assert plan_linear(3, 80, 128) == LinearLaunch(16, 16, 128, num_stages=5)
 
 
 def test_plan_fits_the_stages_in_shared_memory():
     # 2 bytes * 64 * (4 * 64 + 16) = 34 KB a stage: 5 would need 170 KB of the 200 KB budget
-    assert plan_linear(16, 4096, 64 * 3, weight_tiles=4).num_stages == 5
+    assert plan_linear(16, 4096, 64 * 3, weight_tiles=4) == LinearLaunch(16, 64, 64, num_stages=5)
     # 2 bytes * 128 * (8 * 64 + 16) = 132 KB a stage: one fits
-    assert plan_linear(1, 4096, 4096, weight_tiles=8).num_stages == 1
+    assert plan_linear(1, 4096, 4096, weight_tiles=8) == LinearLaunch(16, 64, 128, num_stages=1)
 
 
 def test_plan_pads_more_rows_to_wider_tiles():
-    assert plan_linear(17, 4096, 4096) == LinearLaunch(32, 64, 128, 4, 5, prefetch_k=512)
-    assert plan_linear(40, 4096, 4096) == LinearLaunch(64, 64, 128, 4, 5, prefetch_k=512)
+    assert plan_linear(17, 4096, 4096) == LinearLaunch(32, 64, 128, num_stages=5)
+    assert plan_linear(40, 4096, 4096) == LinearLaunch(64, 64, 128, num_stages=5)
     # SwiGLU at 64 rows: 2 * 128 * (2 * 64 + 64) bytes a stage, 4 fit in 200 KB
-    assert plan_linear(64, 14336, 4096, 2) == LinearLaunch(64, 64, 128, 4, 4, prefetch_k=256)
+    assert plan_linear(64, 14336, 4096, 2) == LinearLaunch(64, 64, 128, num_stages=4)
 
 
 def test_plan_declines_what_cublas_should_run():
@@ -75,14 +64,11 @@ def test_launch_validation_and_fit():
         LinearLaunch(16, 24, 64)
     with pytest.raises(ValueError, match="num_stages must be >= 1, got 0"):
         LinearLaunch(16, 16, 64, num_stages=0)
-    with pytest.raises(ValueError, match="prefetch_k must be 0 or a power of two >= 64, got 96"):
-        LinearLaunch(16, 16, 64, prefetch_k=96)
     launch = LinearLaunch(16, 32, 128)
     assert launch.fits(16, 64, 256)
     assert not launch.fits(17, 64, 256)
     assert not launch.fits(1, 48, 256)
     assert not launch.fits(1, 64, 192)
-    assert not LinearLaunch(16, 32, 128, prefetch_k=512).fits(1, 64, 256)  # past the rows' end
 
 
 def test_programmatic_launch_needs_a_gpu_of_sm_90_or_later():
