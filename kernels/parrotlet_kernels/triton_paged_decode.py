@@ -35,8 +35,10 @@ def triton_decode_wins(batch: int, longest: int) -> bool:
     On the H100 (benchmarks/kernel_decode_attention.py, 2026-12-06, 64 tokens a loop step, two
     programs an SM) it won at 15 of 16 points of batch 1-64 x 160-16384 tokens: 1.6-2.5x at 160
     tokens, 1.28x at batch 1 / 16384, 1.07x at batch 8 / 16384, ties (within 1%) at batch 32 /
-    16384 and batch 64 / 16384 (0.99x), 1.03x at batch 64 / 4096. Beyond 16384 tokens it is
-    unmeasured; at batch 64 the limit sits between the last win and the tie.
+    16384 and batch 64 / 16384 (0.99x), 1.03x at batch 64 / 4096; with `plan_launch`'s
+    launches (later that day) at all 16, 1.00x at batch 32 / 16384 and 1.01x at batch 64 /
+    16384. Beyond 16384 tokens it is unmeasured; at batch 64 the limit sits between the last
+    clear win and the tie.
     """
     return longest <= (16384 if batch < 64 else 8192)
 
@@ -75,7 +77,8 @@ def plan_launch(programs: int, num_sms: int) -> DecodeLaunch:
       pipelined loop and 13-20% over 8 warps;
     - batch 64 (512 programs): the pipelined loop won at every context, by 16% at 160 tokens
       (22.4 vs 26.7 us), 2-4% from 1024 to 16384.
-    Between 256 and 512 programs the threshold is unmeasured.
+    Between 256 and 512 programs the threshold is unmeasured. Re-timed the same night, the
+    planned launch was the fastest of the three, or within 0.3%, at all 16 points.
     """
     if programs <= num_sms:
         return DecodeLaunch(num_warps=8)
