@@ -26,6 +26,11 @@ import torch
 
 @cache
 def supported(device: torch.device) -> bool:
-    """Whether `device` runs programmatic dependent launches: a CUDA GPU of compute capability
-    9.0 or later (`griddepcontrol` is an sm_90 instruction)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+    """Whether the Triton kernels on `device` can be launched with PDL: a CUDA GPU of compute
+    capability 9.0 or later (`griddepcontrol` is an sm_90 instruction) and a Triton that has the
+    gdc instructions (programmatic_launch_kernels.py). Imports triton on a GPU of sm_90+."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
+        return False
+    from triton.language.extra import cuda as triton_cuda
+
+    return hasattr(triton_cuda, "gdc_wait") and hasattr(triton_cuda, "gdc_launch_dependents")

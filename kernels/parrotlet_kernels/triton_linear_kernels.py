@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from parrotlet_kernels.programmatic_launch_kernels import wait_for_inputs
 
 
 @triton.jit
@@ -44,9 +45,7 @@ def small_batch_linear_kernel(
     rows = offs_m[None, :] < M  # [1, BLOCK_M]
     w_ptrs = w_ptr + offs_n[:, None] * K + offs_k[None, :]  # [BLOCK_N, BLOCK_K]
     x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None]  # [BLOCK_K, BLOCK_M]
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    wait_for_inputs(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     up = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for k in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES):

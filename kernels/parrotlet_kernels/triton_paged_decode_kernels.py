@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from parrotlet_kernels.programmatic_launch_kernels import wait_for_inputs
 from parrotlet_kernels.triton_shared_prefix_kernels import _load_kv, _softmax_step, _store_partial
 
 
@@ -82,9 +82,7 @@ def paged_decode_kernel(
     from the inputs, so no program reads a cache slot another one writes. An empty split stores
     lse -inf.
     """
-    if PDL:  # q, k, v come from the kernel before (programmatic_launch.py)
-        gdc_launch_dependents()
-        gdc_wait()
+    wait_for_inputs(PDL)  # q, k, v come from the kernel before (programmatic_launch.py)
     b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, HEAD_DIM)
@@ -190,9 +188,7 @@ def prefix_tiles_kernel(
     block, so a prefix is read once per tile, not once per sequence. A tile without prefix pages
     (rows that share none, unused tiles) stores LSE -inf for its rows, which the merge weighs 0.
     """
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    wait_for_inputs(PDL)
     t, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     while t < num_tiles:
         _prefix_tile(q_ptr, pos_ptr, cos_sin_ptr, cache_ptr, indices_ptr, tile_rows_ptr,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from parrotlet_kernels.programmatic_launch_kernels import wait_for_inputs
 
 
 @triton.jit
@@ -255,9 +256,7 @@ def merge_kernel(
 
     Every prefix split holds at least one key, so the weights never sum to 0.
     """
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    wait_for_inputs(PDL)
     row = tl.program_id(0)
     slot = tl.arange(0, SLOTS)
     slot_ok = slot < num_slots
