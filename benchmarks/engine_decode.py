@@ -5,10 +5,10 @@ B requests (random prompts, fixed output length, EOS ignored) through the parrot
 its defaults (CUDA graphs, async scheduling, the small-batch Triton linear kernel, "auto" decode
 attention) and with one of them changed at a time (VARIANTS: eager, without async scheduling,
 cuBLAS linear layers, Triton or flashinfer decode attention in every graph, no programmatic
-dependent launch), and the same batch through
-`transformers` generate. The floor of a decode step is (weight bytes + KV bytes read) / the device
-copy bandwidth measured in the same run. Prints one summary line and writes
-benchmarks/results/engine_decode.json (and $OUT/engine_decode.json when $OUT is set).
+dependent launch), and the same batch through `transformers` generate. The floor of a decode step
+is (weight bytes + KV bytes read) / the device copy bandwidth measured in the same run. Prints
+one summary line and writes benchmarks/results/engine_decode.json (and $OUT/engine_decode.json
+when $OUT is set).
 
     python benchmarks/engine_decode.py [--batches 1 8 32 64] [--prompt-len 128] [--max-tokens 64]
 """
