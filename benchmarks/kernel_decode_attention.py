@@ -135,12 +135,13 @@ def time_us(layer: Callable[[int], torch.Tensor]) -> float:
 
 def measure(batch: int, context: int, bandwidth: float, workspace: torch.Tensor) -> dict:
     problem = Problem(batch, context)
-    splits = plan_splits(batch, KV_HEADS, num_sms(torch.device("cuda")))
+    sms = num_sms(torch.device("cuda"))
+    splits = plan_splits(batch, KV_HEADS, sms)
     ours, theirs = triton_layer(problem, splits), flashinfer_layer(problem, workspace)
     error = (ours(0).float() - theirs(0).float()).abs().max().item()  # theirs' first rotation
     launch_us = {name: time_us(triton_layer(problem, splits, launch=launch))
                  for name, launch in LAUNCHES.items()}  # fmt: skip
-    planned = plan_launch(batch * KV_HEADS * splits, num_sms(torch.device("cuda")))
+    planned = plan_launch(batch * KV_HEADS * splits, sms)
     row = {
         "batch": batch, "context": context, "num_splits": splits, "max_abs_err": error,
         "floor_us": problem.kv_bytes() / bandwidth * 1e6, "flashinfer_us": time_us(theirs),
