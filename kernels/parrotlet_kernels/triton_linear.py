@@ -3,9 +3,12 @@
 At a handful of rows a linear layer is a read of its weight. cuBLAS's kernels for Llama-3-8B's
 decode shapes reach 67-94% of the copy bandwidth (o_proj the least; qkv and down_proj run split-K
 plus a reduce kernel), and SwiGLU's `silu(gate) * up` is a kernel of its own. The model's fused
-path (CUDA, 16-bit) calls `linear` and `swiglu`: they run the Triton kernel where `plan_linear`
-returns a launch (`swiglu` forms the product in the gate/up kernel's epilogue), and cuBLAS / the
-given elementwise kernel otherwise. Importing this module does not import triton.
+path (CUDA, 16-bit) calls these functions: they run the Triton kernel where `plan_linear`
+returns a launch, and cuBLAS / the given elementwise kernels otherwise. The kernel also takes in
+the work around a layer: `swiglu` forms the product in the gate/up kernel's epilogue, `linear`
+adds the residual stream in its epilogue, and `norm_linear` / `norm_swiglu` fold the RMSNorm
+before a layer into its input loads (at one row a norm kernel is ~2.8 us of launch and latency
+for 16 KB, twice a decoder layer). Importing this module does not import triton.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from parrotlet_kernels import programmatic_launch
 MAX_ROWS = 64
 _SMEM_BYTES = 200 * 1024  # for the pipeline's stages; an H100 SM has 227 KB
 _DTYPES = (torch.float16, torch.bfloat16)
+
+# rmsnorm(x, weight, eps) -> rmsnorm(x) * weight (flashinfer.rmsnorm's signature)
+RMSNormFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+SiluAndMul = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -78,33 +85,82 @@ def linear(
     bias: torch.Tensor | None = None,  # [n]
     launch: LinearLaunch | None = None,
     programmatic: bool = False,
+    use_triton: bool = True,
+    residual: torch.Tensor | None = None,  # [m, n]
 ) -> torch.Tensor:  # [m, n]
-    """`F.linear(x, weight, bias)`, through the Triton kernel where it applies; with
-    `programmatic` the kernel is launched with PDL where the device supports it."""
-    launch = launch or _plan(x, weight, weight.shape[0])
+    """`F.linear(x, weight, bias)`, plus `residual` where given, through the Triton kernel where
+    it applies (never without `use_triton`); with `programmatic` the kernel is launched with PDL
+    where the device supports it."""
+    launch = launch or _plan(x, weight, weight.shape[0], use_triton=use_triton, residual=residual)
     if launch is None:
-        return F.linear(x, weight, bias)
-    return _launch(x, weight, bias, launch, swiglu=False, programmatic=programmatic)
+        y = F.linear(x, weight, bias)
+        return y if residual is None else y.add_(residual)
+    return _launch(x, weight, bias, launch, programmatic=programmatic, residual=residual)
 
 
 def swiglu(
     x: torch.Tensor,  # [m, k]
     gate_up_weight: torch.Tensor,  # [2 * n, k]: gate rows, then up rows
-    silu_and_mul: Callable[[torch.Tensor], torch.Tensor],
+    silu_and_mul: SiluAndMul,
     launch: LinearLaunch | None = None,
     programmatic: bool = False,
+    use_triton: bool = True,
 ) -> torch.Tensor:  # [m, n]
     """`silu_and_mul(F.linear(x, gate_up_weight))`, as one Triton kernel where it applies
-    (`programmatic`: as in `linear`)."""
-    if gate_up_weight.shape[0] % 2:
-        raise ValueError(
-            f"gate_up_weight has {gate_up_weight.shape[0]} rows, expected an even number "
-            "(gate rows, then as many up rows)"
-        )
-    launch = launch or _plan(x, gate_up_weight, gate_up_weight.shape[0] // 2, weight_tiles=2)
+    (`programmatic`, `use_triton`: as in `linear`)."""
+    n = _half(gate_up_weight)
+    launch = launch or _plan(x, gate_up_weight, n, weight_tiles=2, use_triton=use_triton)
     if launch is None:
         return silu_and_mul(F.linear(x, gate_up_weight))
-    return _launch(x, gate_up_weight, None, launch, swiglu=True, programmatic=programmatic)
+    return _launch(x, gate_up_weight, None, launch, programmatic=programmatic, swiglu=True)
+
+
+def norm_linear(
+    x: torch.Tensor,  # [m, k]
+    norm_weight: torch.Tensor,  # [k]
+    eps: float,
+    weight: torch.Tensor,  # [n, k]
+    bias: torch.Tensor | None = None,  # [n]
+    *,
+    rmsnorm: RMSNormFn,
+    launch: LinearLaunch | None = None,
+    programmatic: bool = False,
+    use_triton: bool = True,
+) -> torch.Tensor:  # [m, n]
+    """`F.linear(rmsnorm(x, norm_weight, eps), weight, bias)`, the norm fused into the Triton
+    kernel where it applies (`programmatic`, `use_triton`: as in `linear`)."""
+    launch = launch or _plan(x, weight, weight.shape[0], use_triton=use_triton)
+    if launch is None:
+        return F.linear(rmsnorm(x, norm_weight, eps), weight, bias)
+    return _launch(x, weight, bias, launch, programmatic=programmatic, norm=(norm_weight, eps))
+
+
+def norm_swiglu(
+    x: torch.Tensor,  # [m, k]
+    norm_weight: torch.Tensor,  # [k]
+    eps: float,
+    gate_up_weight: torch.Tensor,  # [2 * n, k]: gate rows, then up rows
+    *,
+    rmsnorm: RMSNormFn,
+    silu_and_mul: SiluAndMul,
+    launch: LinearLaunch | None = None,
+    programmatic: bool = False,
+    use_triton: bool = True,
+) -> torch.Tensor:  # [m, n]
+    """`swiglu` of `rmsnorm(x, norm_weight, eps)`, as `norm_linear`."""
+    n = _half(gate_up_weight)
+    launch = launch or _plan(x, gate_up_weight, n, weight_tiles=2, use_triton=use_triton)
+    if launch is None:
+        return silu_and_mul(F.linear(rmsnorm(x, norm_weight, eps), gate_up_weight))
+    norm = (norm_weight, eps)
+    return _launch(x, gate_up_weight, None, launch, programmatic=programmatic, swiglu=True,
+                   norm=norm)  # fmt: skip
+
+
+def reference_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`RMSNormFn` in float32, rounded once to x's dtype (flashinfer's rounding)."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
 
 
 def reference_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -113,16 +169,32 @@ def reference_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return (F.silu(gate) * up).to(gate_up.dtype)
 
 
+def _half(gate_up_weight: torch.Tensor) -> int:
+    if gate_up_weight.shape[0] % 2:
+        raise ValueError(
+            f"gate_up_weight has {gate_up_weight.shape[0]} rows, expected an even number "
+            "(gate rows, then as many up rows)"
+        )
+    return gate_up_weight.shape[0] // 2
+
+
 def _plan(
-    x: torch.Tensor, weight: torch.Tensor, n: int, weight_tiles: int = 1
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    n: int,
+    weight_tiles: int = 1,
+    use_triton: bool = True,
+    residual: torch.Tensor | None = None,
 ) -> LinearLaunch | None:
     if not (
-        x.is_cuda
+        use_triton
+        and x.is_cuda
         and x.dim() == 2
         and x.dtype in _DTYPES
         and weight.dtype == x.dtype
         and weight.is_contiguous()
         and x.stride(-1) == 1
+        and (residual is None or (residual.dtype == x.dtype and residual.stride(-1) == 1))
         and triton_available()
     ):
         return None
@@ -135,8 +207,10 @@ def _launch(
     bias: torch.Tensor | None,
     launch: LinearLaunch,
     *,
-    swiglu: bool,
     programmatic: bool,
+    swiglu: bool = False,
+    residual: torch.Tensor | None = None,
+    norm: tuple[torch.Tensor, float] | None = None,  # the input norm's weight and eps
 ) -> torch.Tensor:
     m, (n, k) = x.shape[0], weight.shape
     n = n // 2 if swiglu else n
@@ -144,15 +218,23 @@ def _launch(
         raise ValueError(f"x has {x.shape[1]} features, the weight {k}")
     if not launch.fits(m, n, k):
         raise ValueError(f"{launch} does not fit a [{m}, {k}] x [{n}, {k}].T product")
+    if residual is not None and residual.shape != (m, n):
+        raise ValueError(f"residual has shape {tuple(residual.shape)}, expected ({m}, {n})")
+    if norm is not None and norm[0].shape != (k,):
+        raise ValueError(f"the norm's weight has shape {tuple(norm[0].shape)}, expected ({k},)")
     from parrotlet_kernels.triton_linear_kernels import small_batch_linear_kernel
 
     pdl = programmatic and programmatic_launch.supported(x.device)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    norm_weight, eps = norm if norm is not None else (weight, 0.0)
+    residual_arg = residual if residual is not None else y
     small_batch_linear_kernel[(n // launch.block_n,)](
-        x, weight, bias if bias is not None else weight, y, m, n, x.stride(0), y.stride(0),
-        K=k, HAS_BIAS=bias is not None, SWIGLU=swiglu, BLOCK_M=launch.block_m,
-        BLOCK_N=launch.block_n, BLOCK_K=launch.block_k, NUM_STAGES=launch.num_stages,
-        PDL=pdl, num_warps=launch.num_warps, launch_pdl=pdl,
+        x, weight, bias if bias is not None else weight, y, residual_arg, norm_weight, eps,
+        m, n, x.stride(0), y.stride(0), residual_arg.stride(0),
+        K=k, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu,
+        NORM=norm is not None, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
+        BLOCK_K=launch.block_k, NUM_STAGES=launch.num_stages, PDL=pdl,
+        num_warps=launch.num_warps, launch_pdl=pdl,
     )  # fmt: skip
     return y
 

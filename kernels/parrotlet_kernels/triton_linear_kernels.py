@@ -17,13 +17,19 @@ def small_batch_linear_kernel(
     w_ptr,  # [N, K] contiguous; with SWIGLU [2 * N, K]: gate rows, then up rows
     b_ptr,  # [N] or unused
     y_ptr,  # [M, N]
+    residual_ptr,  # [M, N] with HAS_RESIDUAL, else unused
+    norm_w_ptr,  # [K] with NORM, else unused
+    eps,  # float32, with NORM
     M,
     N,
     stride_xm,
     stride_ym,
+    stride_rm,
     K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,  # y = x @ w.T + b + residual
     SWIGLU: tl.constexpr,
+    NORM: tl.constexpr,  # the input is rmsnorm(x) * norm_w
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -35,8 +41,14 @@ def small_batch_linear_kernel(
     Each program owns BLOCK_N output features and streams their weight rows once, in BLOCK_K
     slices; the few input rows (padded to BLOCK_M >= 16 for the tensor cores) are re-read from
     L2. With SWIGLU the program also streams the matching up rows and writes
-    `silu(gate) * up` from its float32 accumulators. With PDL the program lets the next kernel
-    launch, then waits for the kernel before it (whose output x is).
+    `silu(gate) * up` from its float32 accumulators; with HAS_RESIDUAL it adds the residual
+    rows to its float32 outputs. With PDL the program lets the next kernel launch, then waits
+    for the kernel before it (whose output x is).
+
+    With NORM the input rows are RMS-normalized on the way in: every program reads whole rows,
+    so it sums their squares as it goes, multiplies each slice by the norm's weight before the
+    product and scales the float32 accumulators by rsqrt(mean square + eps) at the end (a row's
+    scale is common to all its products).
     """
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
@@ -48,14 +60,27 @@ def small_batch_linear_kernel(
     wait_for_inputs(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     up = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    squares = tl.zeros((BLOCK_K, BLOCK_M), dtype=tl.float32)
     for k in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES):
         x = tl.load(x_ptrs + k, mask=rows, other=0.0)  # [BLOCK_K, BLOCK_M]
+        if NORM:
+            x32 = x.to(tl.float32)
+            squares += x32 * x32
+            x = (x32 * tl.load(norm_w_ptr + k + offs_k).to(tl.float32)[:, None]).to(x.dtype)
         acc = tl.dot(tl.load(w_ptrs + k), x, acc)
         if SWIGLU:
             up = tl.dot(tl.load(w_ptrs + N * K + k), x, up)
+    if NORM:
+        scale = tl.rsqrt(tl.sum(squares, axis=0) / K + eps)  # [BLOCK_M]
+        acc *= scale[None, :]
+        if SWIGLU:
+            up *= scale[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n).to(tl.float32)[:, None]
     if SWIGLU:
         acc = acc * tl.sigmoid(acc) * up
-    y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]  # [BLOCK_N, BLOCK_M]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=rows)
+    out_offs = offs_m[None, :] * stride_ym + offs_n[:, None]  # [BLOCK_N, BLOCK_M]
+    if HAS_RESIDUAL:
+        r_offs = offs_m[None, :] * stride_rm + offs_n[:, None]
+        acc += tl.load(residual_ptr + r_offs, mask=rows, other=0.0).to(tl.float32)
+    tl.store(y_ptr + out_offs, acc.to(y_ptr.dtype.element_ty), mask=rows)
