@@ -5,9 +5,10 @@ rows (decode batch sizes 1-64, up to `triton_linear.MAX_ROWS`), times
 `F.linear` (gate_up: then flashinfer's silu_and_mul), the Triton kernel with `plan_linear`'s
 launch, the same launched with programmatic dependent launch ("pdl": each call may start during
 the previous one's tail), for qkv and gate_up flashinfer's rmsnorm then the PDL launch
-("apart") against the norm fused into the kernel ("fused": `norm_linear` / `norm_swiglu`, PDL),
-for o_proj and down the PDL launch with the residual added in its epilogue ("fused", next to
-"pdl"), and with --sweep a sweep of launches, each as a CUDA graph of calls
+("apart") against the launch reading the scaled rows of the launch before (`norm_linear` /
+`norm_swiglu`: "fused", PDL), for o_proj and down the PDL launch adding the residual and writing
+the next norm's scaled rows and sums of squares (`linear_into_norm`: "fused", next to "pdl"),
+and with --sweep a sweep of launches, each as a CUDA graph of calls
 cycling over weight copies larger than L2 together (each call streams its weight from HBM).
 The floor is the weight bytes over the copy bandwidth measured in the same run. Checks each
 Triton result against F.linear. Prints a line per layer and size, then a summary line; writes
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from engine_decode import copy_bandwidth, write_report
 
 from parrotlet_kernels import triton_linear
-from parrotlet_kernels.triton_linear import LinearLaunch
+from parrotlet_kernels.triton_linear import LinearLaunch, NormedRows
 
 SHAPES = {  # name: (out features, in features), Llama-3-8B
     "qkv": (6144, 4096),
@@ -116,31 +117,39 @@ def measure(name: str, rows: int, sweep: bool, bandwidth: float, silu_and_mul) -
 
 
 def _time_fused(x, weights, name: str, launch: LinearLaunch, silu_and_mul, copies: int) -> dict:
-    """us a call of the layer with its norm or residual add fused in (PDL), for a norm layer also
-    with flashinfer's rmsnorm before it ("apart"); the fused output's largest difference from
-    the unfused one."""
+    """us a call of the layer with the norm or residual add around it fused in (PDL), for a norm
+    layer also with flashinfer's rmsnorm before it ("apart"); the fused output's largest
+    difference from the unfused one."""
     import flashinfer
 
-    residual = torch.randn(x.shape[0], weights[0].shape[0], device="cuda", dtype=x.dtype)
-    norm = (torch.rand(x.shape[1], device="cuda", dtype=x.dtype) + 0.5, 1e-5)
+    rows, k = x.shape
+    n = weights[0].shape[0]
+    residual = torch.randn(rows, n, device="cuda", dtype=x.dtype)
+    norm_weight = torch.rand(k, device="cuda", dtype=x.dtype) + 0.5
+    next_weight = torch.rand(n, device="cuda", dtype=x.dtype) + 0.5
+    x32 = x.float()  # as the launch before would have written them, in 64 parts
+    normed_rows = NormedRows(x, norm_weight, 1e-5, (x32 * norm_weight).to(x.dtype),
+                             x32.pow(2).view(rows, 64, -1).sum(-1))  # fmt: skip
     options = dict(launch=launch, programmatic=True)
 
     def apart(i: int) -> torch.Tensor:
         if name in WITH_RESIDUAL:
             return triton_linear.linear(x, weights[i], **options) + residual
-        normed = flashinfer.rmsnorm(x, *norm)
+        normed = flashinfer.rmsnorm(x, norm_weight, 1e-5)
         if name == "gate_up":
             return triton_linear.swiglu(normed, weights[i], silu_and_mul, **options)
         return triton_linear.linear(normed, weights[i], **options)
 
     def fused(i: int) -> torch.Tensor:
         if name in WITH_RESIDUAL:
-            return triton_linear.linear(x, weights[i], residual=residual, **options)
+            return triton_linear.linear_into_norm(
+                x, weights[i], residual=residual, norm_weight=next_weight, eps=1e-5, **options
+            ).rows
         if name == "gate_up":
             return triton_linear.norm_swiglu(
-                x, *norm, weights[i], rmsnorm=None, silu_and_mul=None, **options
+                normed_rows, weights[i], rmsnorm=None, silu_and_mul=None, **options
             )
-        return triton_linear.norm_linear(x, *norm, weights[i], rmsnorm=None, **options)
+        return triton_linear.norm_linear(normed_rows, weights[i], rmsnorm=None, **options)
 
     row = {"fused_us": time_us(fused, copies)}
     if name in NORMED:

@@ -66,7 +66,8 @@ ATTENTION_POINTERS = dict(
     suffix_lens_ptr="*i32", o_part_ptr="*fp32", lse_part_ptr="*fp32",
 )  # fmt: skip
 LINEAR_POINTERS = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16",
-                       residual_ptr="*bf16", norm_w_ptr="*bf16")  # fmt: skip
+                       residual_ptr="*bf16", squares_ptr="*fp32", next_w_ptr="*bf16",
+                       scaled_ptr="*bf16", next_squares_ptr="*fp32")  # fmt: skip
 
 
 def configs() -> list[Config]:
@@ -102,16 +103,17 @@ def shared_prefix_config(block_m: int, warps: int) -> Config:
 
 
 def linear_configs() -> list[Config]:
-    """Llama-3-8B's decode-step layers at one row, as the engine launches them (the norm fused
-    into qkv and gate_up, the residual add into down)."""
+    """Llama-3-8B's decode-step layers at one row, as the engine launches them (qkv and gate_up
+    reading normed rows, down adding the residual and writing the next norm's input)."""
     out = []
     for name, n, k, tiles in (("qkv", 6144, 4096, 1), ("gate_up", 14336, 4096, 2),
                               ("down", 4096, 14336, 1)):  # fmt: skip
         launch = plan_linear(1, n, k, weight_tiles=tiles)
-        constexprs = dict(K=k, HAS_BIAS=False, HAS_RESIDUAL=name == "down", SWIGLU=tiles == 2,
-                          NORM=name != "down", BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
-                          BLOCK_K=launch.block_k, NUM_STAGES=launch.num_stages,
-                          PDL=True)  # fmt: skip
+        down = name == "down"
+        constexprs = dict(K=k, HAS_BIAS=False, HAS_RESIDUAL=down, SWIGLU=tiles == 2,
+                          NORMED=not down, NEXT_NORM=down, BLOCK_M=launch.block_m,
+                          BLOCK_N=launch.block_n, BLOCK_K=launch.block_k, BLOCK_P=64,
+                          NUM_STAGES=launch.num_stages, PDL=True)  # fmt: skip
         out.append(Config(f"linear {name}", small_batch_linear_kernel, constexprs,
                           LINEAR_POINTERS, num_warps=launch.num_warps))  # fmt: skip
     return out

@@ -16,7 +16,9 @@ from parrotlet_kernels import programmatic_launch
 from parrotlet_kernels.triton_linear import (
     MAX_ROWS,
     LinearLaunch,
+    NormedRows,
     linear,
+    linear_into_norm,
     norm_linear,
     norm_swiglu,
     plan_linear,
@@ -93,11 +95,15 @@ def test_norm_and_residual_on_cpu_run_the_given_norm_then_torch():
     x, residual, w = (torch.randn(*s, generator=gen) for s in ((3, 64), (3, 32), (64, 64)))
     g = torch.rand(64, generator=gen) + 0.5
     normed = reference_rmsnorm(x, g, 1e-5)
-    y = norm_linear(x, g, 1e-5, w, rmsnorm=reference_rmsnorm)
-    assert torch.equal(y, F.linear(normed, w))
-    y = norm_swiglu(x, g, 1e-5, w, rmsnorm=reference_rmsnorm, silu_and_mul=reference_silu_and_mul)
+    rows = NormedRows(x, g, 1e-5)
+    assert torch.equal(norm_linear(rows, w, rmsnorm=reference_rmsnorm), F.linear(normed, w))
+    y = norm_swiglu(rows, w, rmsnorm=reference_rmsnorm, silu_and_mul=reference_silu_and_mul)
     assert torch.equal(y, reference_silu_and_mul(F.linear(normed, w)))
     assert torch.equal(linear(x, w[:32], residual=residual), F.linear(x, w[:32]) + residual)
+    into = linear_into_norm(x, w[:32], residual=residual, norm_weight=g[:32], eps=1e-6)
+    assert torch.equal(into.rows, F.linear(x, w[:32]) + residual)
+    assert torch.equal(into.weight, g[:32]) and into.eps == 1e-6
+    assert into.scaled is None and into.square_sums is None  # no fused launch wrote them
 
 
 def test_reference_rmsnorm_rounds_once():
@@ -107,13 +113,18 @@ def test_reference_rmsnorm_rounds_once():
     assert torch.equal(normed, expected.bfloat16())
 
 
-def test_bad_norm_weight_and_residual_shapes_are_named():
+def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match=r"residual has shape \(1, 16\), expected \(1, 32\)"):
         linear(torch.zeros(1, 64), torch.zeros(32, 64), launch=LinearLaunch(16, 32, 64),
                residual=torch.zeros(1, 16))  # fmt: skip
     with pytest.raises(ValueError, match=r"the norm's weight has shape \(32,\), expected \(64,\)"):
-        norm_linear(torch.zeros(1, 64), torch.zeros(32), 1e-5, torch.zeros(32, 64),
-                    rmsnorm=reference_rmsnorm, launch=LinearLaunch(16, 32, 64))  # fmt: skip
+        NormedRows(torch.zeros(1, 64), torch.zeros(32), 1e-5)
+    with pytest.raises(ValueError, match=r"scaled has shape \(2, 64\), expected \(1, 64\)"):
+        NormedRows(torch.zeros(1, 64), torch.zeros(64), 1e-5, scaled=torch.zeros(2, 64))
+    with pytest.raises(ValueError, match=r"the next norm's weight has shape \(64,\), expected"):
+        linear_into_norm(torch.zeros(1, 64), torch.zeros(32, 64), residual=None,
+                         norm_weight=torch.zeros(64), eps=1e-5,
+                         launch=LinearLaunch(16, 32, 64))  # fmt: skip
 
 
 def test_swiglu_needs_gate_and_up_rows():
@@ -170,44 +181,51 @@ def check_kernel(device: str, dtype: torch.dtype) -> None:
         torch.testing.assert_close(ours.float(), exact, atol=2e-2, rtol=1e-2)
 
 
-FUSED_CASES = [  # (rows, out features, in features, layer, bias, launch)
+FUSED_CASES = [  # (rows, out features, in features, reader, bias, launch)
     (1, 96, 192, "norm_linear", True, LinearLaunch(16, 32, 64, num_stages=2)),
     (5, 64, 256, "norm_swiglu", False, LinearLaunch(16, 16, 128)),
-    (3, 64, 256, "residual", True, LinearLaunch(16, 64, 64, num_stages=3)),
     (33, 32, 128, "norm_linear", False, LinearLaunch(64, 32, 128, num_stages=3)),
     (40, 32, 128, "norm_swiglu", False, LinearLaunch(64, 32, 128, num_stages=3)),
-    (17, 64, 128, "residual", False, LinearLaunch(32, 64, 128)),
 ]
 
 
 def check_fused_kernel(device: str, dtype: torch.dtype) -> None:
-    """The kernel with the input's RMSNorm or the residual add fused in, against float32 torch
-    of the unrounded norm; its inputs are left as they were."""
+    """Two launches with an RMSNorm between them: the first (with the residual add and bias)
+    writes the rows, their product with the norm weight and their sums of squares; the second
+    reads them. Against float32 torch of the unrounded norm of the rows the first wrote."""
     gen = torch.Generator().manual_seed(1)
 
     def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
         return (torch.randn(*shape, generator=gen) * scale).to(dtype).to(device)
 
-    for rows, n, k, layer, bias, launch in FUSED_CASES:
-        w = rand(2 * n if layer == "norm_swiglu" else n, k, scale=0.05)
-        b = rand(n) if bias else None
-        x, g, residual = rand(rows, k, scale=3.0), rand(k) + 1.0, rand(rows, n)
-        inputs = [t.clone() for t in (x, g, residual)]
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5) * g.float()
-        if layer == "norm_swiglu":
-            ours = norm_swiglu(x, g, 1e-5, w, rmsnorm=None, silu_and_mul=None, launch=launch)
+    for rows, n, k, reader, bias, launch in FUSED_CASES:
+        w_in, x, residual = rand(k, 64, scale=0.1), rand(rows, 64), rand(rows, k, scale=3.0)
+        b, g = (rand(k) if bias else None), rand(k) + 1.0
+        inputs = [t.clone() for t in (x, residual, g)]
+        first = LinearLaunch(launch.block_m, 32, 64)  # k / 32 programs: square sums in parts
+        into = linear_into_norm(x, w_in, b, residual=residual, norm_weight=g, eps=1e-5,
+                                launch=first)  # fmt: skip
+        h32 = F.linear(x.float(), w_in.float(), None if b is None else b.float())
+        torch.testing.assert_close(into.rows.float(), h32 + residual.float(), atol=3e-2, rtol=2e-2)
+        rows32 = into.rows.float()  # the second launch's input: the rows as the first stored them
+        assert torch.equal(into.scaled, (rows32 * g.float()).to(dtype))
+        assert into.square_sums.shape == (rows, k // 32)
+        torch.testing.assert_close(
+            into.square_sums.sum(-1), rows32.pow(2).sum(-1), rtol=1e-5, atol=0
+        )
+        assert all(map(torch.equal, inputs, (x, residual, g)))
+
+        normed = rows32 * torch.rsqrt(rows32.pow(2).mean(-1, keepdim=True) + 1e-5) * g.float()
+        w = rand(2 * n if reader == "norm_swiglu" else n, k, scale=0.05)
+        if reader == "norm_swiglu":
+            ours = norm_swiglu(into, w, rmsnorm=None, silu_and_mul=None, launch=launch)
             gate, up = F.linear(normed, w.float()).chunk(2, dim=-1)
             exact = F.silu(gate) * up
-        elif layer == "norm_linear":
-            ours = norm_linear(x, g, 1e-5, w, b, rmsnorm=None, launch=launch)
-            exact = F.linear(normed, w.float(), None if b is None else b.float())
         else:
-            ours = linear(x, w, b, launch=launch, residual=residual)
-            exact = F.linear(x32, w.float(), None if b is None else b.float()) + residual.float()
+            ours = norm_linear(into, w, rmsnorm=None, launch=launch)
+            exact = F.linear(normed, w.float())
         assert ours.shape == (rows, n) and ours.dtype == dtype
         torch.testing.assert_close(ours.float(), exact, atol=3e-2, rtol=2e-2)
-        assert all(map(torch.equal, inputs, (x, g, residual)))
 
 
 @requires_triton
@@ -266,13 +284,15 @@ def test_programmatic_launches_in_a_cuda_graph_read_each_others_outputs():
     x = torch.zeros(1, 4096, device="cuda", dtype=torch.bfloat16)
 
     def chain(programmatic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """A decoder layer's pattern: x -> linear -> (norm) SwiGLU -> linear (+ the first
-        output, written two launches before) -> (norm) linear."""
-        y = linear(x, weights[0], programmatic=programmatic)
-        options = dict(rmsnorm=None, programmatic=programmatic)
-        hidden = norm_swiglu(y, norm_weight, 1e-5, weights[1], silu_and_mul=None, **options)
-        summed = linear(hidden, weights[2], programmatic=programmatic, residual=y)
-        return norm_linear(summed, norm_weight, 1e-5, weights[3], **options), summed
+        """A decoder layer's pattern: x -> linear (+ x, into a norm) -> (norm) SwiGLU ->
+        linear (+ the first output, written two launches before, into a norm) -> (norm)
+        linear."""
+        options = dict(norm_weight=norm_weight, eps=1e-5, programmatic=programmatic)
+        mid = linear_into_norm(x, weights[0], residual=x, **options)
+        hidden = norm_swiglu(mid, weights[1], rmsnorm=None, silu_and_mul=None,
+                             programmatic=programmatic)  # fmt: skip
+        out = linear_into_norm(hidden, weights[2], residual=mid.rows, **options)
+        return norm_linear(out, weights[3], rmsnorm=None, programmatic=programmatic), out.rows
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

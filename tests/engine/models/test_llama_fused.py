@@ -50,6 +50,7 @@ TORCH_KERNELS = FusedKernels(
     rmsnorm=torch_rmsnorm,
     apply_rope=torch_apply_rope,
     linear=triton_linear.linear,
+    linear_into_norm=triton_linear.linear_into_norm,
     norm_linear=partial(triton_linear.norm_linear, rmsnorm=torch_rmsnorm),
     norm_swiglu=partial(
         triton_linear.norm_swiglu, rmsnorm=torch_rmsnorm, silu_and_mul=torch_silu_and_mul

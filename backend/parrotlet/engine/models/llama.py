@@ -20,6 +20,7 @@ from torch import nn
 from parrotlet.engine.models.config import ModelConfig, RopeScaling
 from parrotlet_kernels import triton_linear
 from parrotlet_kernels.interface import AttentionBackend, Rope
+from parrotlet_kernels.triton_linear import NormedRows
 
 
 @dataclass(frozen=True)
@@ -28,15 +29,17 @@ class FusedKernels:
 
     `rmsnorm(x, weight, eps)` returns the norm; `apply_rope(positions, q, k, head_dim,
     cos_sin_cache)` rotates q and k in place (rotate-half); `linear(x, weight, bias,
-    residual=None)` is `F.linear` plus the residual; `norm_linear(x, norm_weight, eps, weight,
-    bias)` and `norm_swiglu(x, norm_weight, eps, gate_up_weight)` are `F.linear` and
-    `silu(gate) * up` of `F.linear(x, gate_up_weight)` on `rmsnorm(x)`. They compute in float32
-    and round once, so outputs differ from the torch path in the last bits.
+    residual=None)` is `F.linear` plus the residual; `linear_into_norm(x, weight, bias, *,
+    residual, norm_weight, eps)` is the same as a `triton_linear.NormedRows`, which
+    `norm_linear(x, weight, bias)` and `norm_swiglu(x, gate_up_weight)` read: `F.linear` and
+    `silu(gate) * up` of `F.linear(x, gate_up_weight)` on the rows' RMSNorm. They compute in
+    float32 and round once, so outputs differ from the torch path in the last bits.
     """
 
     rmsnorm: Callable[..., torch.Tensor]
     apply_rope: Callable[..., None]
     linear: Callable[..., torch.Tensor]
+    linear_into_norm: Callable[..., NormedRows]
     norm_linear: Callable[..., torch.Tensor]
     norm_swiglu: Callable[..., torch.Tensor]
 
@@ -47,9 +50,9 @@ def load_fused_kernels(
     """flashinfer's elementwise kernels, or None where flashinfer is not installed.
 
     With `small_batch_linear`, linear layers of at most `triton_linear.MAX_ROWS` rows (decode
-    steps) run parrotlet's weight-streaming Triton kernel with the norm before a layer, SwiGLU's
-    product and the residual add fused into it; otherwise cuBLAS with flashinfer's rmsnorm and
-    silu_and_mul. `programmatic_launch` launches the Triton kernel with PDL where the GPU
+    steps) run parrotlet's weight-streaming Triton kernel with SwiGLU's product, the residual add
+    and the RMSNorms between layers fused into it; otherwise cuBLAS with flashinfer's rmsnorm
+    and silu_and_mul. `programmatic_launch` launches the Triton kernel with PDL where the GPU
     supports it (parrotlet_kernels/programmatic_launch.py).
     """
     try:
@@ -61,6 +64,7 @@ def load_fused_kernels(
         rmsnorm=flashinfer.rmsnorm,
         apply_rope=flashinfer.apply_rope_with_cos_sin_cache_inplace,
         linear=partial(triton_linear.linear, **options),
+        linear_into_norm=partial(triton_linear.linear_into_norm, **options),
         norm_linear=partial(triton_linear.norm_linear, rmsnorm=flashinfer.rmsnorm, **options),
         norm_swiglu=partial(
             triton_linear.norm_swiglu,
@@ -181,19 +185,17 @@ class Attention(nn.Module):
 
     def forward_fused(
         self,
-        x: torch.Tensor,  # [num_tokens, hidden], the residual stream
-        norm: RMSNorm,
+        x: NormedRows,  # the residual stream [num_tokens, hidden] into the input norm
+        next_norm: RMSNorm,
         positions: torch.Tensor,  # [num_tokens]
         cos_sin: torch.Tensor,  # [max_positions, head_dim] float32
         attn: AttentionBackend,
         kernels: FusedKernels,
-    ) -> torch.Tensor:  # [num_tokens, hidden]
-        """`x + forward(norm(x))`, the norm fused into the qkv projection, RoPE applied in place
-        by one kernel and the residual add into o_proj."""
-        num_tokens = x.shape[0]
-        qkv = kernels.norm_linear(
-            x, norm.weight, norm.eps, self.qkv_proj.weight, self.qkv_proj.bias
-        )
+    ) -> NormedRows:  # [num_tokens, hidden] into next_norm
+        """`x + forward(norm(x))` with the norm fused into the qkv projection, RoPE applied in
+        place by one kernel and the residual add into o_proj."""
+        num_tokens = x.rows.shape[0]
+        qkv = kernels.norm_linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
         q, k, v = qkv.split(self.sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)  # [num_tokens, num_heads, head_dim]
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [num_tokens, kv_heads, head_dim]
@@ -206,7 +208,10 @@ class Attention(nn.Module):
             kernels.apply_rope(positions, q, k, self.head_dim, cos_sin)
             out = attn.forward(q, k, v, self.layer_idx)  # [num_tokens, num_heads, head_dim]
         out = out.reshape(num_tokens, -1)  # [num_tokens, q_size]
-        return kernels.linear(out, self.o_proj.weight, self.o_proj.bias, residual=x)
+        return kernels.linear_into_norm(
+            out, self.o_proj.weight, self.o_proj.bias, residual=x.rows,
+            norm_weight=next_norm.weight, eps=next_norm.eps,
+        )  # fmt: skip
 
 
 class MLP(nn.Module):
@@ -221,10 +226,13 @@ class MLP(nn.Module):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [num_tokens, intermediate] each
         return self.down_proj(F.silu(gate) * up)  # [num_tokens, hidden]
 
-    def forward_fused(self, x: torch.Tensor, norm: RMSNorm, kernels: FusedKernels) -> torch.Tensor:
+    def forward_fused(self, x: NormedRows, next_norm: RMSNorm, kernels: FusedKernels) -> NormedRows:
         """`x + forward(norm(x))`, the norm fused into gate_up and the residual add into down."""
-        hidden = kernels.norm_swiglu(x, norm.weight, norm.eps, self.gate_up_proj.weight)
-        return kernels.linear(hidden, self.down_proj.weight, residual=x)  # [num_tokens, hidden]
+        hidden = kernels.norm_swiglu(x, self.gate_up_proj.weight)  # [num_tokens, intermediate]
+        return kernels.linear_into_norm(
+            hidden, self.down_proj.weight, residual=x.rows,
+            norm_weight=next_norm.weight, eps=next_norm.eps,
+        )  # fmt: skip
 
 
 class DecoderLayer(nn.Module):
@@ -243,16 +251,18 @@ class DecoderLayer(nn.Module):
 
     def forward_fused(
         self,
-        x: torch.Tensor,  # [num_tokens, hidden]
+        x: NormedRows,  # [num_tokens, hidden] into this layer's input norm
+        next_norm: RMSNorm,  # the next layer's input norm, or the model's final one
         positions: torch.Tensor,
         cos_sin: torch.Tensor,
         attn: AttentionBackend,
         kernels: FusedKernels,
-    ) -> torch.Tensor:
+    ) -> NormedRows:
         """`forward` with each norm fused into the projection after it and each residual add
-        into the projection before it."""
-        x = self.self_attn.forward_fused(x, self.input_layernorm, positions, cos_sin, attn, kernels)
-        return self.mlp.forward_fused(x, self.post_attention_layernorm, kernels)
+        into the projection before it; the output comes as rows into `next_norm`."""
+        mid_norm = self.post_attention_layernorm
+        x = self.self_attn.forward_fused(x, mid_norm, positions, cos_sin, attn, kernels)
+        return self.mlp.forward_fused(x, next_norm, kernels)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -300,9 +310,12 @@ class LlamaForCausalLM(nn.Module):
         kernels: FusedKernels,
     ) -> torch.Tensor:
         cos_sin = self.rotary.cos_sin_cache(hidden.device)  # [max_positions, head_dim]
-        for layer in self.layers:
-            hidden = layer.forward_fused(hidden, positions, cos_sin, attn, kernels)
-        return kernels.rmsnorm(hidden, self.norm.weight, self.norm.eps)
+        first = self.layers[0].input_layernorm
+        x = NormedRows(hidden, first.weight, first.eps)
+        next_norms = [layer.input_layernorm for layer in self.layers[1:]] + [self.norm]
+        for layer, next_norm in zip(self.layers, next_norms, strict=True):
+            x = layer.forward_fused(x, next_norm, positions, cos_sin, attn, kernels)
+        return kernels.rmsnorm(x.rows, self.norm.weight, self.norm.eps)
 
     def compute_logits(
         self, hidden: torch.Tensor, kernels: FusedKernels | None = None
