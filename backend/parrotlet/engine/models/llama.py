@@ -192,8 +192,8 @@ class Attention(nn.Module):
         attn: AttentionBackend,
         kernels: FusedKernels,
     ) -> NormedRows:  # [num_tokens, hidden] into next_norm
-        """`x + forward(norm(x))` with the norm fused into the qkv projection, RoPE applied in
-        place by one kernel and the residual add into o_proj."""
+        """The rows plus `forward` of their norm, as rows into `next_norm`: the norm runs inside
+        the qkv launch, RoPE in place in one kernel and the residual add inside o_proj's."""
         num_tokens = x.rows.shape[0]
         qkv = kernels.norm_linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
         q, k, v = qkv.split(self.sizes, dim=-1)
@@ -227,7 +227,8 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(gate) * up)  # [num_tokens, hidden]
 
     def forward_fused(self, x: NormedRows, next_norm: RMSNorm, kernels: FusedKernels) -> NormedRows:
-        """`x + forward(norm(x))`, the norm fused into gate_up and the residual add into down."""
+        """The rows plus `forward` of their norm, as rows into `next_norm`: the norm runs inside
+        the gate_up launch and the residual add inside down's."""
         hidden = kernels.norm_swiglu(x, self.gate_up_proj.weight)  # [num_tokens, intermediate]
         return kernels.linear_into_norm(
             hidden, self.down_proj.weight, residual=x.rows,
