@@ -10,7 +10,10 @@
 # tiles), linear (kernel_linear.py, 1-64 rows),
 # attention (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick), apps-a
 # (chain-summary, map-reduce, shared-prompt), apps-b (multi-agent, mixed, multi-app),
-# app:WORKLOAD (one of them). Each step's log, and the JSON it writes, land in $OUT. Needs
+# app:WORKLOAD (one of them), and for a before/after in one call profile@REV / decode@REV
+# (profile_decode_step.py --batches 1 32 --attention triton / engine_decode.py --batches 1 32
+# on a revision staged by stage_revision.sh; REV `this` is this tree, run the same way). Each
+# step's log, and the JSON it writes, land in $OUT ($OUT/REV for @ steps). Needs
 # .device/wheels from ../shared/device/prepare.sh and, for the app workloads, the default
 # model's tokenizer files in .device/tokenizer.
 set -uo pipefail
@@ -54,8 +57,23 @@ run_step() {
       [[ "$1" == app:* ]] && workloads=("${1#app:}")
       python3 -m parrotlet.cli bench "${workloads[@]}" --device cuda --arch llama3-8b-random \
         --tokenizer .device/tokenizer --out "$out" ;;
+    profile@* | decode@*) run_on_revision "${1%@*}" "${1#*@}" ;;
     *) echo "unknown step $1" >&2; return 2 ;;
   esac
+}
+
+run_on_revision() {  # BENCH REV: this tree's benchmark script on REV's backend and kernels
+  local tree=$root/build/revisions/$2
+  [ "$2" = this ] && tree=$root
+  if [ ! -d "$tree/backend" ]; then
+    echo "no $tree: stage it with benchmarks/stage_revision.sh $2 and carry it" >&2
+    return 2
+  fi
+  local command=(benchmarks/profile_decode_step.py --batches 1 32 --attention triton)
+  [ "$1" = decode ] && command=(benchmarks/engine_decode.py --batches 1 32)
+  mkdir -p "$out/$2"
+  OUT=$out/$2 PYTHONPATH=/tmp/site:$tree/backend:$tree/kernels:$root/integrations:$root \
+    python3 "${command[@]}"
 }
 
 status=0
