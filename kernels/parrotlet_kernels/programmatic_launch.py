@@ -13,8 +13,8 @@ a program, 1.191x at 128 KiB).
 What every kernel launched this way keeps: no load of anything an earlier kernel of the step
 writes, and no store at all, before `gdc_wait()`. Kernels launched without it (cuBLAS,
 flashinfer's, torch's) wait for the kernel before them to complete, as usual. The callers
-(`triton_linear`, `triton_paged_decode`) take `programmatic=True` as a request and launch
-with PDL where `supported(device)`.
+(`triton_linear`, `triton_paged_decode`) take `programmatic=True` as a request; `granted`
+says whether to launch with PDL.
 """
 
 from __future__ import annotations
@@ -34,3 +34,8 @@ def supported(device: torch.device) -> bool:
     from triton.language.extra import cuda as triton_cuda
 
     return hasattr(triton_cuda, "gdc_wait") and hasattr(triton_cuda, "gdc_launch_dependents")
+
+
+def granted(requested: bool, device: torch.device) -> bool:
+    """Whether a launch that `requested` PDL gets it on `device` (`supported`)."""
+    return requested and supported(device)

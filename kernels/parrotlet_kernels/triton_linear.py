@@ -146,7 +146,7 @@ def _launch(
         raise ValueError(f"{launch} does not fit a [{m}, {k}] x [{n}, {k}].T product")
     from parrotlet_kernels.triton_linear_kernels import small_batch_linear_kernel
 
-    pdl = programmatic and programmatic_launch.supported(x.device)
+    pdl = programmatic_launch.granted(programmatic, x.device)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     small_batch_linear_kernel[(n // launch.block_n,)](
         x, weight, bias if bias is not None else weight, y, m, n, x.stride(0), y.stride(0),

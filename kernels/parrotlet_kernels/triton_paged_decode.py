@@ -151,7 +151,7 @@ def paged_decode(
         lse_part = q.new_empty((batch, num_heads, slots), dtype=torch.float32)
     scale_log2 = (head_dim**-0.5 if scale is None else scale) * math.log2(math.e)
     launch = launch or plan_launch(batch * num_kv_heads * num_splits, num_sms(q.device))
-    pdl = programmatic and programmatic_launch.supported(q.device)
+    pdl = programmatic_launch.granted(programmatic, q.device)
     paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k, v, *_rope_args(q, rope), kv_cache, kv_indptr, kv_indices, last_page_len, key_rows,
         o_part, lse_part, num_kv_heads, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
