@@ -32,7 +32,7 @@ from parrotlet_kernels.triton_shared_prefix_kernels import prefix_kernel
 
 TARGET = GPUTarget("cuda", 90, 32)
 HEADS = dict(GROUP=4, HEAD_DIM=128, PAGE_SIZE=16)  # Llama-3-8B: 32 q / 8 KV heads
-FLOAT_ARGS = ("scale_log2",)  # the kernels' float32 runtime arguments
+FLOAT_ARGS = ("scale_log2", "eps")  # the kernels' float32 runtime arguments
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,9 @@ ATTENTION_POINTERS = dict(
     tile_pages_ptr="*i32", prefix_pages_ptr="*i32", suffix_pages_ptr="*i32",
     suffix_lens_ptr="*i32", o_part_ptr="*fp32", lse_part_ptr="*fp32",
 )  # fmt: skip
-LINEAR_POINTERS = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16")
+LINEAR_POINTERS = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16",
+                       residual_ptr="*bf16", squares_ptr="*fp32", next_w_ptr="*bf16",
+                       scaled_ptr="*bf16", next_squares_ptr="*fp32")  # fmt: skip
 
 
 def configs() -> list[Config]:
@@ -101,13 +103,16 @@ def shared_prefix_config(block_m: int, warps: int) -> Config:
 
 
 def linear_configs() -> list[Config]:
-    """Llama-3-8B's decode-step layers at one row, as plan_linear launches them."""
+    """Llama-3-8B's decode-step layers at one row, as the engine launches them (qkv and gate_up
+    reading normed rows, down adding the residual and writing the next norm's input)."""
     out = []
     for name, n, k, tiles in (("qkv", 6144, 4096, 1), ("gate_up", 14336, 4096, 2),
                               ("down", 4096, 14336, 1)):  # fmt: skip
         launch = plan_linear(1, n, k, weight_tiles=tiles)
-        constexprs = dict(K=k, HAS_BIAS=False, SWIGLU=tiles == 2, BLOCK_M=launch.block_m,
-                          BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
+        down = name == "down"
+        constexprs = dict(K=k, HAS_BIAS=False, HAS_RESIDUAL=down, SWIGLU=tiles == 2,
+                          NORMED=not down, NEXT_NORM=down, BLOCK_M=launch.block_m,
+                          BLOCK_N=launch.block_n, BLOCK_K=launch.block_k, BLOCK_P=64,
                           NUM_STAGES=launch.num_stages, PDL=True)  # fmt: skip
         out.append(Config(f"linear {name}", small_batch_linear_kernel, constexprs,
                           LINEAR_POINTERS, num_warps=launch.num_warps))  # fmt: skip

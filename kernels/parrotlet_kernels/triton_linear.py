@@ -3,9 +3,15 @@
 At a handful of rows a linear layer is a read of its weight. cuBLAS's kernels for Llama-3-8B's
 decode shapes reach 67-94% of the copy bandwidth (o_proj the least; qkv and down_proj run split-K
 plus a reduce kernel), and SwiGLU's `silu(gate) * up` is a kernel of its own. The model's fused
-path (CUDA, 16-bit) calls `linear` and `swiglu`: they run the Triton kernel where `plan_linear`
-returns a launch (`swiglu` forms the product in the gate/up kernel's epilogue), and cuBLAS / the
-given elementwise kernel otherwise. Importing this module does not import triton.
+path (CUDA, 16-bit) calls these functions: they run the Triton kernel where `plan_linear`
+returns a launch, and cuBLAS / the given elementwise kernels otherwise. The kernel also takes in
+the work around a layer: `swiglu` forms the product in the gate/up kernel's epilogue, `linear`
+adds the residual stream in its epilogue, and an RMSNorm between two launches runs in neither a
+kernel of its own nor the weight loop (at one row a norm kernel is ~2.8 us of launch and latency
+for 16 KB, twice a decoder layer; a norm in the weight loop cost ~15 us a layer on the H100):
+`linear_into_norm` writes the rows scaled by the norm's weight and their sums of squares in its
+epilogue, and `norm_linear` / `norm_swiglu` stream the scaled rows and apply the rows' rsqrt to
+their accumulators. Importing this module does not import triton.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ from parrotlet_kernels import programmatic_launch
 MAX_ROWS = 64
 _SMEM_BYTES = 200 * 1024  # for the pipeline's stages; an H100 SM has 227 KB
 _DTYPES = (torch.float16, torch.bfloat16)
+
+# rmsnorm(x, weight, eps) -> rmsnorm(x) * weight (flashinfer.rmsnorm's signature)
+RMSNormFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+SiluAndMul = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -72,39 +82,134 @@ def plan_linear(m: int, n: int, k: int, weight_tiles: int = 1) -> LinearLaunch |
     return LinearLaunch(block_m=block_m, block_n=block_n, block_k=block_k, num_stages=stages)
 
 
+@dataclass(frozen=True)
+class NormedRows:
+    """Rows on their way into an RMSNorm: `rmsnorm(rows) * weight` is what the next layer reads.
+
+    Where a fused launch wrote the rows (`linear_into_norm`), it also wrote `scaled` (the rows
+    times the weight, rounded) and `square_sums` (the rows' sums of squares, in parts): the
+    fused launch reading them (`norm_linear`, `norm_swiglu`) then needs no norm kernel. Elsewhere
+    they are None and the norm runs as a kernel of its own.
+    """
+
+    rows: torch.Tensor  # [m, k]
+    weight: torch.Tensor  # [k]
+    eps: float
+    scaled: torch.Tensor | None = None  # [m, k]
+    square_sums: torch.Tensor | None = None  # [m, parts] float32
+
+    def __post_init__(self) -> None:
+        m, k = self.rows.shape
+        if self.weight.shape != (k,):
+            raise ValueError(f"the norm's weight has shape {tuple(self.weight.shape)}, "
+                             f"expected ({k},)")  # fmt: skip
+        if self.scaled is not None and self.scaled.shape != (m, k):
+            raise ValueError(f"scaled has shape {tuple(self.scaled.shape)}, expected ({m}, {k})")
+        if self.square_sums is not None and self.square_sums.shape[0] != m:
+            raise ValueError(f"square_sums has {self.square_sums.shape[0]} rows, expected {m}")
+
+
 def linear(
     x: torch.Tensor,  # [m, k]
     weight: torch.Tensor,  # [n, k]
     bias: torch.Tensor | None = None,  # [n]
     launch: LinearLaunch | None = None,
     programmatic: bool = False,
+    use_triton: bool = True,
+    residual: torch.Tensor | None = None,  # [m, n]
 ) -> torch.Tensor:  # [m, n]
-    """`F.linear(x, weight, bias)`, through the Triton kernel where it applies; with
-    `programmatic` the kernel is launched with PDL where the device supports it."""
-    launch = launch or _plan(x, weight, weight.shape[0])
+    """`F.linear(x, weight, bias)`, plus `residual` where given, through the Triton kernel where
+    it applies (never without `use_triton`); with `programmatic` the kernel is launched with PDL
+    where the device supports it."""
+    launch = launch or _plan(x, weight, weight.shape[0], use_triton=use_triton, residual=residual)
     if launch is None:
-        return F.linear(x, weight, bias)
-    return _launch(x, weight, bias, launch, swiglu=False, programmatic=programmatic)
+        y = F.linear(x, weight, bias)
+        return y if residual is None else y.add_(residual)
+    return _launch(x, weight, bias, launch, programmatic=programmatic, residual=residual)[0]
+
+
+def linear_into_norm(
+    x: torch.Tensor,  # [m, k]
+    weight: torch.Tensor,  # [n, k]
+    bias: torch.Tensor | None = None,  # [n]
+    *,
+    residual: torch.Tensor | None,  # [m, n]
+    norm_weight: torch.Tensor,  # [n]
+    eps: float,
+    launch: LinearLaunch | None = None,
+    programmatic: bool = False,
+    use_triton: bool = True,
+) -> NormedRows:
+    """`linear(x, weight, bias, residual=residual)` as the rows of the RMSNorm (`norm_weight`,
+    `eps`) after it; the Triton launch also writes what a fused reader of them needs."""
+    launch = launch or _plan(x, weight, weight.shape[0], use_triton=use_triton, residual=residual)
+    if launch is None:
+        return NormedRows(linear(x, weight, bias, residual=residual, use_triton=False),
+                          norm_weight, eps)  # fmt: skip
+    y, scaled, squares = _launch(x, weight, bias, launch, programmatic=programmatic,
+                                 residual=residual, next_norm_weight=norm_weight)  # fmt: skip
+    return NormedRows(y, norm_weight, eps, scaled, squares)
 
 
 def swiglu(
     x: torch.Tensor,  # [m, k]
     gate_up_weight: torch.Tensor,  # [2 * n, k]: gate rows, then up rows
-    silu_and_mul: Callable[[torch.Tensor], torch.Tensor],
+    silu_and_mul: SiluAndMul,
     launch: LinearLaunch | None = None,
     programmatic: bool = False,
+    use_triton: bool = True,
 ) -> torch.Tensor:  # [m, n]
     """`silu_and_mul(F.linear(x, gate_up_weight))`, as one Triton kernel where it applies
-    (`programmatic`: as in `linear`)."""
-    if gate_up_weight.shape[0] % 2:
-        raise ValueError(
-            f"gate_up_weight has {gate_up_weight.shape[0]} rows, expected an even number "
-            "(gate rows, then as many up rows)"
-        )
-    launch = launch or _plan(x, gate_up_weight, gate_up_weight.shape[0] // 2, weight_tiles=2)
+    (`programmatic`, `use_triton`: as in `linear`)."""
+    n = _half(gate_up_weight)
+    launch = launch or _plan(x, gate_up_weight, n, weight_tiles=2, use_triton=use_triton)
     if launch is None:
         return silu_and_mul(F.linear(x, gate_up_weight))
-    return _launch(x, gate_up_weight, None, launch, swiglu=True, programmatic=programmatic)
+    return _launch(x, gate_up_weight, None, launch, programmatic=programmatic, swiglu=True)[0]
+
+
+def norm_linear(
+    x: NormedRows,
+    weight: torch.Tensor,  # [n, k]
+    bias: torch.Tensor | None = None,  # [n]
+    *,
+    rmsnorm: RMSNormFn,
+    launch: LinearLaunch | None = None,
+    programmatic: bool = False,
+    use_triton: bool = True,
+) -> torch.Tensor:  # [m, n]
+    """`F.linear(rmsnorm(x.rows, x.weight, x.eps), weight, bias)`: one Triton launch without a
+    norm kernel where it applies and `x` carries its scaled rows, the norm kernel then the
+    layer otherwise (`programmatic`, `use_triton`: as in `linear`)."""
+    launch = launch or _plan(x.rows, weight, weight.shape[0], use_triton=use_triton)
+    if launch is None:
+        return F.linear(rmsnorm(x.rows, x.weight, x.eps), weight, bias)
+    return _launch_normed(x, weight, bias, launch, rmsnorm, programmatic=programmatic)
+
+
+def norm_swiglu(
+    x: NormedRows,
+    gate_up_weight: torch.Tensor,  # [2 * n, k]: gate rows, then up rows
+    *,
+    rmsnorm: RMSNormFn,
+    silu_and_mul: SiluAndMul,
+    launch: LinearLaunch | None = None,
+    programmatic: bool = False,
+    use_triton: bool = True,
+) -> torch.Tensor:  # [m, n]
+    """`swiglu` of `rmsnorm(x.rows, x.weight, x.eps)`, as `norm_linear`."""
+    n = _half(gate_up_weight)
+    launch = launch or _plan(x.rows, gate_up_weight, n, weight_tiles=2, use_triton=use_triton)
+    if launch is None:
+        return silu_and_mul(F.linear(rmsnorm(x.rows, x.weight, x.eps), gate_up_weight))
+    return _launch_normed(x, gate_up_weight, None, launch, rmsnorm, programmatic=programmatic,
+                          swiglu=True)  # fmt: skip
+
+
+def reference_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`RMSNormFn` in float32, rounded once to x's dtype (flashinfer's rounding)."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
 
 
 def reference_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -113,20 +218,54 @@ def reference_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return (F.silu(gate) * up).to(gate_up.dtype)
 
 
+def _half(gate_up_weight: torch.Tensor) -> int:
+    if gate_up_weight.shape[0] % 2:
+        raise ValueError(
+            f"gate_up_weight has {gate_up_weight.shape[0]} rows, expected an even number "
+            "(gate rows, then as many up rows)"
+        )
+    return gate_up_weight.shape[0] // 2
+
+
 def _plan(
-    x: torch.Tensor, weight: torch.Tensor, n: int, weight_tiles: int = 1
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    n: int,
+    weight_tiles: int = 1,
+    use_triton: bool = True,
+    residual: torch.Tensor | None = None,
 ) -> LinearLaunch | None:
     if not (
-        x.is_cuda
+        use_triton
+        and x.is_cuda
         and x.dim() == 2
         and x.dtype in _DTYPES
         and weight.dtype == x.dtype
         and weight.is_contiguous()
         and x.stride(-1) == 1
+        and (residual is None or (residual.dtype == x.dtype and residual.stride(-1) == 1))
         and triton_available()
     ):
         return None
     return plan_linear(x.shape[0], n, weight.shape[1], weight_tiles)
+
+
+def _launch_normed(
+    x: NormedRows,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    launch: LinearLaunch,
+    rmsnorm: RMSNormFn,
+    *,
+    programmatic: bool,
+    swiglu: bool = False,
+) -> torch.Tensor:
+    """The launch on `x`'s scaled rows, or on the norm kernel's output where `x` has none."""
+    if x.scaled is None or x.square_sums is None:
+        normed = rmsnorm(x.rows, x.weight, x.eps)
+        return _launch(normed, weight, bias, launch, programmatic=programmatic, swiglu=swiglu)[0]
+    return _launch(x.scaled, weight, bias, launch, programmatic=programmatic, swiglu=swiglu,
+                   normed=(x.square_sums, x.eps))[0]  # fmt: skip
 
 
 def _launch(
@@ -135,26 +274,47 @@ def _launch(
     bias: torch.Tensor | None,
     launch: LinearLaunch,
     *,
-    swiglu: bool,
     programmatic: bool,
-) -> torch.Tensor:
+    swiglu: bool = False,
+    residual: torch.Tensor | None = None,
+    normed: tuple[torch.Tensor, float] | None = None,  # x's rows' square sums, and eps
+    next_norm_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """y, and with `next_norm_weight` y times it and y's square sums (one part a program)."""
     m, (n, k) = x.shape[0], weight.shape
     n = n // 2 if swiglu else n
     if x.shape[1] != k:
         raise ValueError(f"x has {x.shape[1]} features, the weight {k}")
     if not launch.fits(m, n, k):
         raise ValueError(f"{launch} does not fit a [{m}, {k}] x [{n}, {k}].T product")
+    if residual is not None and residual.shape != (m, n):
+        raise ValueError(f"residual has shape {tuple(residual.shape)}, expected ({m}, {n})")
+    if next_norm_weight is not None and next_norm_weight.shape != (n,):
+        raise ValueError(f"the next norm's weight has shape {tuple(next_norm_weight.shape)}, "
+                         f"expected ({n},)")  # fmt: skip
     from parrotlet_kernels.triton_linear_kernels import small_batch_linear_kernel
 
     pdl = programmatic_launch.granted(programmatic, x.device)
+    programs = n // launch.block_n
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    small_batch_linear_kernel[(n // launch.block_n,)](
-        x, weight, bias if bias is not None else weight, y, m, n, x.stride(0), y.stride(0),
-        K=k, HAS_BIAS=bias is not None, SWIGLU=swiglu, BLOCK_M=launch.block_m,
-        BLOCK_N=launch.block_n, BLOCK_K=launch.block_k, NUM_STAGES=launch.num_stages,
-        PDL=pdl, num_warps=launch.num_warps, launch_pdl=pdl,
+    scaled = squares = None
+    if next_norm_weight is not None:
+        scaled = torch.empty_like(y)
+        squares = torch.empty(m, programs, dtype=torch.float32, device=x.device)
+    square_sums, eps = normed if normed is not None else (y, 0.0)
+    residual_arg = residual if residual is not None else y
+    small_batch_linear_kernel[(programs,)](
+        x, weight, bias if bias is not None else weight, y, residual_arg, square_sums,
+        next_norm_weight if next_norm_weight is not None else y,
+        scaled if scaled is not None else y, squares if squares is not None else y,
+        eps, m, n, square_sums.shape[1], x.stride(0), y.stride(0), residual_arg.stride(0),
+        K=k, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu,
+        NORMED=normed is not None, NEXT_NORM=next_norm_weight is not None,
+        BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
+        BLOCK_P=max(16, 1 << (square_sums.shape[1] - 1).bit_length()),
+        NUM_STAGES=launch.num_stages, PDL=pdl, num_warps=launch.num_warps, launch_pdl=pdl,
     )  # fmt: skip
-    return y
+    return y, scaled, squares
 
 
 @cache

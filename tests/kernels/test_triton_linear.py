@@ -16,8 +16,13 @@ from parrotlet_kernels import programmatic_launch
 from parrotlet_kernels.triton_linear import (
     MAX_ROWS,
     LinearLaunch,
+    NormedRows,
     linear,
+    linear_into_norm,
+    norm_linear,
+    norm_swiglu,
     plan_linear,
+    reference_rmsnorm,
     reference_silu_and_mul,
     swiglu,
 )
@@ -85,6 +90,43 @@ def test_cpu_tensors_fall_back_to_torch_without_loading_triton():
     assert KERNELS not in sys.modules
 
 
+def test_norm_and_residual_on_cpu_run_the_given_norm_then_torch():
+    gen = torch.Generator().manual_seed(0)
+    x, residual, w = (torch.randn(*s, generator=gen) for s in ((3, 64), (3, 32), (64, 64)))
+    g = torch.rand(64, generator=gen) + 0.5
+    normed = reference_rmsnorm(x, g, 1e-5)
+    rows = NormedRows(x, g, 1e-5)
+    assert torch.equal(norm_linear(rows, w, rmsnorm=reference_rmsnorm), F.linear(normed, w))
+    y = norm_swiglu(rows, w, rmsnorm=reference_rmsnorm, silu_and_mul=reference_silu_and_mul)
+    assert torch.equal(y, reference_silu_and_mul(F.linear(normed, w)))
+    assert torch.equal(linear(x, w[:32], residual=residual), F.linear(x, w[:32]) + residual)
+    into = linear_into_norm(x, w[:32], residual=residual, norm_weight=g[:32], eps=1e-6)
+    assert torch.equal(into.rows, F.linear(x, w[:32]) + residual)
+    assert torch.equal(into.weight, g[:32]) and into.eps == 1e-6
+    assert into.scaled is None and into.square_sums is None  # no fused launch wrote them
+
+
+def test_reference_rmsnorm_rounds_once():
+    x = torch.tensor([[3.0, -4.0]], dtype=torch.bfloat16)
+    normed = reference_rmsnorm(x, torch.tensor([1.0, 0.5]), eps=0.0)
+    expected = torch.tensor([[3.0, -2.0]]) / 12.5**0.5  # rms sqrt(12.5); the second one halved
+    assert torch.equal(normed, expected.bfloat16())
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match=r"residual has shape \(1, 16\), expected \(1, 32\)"):
+        linear(torch.zeros(1, 64), torch.zeros(32, 64), launch=LinearLaunch(16, 32, 64),
+               residual=torch.zeros(1, 16))  # fmt: skip
+    with pytest.raises(ValueError, match=r"the norm's weight has shape \(32,\), expected \(64,\)"):
+        NormedRows(torch.zeros(1, 64), torch.zeros(32), 1e-5)
+    with pytest.raises(ValueError, match=r"scaled has shape \(2, 64\), expected \(1, 64\)"):
+        NormedRows(torch.zeros(1, 64), torch.zeros(64), 1e-5, scaled=torch.zeros(2, 64))
+    with pytest.raises(ValueError, match=r"the next norm's weight has shape \(64,\), expected"):
+        linear_into_norm(torch.zeros(1, 64), torch.zeros(32, 64), residual=None,
+                         norm_weight=torch.zeros(64), eps=1e-5,
+                         launch=LinearLaunch(16, 32, 64))  # fmt: skip
+
+
 def test_swiglu_needs_gate_and_up_rows():
     with pytest.raises(ValueError, match="gate_up_weight has 7 rows, expected an even number"):
         swiglu(torch.zeros(1, 64), torch.zeros(7, 64), reference_silu_and_mul)
@@ -139,11 +181,59 @@ def check_kernel(device: str, dtype: torch.dtype) -> None:
         torch.testing.assert_close(ours.float(), exact, atol=2e-2, rtol=1e-2)
 
 
+FUSED_CASES = [  # (rows, out features, in features, reader, bias, launch)
+    (1, 96, 192, "norm_linear", True, LinearLaunch(16, 32, 64, num_stages=2)),
+    (5, 64, 256, "norm_swiglu", False, LinearLaunch(16, 16, 128)),
+    (33, 32, 128, "norm_linear", False, LinearLaunch(64, 32, 128, num_stages=3)),
+    (40, 32, 128, "norm_swiglu", False, LinearLaunch(64, 32, 128, num_stages=3)),
+]
+
+
+def check_fused_kernel(device: str, dtype: torch.dtype) -> None:
+    """Two launches with an RMSNorm between them: the first (with the residual add and bias)
+    writes the rows, their product with the norm weight and their sums of squares; the second
+    reads them. Against float32 torch of the unrounded norm of the rows the first wrote."""
+    gen = torch.Generator().manual_seed(1)
+
+    def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype).to(device)
+
+    for rows, n, k, reader, bias, launch in FUSED_CASES:
+        w_in, x, residual = rand(k, 64, scale=0.1), rand(rows, 64), rand(rows, k, scale=3.0)
+        b, g = (rand(k) if bias else None), rand(k) + 1.0
+        inputs = [t.clone() for t in (x, residual, g)]
+        first = LinearLaunch(launch.block_m, 32, 64)  # k / 32 programs: square sums in parts
+        into = linear_into_norm(x, w_in, b, residual=residual, norm_weight=g, eps=1e-5,
+                                launch=first)  # fmt: skip
+        h32 = F.linear(x.float(), w_in.float(), None if b is None else b.float())
+        torch.testing.assert_close(into.rows.float(), h32 + residual.float(), atol=3e-2, rtol=2e-2)
+        rows32 = into.rows.float()  # the second launch's input: the rows as the first stored them
+        assert torch.equal(into.scaled, (rows32 * g.float()).to(dtype))
+        assert into.square_sums.shape == (rows, k // 32)
+        torch.testing.assert_close(
+            into.square_sums.sum(-1), rows32.pow(2).sum(-1), rtol=1e-5, atol=0
+        )
+        assert all(map(torch.equal, inputs, (x, residual, g)))
+
+        normed = rows32 * torch.rsqrt(rows32.pow(2).mean(-1, keepdim=True) + 1e-5) * g.float()
+        w = rand(2 * n if reader == "norm_swiglu" else n, k, scale=0.05)
+        if reader == "norm_swiglu":
+            ours = norm_swiglu(into, w, rmsnorm=None, silu_and_mul=None, launch=launch)
+            gate, up = F.linear(normed, w.float()).chunk(2, dim=-1)
+            exact = F.silu(gate) * up
+        else:
+            ours = norm_linear(into, w, rmsnorm=None, launch=launch)
+            exact = F.linear(normed, w.float())
+        assert ours.shape == (rows, n) and ours.dtype == dtype
+        torch.testing.assert_close(ours.float(), exact, atol=3e-2, rtol=2e-2)
+
+
 @requires_triton
 def test_kernel_under_the_triton_interpreter():
     """float16 only: the interpreter mishandles bfloat16 loads (seen with triton 3.6)."""
-    code = "from tests.kernels.test_triton_linear import check_kernel; import torch; "
-    code += "check_kernel('cpu', torch.float16)"
+    code = "from tests.kernels.test_triton_linear import check_kernel, check_fused_kernel; "
+    code += "import torch; check_kernel('cpu', torch.float16); "
+    code += "check_fused_kernel('cpu', torch.float16)"
     run_under_triton_interpreter(code)
 
 
@@ -151,6 +241,14 @@ def test_kernel_under_the_triton_interpreter():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_kernel_on_gpu(dtype: torch.dtype) -> None:
     check_kernel("cuda", dtype)
+    check_fused_kernel("cuda", dtype)
+
+
+@pytest.mark.gpu
+def test_use_triton_false_runs_cublas():
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x, w = (torch.randn(*s, device="cuda", generator=gen).bfloat16() for s in ((2, 256), (64, 256)))
+    assert torch.equal(linear(x, w, use_triton=False), F.linear(x, w))
 
 
 @pytest.mark.gpu
@@ -182,13 +280,19 @@ def test_programmatic_launches_in_a_cuda_graph_read_each_others_outputs():
         return torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.02
 
     weights = [weight(4096, 4096), weight(2 * 8192, 4096), weight(4096, 8192), weight(6144, 4096)]
+    norm_weight = weight(1, 4096)[0] + 1
     x = torch.zeros(1, 4096, device="cuda", dtype=torch.bfloat16)
 
-    def chain(programmatic: bool) -> torch.Tensor:
-        y = linear(x, weights[0], programmatic=programmatic)
-        y = swiglu(y, weights[1], reference_silu_and_mul, programmatic=programmatic)
-        y = linear(y, weights[2], programmatic=programmatic)
-        return linear(y, weights[3], programmatic=programmatic)
+    def chain(programmatic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """A decoder layer's pattern: x -> linear (+ x, into a norm) -> (norm) SwiGLU ->
+        linear (+ the first output, written two launches before, into a norm) -> (norm)
+        linear."""
+        options = dict(norm_weight=norm_weight, eps=1e-5, programmatic=programmatic)
+        mid = linear_into_norm(x, weights[0], residual=x, **options)
+        hidden = norm_swiglu(mid, weights[1], rmsnorm=None, silu_and_mul=None,
+                             programmatic=programmatic)  # fmt: skip
+        out = linear_into_norm(hidden, weights[2], residual=mid.rows, **options)
+        return norm_linear(out, weights[3], rmsnorm=None, programmatic=programmatic), out.rows
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -202,4 +306,4 @@ def test_programmatic_launches_in_a_cuda_graph_read_each_others_outputs():
         x.copy_(torch.randn(1, 4096, device="cuda", generator=gen).bfloat16())
         graph.replay()
         expected = chain(False)
-        assert torch.equal(out, expected), f"replay {seed}"
+        assert all(map(torch.equal, out, expected)), f"replay {seed}"

@@ -1,12 +1,14 @@
 """The model's fused-kernel path (flashinfer on CUDA) against its plain torch path.
 
-On CPU, torch stand-ins with flashinfer's signatures check the fused control flow (residual
-fusion, RoPE cache layout, in-place updates); on the GPU (`-m gpu`) the real kernels run.
+On CPU, torch stand-ins with flashinfer's signatures check the fused control flow (the norms
+and residual adds handed to the projections, which off the GPU run the norm then torch; the
+RoPE cache layout and in-place rotation); on the GPU (`-m gpu`) the real kernels run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from parrotlet.engine.models.llama import (
     load_fused_kernels,
 )
 from parrotlet.engine.models.loader import load_model
+from parrotlet_kernels import triton_linear
 
 from .test_llama import LLAMA3_ROPE, SMALL, make_checkpoint, make_hf_config, make_prompts
 
@@ -28,11 +31,6 @@ from .test_llama import LLAMA3_ROPE, SMALL, make_checkpoint, make_hf_config, mak
 def torch_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x32 = x.float()
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def torch_fused_add_rmsnorm(x, residual, weight, eps) -> None:
-    residual.add_(x)
-    x.copy_(torch_rmsnorm(residual, weight, eps))
 
 
 def torch_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -48,16 +46,15 @@ def torch_apply_rope(positions, q, k, head_dim, cos_sin) -> None:
     k.copy_(apply_rope(k, cos, sin))
 
 
-def torch_swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor) -> torch.Tensor:
-    return torch_silu_and_mul(F.linear(x, gate_up_weight))
-
-
 TORCH_KERNELS = FusedKernels(
     rmsnorm=torch_rmsnorm,
-    fused_add_rmsnorm=torch_fused_add_rmsnorm,
     apply_rope=torch_apply_rope,
-    linear=F.linear,
-    swiglu=torch_swiglu,
+    linear=triton_linear.linear,
+    linear_into_norm=triton_linear.linear_into_norm,
+    norm_linear=partial(triton_linear.norm_linear, rmsnorm=torch_rmsnorm),
+    norm_swiglu=partial(
+        triton_linear.norm_swiglu, rmsnorm=torch_rmsnorm, silu_and_mul=torch_silu_and_mul
+    ),
 )
 
 

@@ -20,25 +20,28 @@ from torch import nn
 from parrotlet.engine.models.config import ModelConfig, RopeScaling
 from parrotlet_kernels import triton_linear
 from parrotlet_kernels.interface import AttentionBackend, Rope
+from parrotlet_kernels.triton_linear import NormedRows
 
 
 @dataclass(frozen=True)
 class FusedKernels:
     """Fused kernels for a layer's elementwise work and small-batch matmuls (CUDA, 16-bit).
 
-    `rmsnorm(x, weight, eps)` returns the norm; `fused_add_rmsnorm(x, residual, weight, eps)`
-    does `residual += x; x = rmsnorm(residual)` in place; `apply_rope(positions, q, k, head_dim,
-    cos_sin_cache)` rotates q and k in place (rotate-half); `linear(x, weight, bias)` is
-    F.linear; `swiglu(x, gate_up_weight)` is `silu(gate) * up` of `F.linear(x, gate_up_weight)`.
-    They compute in float32 and round once, so outputs differ from the torch path in the last
-    bits.
+    `rmsnorm(x, weight, eps)` returns the norm; `apply_rope(positions, q, k, head_dim,
+    cos_sin_cache)` rotates q and k in place (rotate-half); `linear(x, weight, bias,
+    residual=None)` is `F.linear` plus the residual; `linear_into_norm(x, weight, bias, *,
+    residual, norm_weight, eps)` is the same as a `triton_linear.NormedRows`, which
+    `norm_linear(x, weight, bias)` and `norm_swiglu(x, gate_up_weight)` read: `F.linear` and
+    `silu(gate) * up` of `F.linear(x, gate_up_weight)` on the rows' RMSNorm. They compute in
+    float32 and round once, so outputs differ from the torch path in the last bits.
     """
 
     rmsnorm: Callable[..., torch.Tensor]
-    fused_add_rmsnorm: Callable[..., None]
     apply_rope: Callable[..., None]
     linear: Callable[..., torch.Tensor]
-    swiglu: Callable[..., torch.Tensor]
+    linear_into_norm: Callable[..., NormedRows]
+    norm_linear: Callable[..., torch.Tensor]
+    norm_swiglu: Callable[..., torch.Tensor]
 
 
 def load_fused_kernels(
@@ -47,33 +50,28 @@ def load_fused_kernels(
     """flashinfer's elementwise kernels, or None where flashinfer is not installed.
 
     With `small_batch_linear`, linear layers of at most `triton_linear.MAX_ROWS` rows (decode
-    steps) run parrotlet's weight-streaming Triton kernel, SwiGLU's product fused into gate_up's;
-    otherwise cuBLAS and flashinfer's silu_and_mul. `programmatic_launch` launches the Triton
-    kernel with PDL where the GPU supports it (parrotlet_kernels/programmatic_launch.py).
+    steps) run parrotlet's weight-streaming Triton kernel with SwiGLU's product, the residual add
+    and the RMSNorms between layers fused into it; otherwise cuBLAS with flashinfer's rmsnorm
+    and silu_and_mul. `programmatic_launch` launches the Triton kernel with PDL where the GPU
+    supports it (parrotlet_kernels/programmatic_launch.py).
     """
     try:
         import flashinfer
     except ImportError:
         return None
-    if small_batch_linear:
-        linear = partial(triton_linear.linear, programmatic=programmatic_launch)
-        swiglu = partial(
-            triton_linear.swiglu,
-            silu_and_mul=flashinfer.silu_and_mul,
-            programmatic=programmatic_launch,
-        )
-    else:
-        linear = F.linear
-
-        def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor) -> torch.Tensor:
-            return flashinfer.silu_and_mul(F.linear(x, gate_up_weight))
-
+    options = dict(use_triton=small_batch_linear, programmatic=programmatic_launch)
     return FusedKernels(
         rmsnorm=flashinfer.rmsnorm,
-        fused_add_rmsnorm=flashinfer.fused_add_rmsnorm,
         apply_rope=flashinfer.apply_rope_with_cos_sin_cache_inplace,
-        linear=linear,
-        swiglu=swiglu,
+        linear=partial(triton_linear.linear, **options),
+        linear_into_norm=partial(triton_linear.linear_into_norm, **options),
+        norm_linear=partial(triton_linear.norm_linear, rmsnorm=flashinfer.rmsnorm, **options),
+        norm_swiglu=partial(
+            triton_linear.norm_swiglu,
+            rmsnorm=flashinfer.rmsnorm,
+            silu_and_mul=flashinfer.silu_and_mul,
+            **options,
+        ),
     )
 
 
@@ -187,15 +185,17 @@ class Attention(nn.Module):
 
     def forward_fused(
         self,
-        x: torch.Tensor,  # [num_tokens, hidden]
+        x: NormedRows,  # the residual stream [num_tokens, hidden] into the input norm
+        next_norm: RMSNorm,
         positions: torch.Tensor,  # [num_tokens]
         cos_sin: torch.Tensor,  # [max_positions, head_dim] float32
         attn: AttentionBackend,
         kernels: FusedKernels,
-    ) -> torch.Tensor:  # [num_tokens, hidden]
-        """`forward` with the fused linear kernels and RoPE applied in place by one kernel."""
-        num_tokens = x.shape[0]
-        qkv = kernels.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
+    ) -> NormedRows:  # [num_tokens, hidden] into next_norm
+        """The rows plus `forward` of their norm, as rows into `next_norm`: the norm runs inside
+        the qkv launch, RoPE in place in one kernel and the residual add inside o_proj's."""
+        num_tokens = x.rows.shape[0]
+        qkv = kernels.norm_linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
         q, k, v = qkv.split(self.sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)  # [num_tokens, num_heads, head_dim]
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [num_tokens, kv_heads, head_dim]
@@ -208,7 +208,10 @@ class Attention(nn.Module):
             kernels.apply_rope(positions, q, k, self.head_dim, cos_sin)
             out = attn.forward(q, k, v, self.layer_idx)  # [num_tokens, num_heads, head_dim]
         out = out.reshape(num_tokens, -1)  # [num_tokens, q_size]
-        return kernels.linear(out, self.o_proj.weight, self.o_proj.bias)  # [num_tokens, hidden]
+        return kernels.linear_into_norm(
+            out, self.o_proj.weight, self.o_proj.bias, residual=x.rows,
+            norm_weight=next_norm.weight, eps=next_norm.eps,
+        )  # fmt: skip
 
 
 class MLP(nn.Module):
@@ -223,9 +226,14 @@ class MLP(nn.Module):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [num_tokens, intermediate] each
         return self.down_proj(F.silu(gate) * up)  # [num_tokens, hidden]
 
-    def forward_fused(self, x: torch.Tensor, kernels: FusedKernels) -> torch.Tensor:
-        hidden = kernels.swiglu(x, self.gate_up_proj.weight)  # [num_tokens, intermediate]
-        return kernels.linear(hidden, self.down_proj.weight)  # [num_tokens, hidden]
+    def forward_fused(self, x: NormedRows, next_norm: RMSNorm, kernels: FusedKernels) -> NormedRows:
+        """The rows plus `forward` of their norm, as rows into `next_norm`: the norm runs inside
+        the gate_up launch and the residual add inside down's."""
+        hidden = kernels.norm_swiglu(x, self.gate_up_proj.weight)  # [num_tokens, intermediate]
+        return kernels.linear_into_norm(
+            hidden, self.down_proj.weight, residual=x.rows,
+            norm_weight=next_norm.weight, eps=next_norm.eps,
+        )  # fmt: skip
 
 
 class DecoderLayer(nn.Module):
@@ -244,26 +252,18 @@ class DecoderLayer(nn.Module):
 
     def forward_fused(
         self,
-        x: torch.Tensor,  # [num_tokens, hidden], the previous layer's output before its add
-        residual: torch.Tensor | None,  # [num_tokens, hidden], the running sum; None at layer 0
+        x: NormedRows,  # [num_tokens, hidden] into this layer's input norm
+        next_norm: RMSNorm,  # the next layer's input norm, or the model's final one
         positions: torch.Tensor,
         cos_sin: torch.Tensor,
         attn: AttentionBackend,
         kernels: FusedKernels,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`forward` with each residual add fused into the next norm (vLLM's layout).
-
-        Returns (the MLP output, the residual sum before it); their sum is `forward`'s output.
-        """
-        norm = self.input_layernorm
-        if residual is None:
-            residual, x = x, kernels.rmsnorm(x, norm.weight, norm.eps)
-        else:
-            kernels.fused_add_rmsnorm(x, residual, norm.weight, norm.eps)
-        x = self.self_attn.forward_fused(x, positions, cos_sin, attn, kernels)
-        norm = self.post_attention_layernorm
-        kernels.fused_add_rmsnorm(x, residual, norm.weight, norm.eps)
-        return self.mlp.forward_fused(x, kernels), residual
+    ) -> NormedRows:
+        """`forward` with each norm fused into the projection after it and each residual add
+        into the projection before it; the output comes as rows into `next_norm`."""
+        mid_norm = self.post_attention_layernorm
+        x = self.self_attn.forward_fused(x, mid_norm, positions, cos_sin, attn, kernels)
+        return self.mlp.forward_fused(x, next_norm, kernels)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -311,14 +311,12 @@ class LlamaForCausalLM(nn.Module):
         kernels: FusedKernels,
     ) -> torch.Tensor:
         cos_sin = self.rotary.cos_sin_cache(hidden.device)  # [max_positions, head_dim]
-        residual = None
-        for layer in self.layers:
-            hidden, residual = layer.forward_fused(
-                hidden, residual, positions, cos_sin, attn, kernels
-            )
-        assert residual is not None  # the model has at least one layer
-        kernels.fused_add_rmsnorm(hidden, residual, self.norm.weight, self.norm.eps)
-        return hidden
+        first = self.layers[0].input_layernorm
+        x = NormedRows(hidden, first.weight, first.eps)
+        next_norms = [layer.input_layernorm for layer in self.layers[1:]] + [self.norm]
+        for layer, next_norm in zip(self.layers, next_norms, strict=True):
+            x = layer.forward_fused(x, next_norm, positions, cos_sin, attn, kernels)
+        return kernels.rmsnorm(x.rows, self.norm.weight, self.norm.eps)
 
     def compute_logits(
         self, hidden: torch.Tensor, kernels: FusedKernels | None = None
