@@ -123,8 +123,10 @@ def linear(
     where the device supports it."""
     launch = launch or _plan(x, weight, weight.shape[0], use_triton=use_triton, residual=residual)
     if launch is None:
-        y = F.linear(x, weight, bias)
-        return y if residual is None else y.add_(residual)
+        if residual is None:
+            return F.linear(x, weight, bias)
+        y = torch.addmm(residual, x, weight.t())  # cuBLAS adds the residual in its epilogue
+        return y if bias is None else y.add_(bias)
     return _launch(x, weight, bias, launch, programmatic=programmatic, residual=residual)[0]
 
 

@@ -99,9 +99,13 @@ def test_norm_and_residual_on_cpu_run_the_given_norm_then_torch():
     assert torch.equal(norm_linear(rows, w, rmsnorm=reference_rmsnorm), F.linear(normed, w))
     y = norm_swiglu(rows, w, rmsnorm=reference_rmsnorm, silu_and_mul=reference_silu_and_mul)
     assert torch.equal(y, reference_silu_and_mul(F.linear(normed, w)))
-    assert torch.equal(linear(x, w[:32], residual=residual), F.linear(x, w[:32]) + residual)
+    summed = F.linear(x, w[:32]) + residual
+    torch.testing.assert_close(linear(x, w[:32], residual=residual), summed, atol=1e-5, rtol=0)
     into = linear_into_norm(x, w[:32], residual=residual, norm_weight=g[:32], eps=1e-6)
-    assert torch.equal(into.rows, F.linear(x, w[:32]) + residual)
+    torch.testing.assert_close(into.rows, summed, atol=1e-5, rtol=0)
+    bias = torch.randn(32, generator=gen)
+    torch.testing.assert_close(linear(x, w[:32], bias, residual=residual), summed + bias,
+                               atol=1e-5, rtol=0)  # fmt: skip
     assert torch.equal(into.weight, g[:32]) and into.eps == 1e-6
     assert into.scaled is None and into.square_sums is None  # no fused launch wrote them
 
