@@ -80,7 +80,9 @@ status=0
 for step in "${@:-tests decode}"; do
   for one in $step; do
     echo "=== $one"
-    run_step "$one" 2>&1 | tee "$out/${one//:/-}.log" | tail -40
+    # streamed, not tailed: a call cut off by its time limit still shows how far it got; the
+    # device tool leaves out files whose names have characters such as + @ :
+    run_step "$one" 2>&1 | tee "$out/${one//[^A-Za-z0-9._-]/_}.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   done
 done
