@@ -5,6 +5,9 @@ batch through the engine, then profiles replays of its last step's CUDA graph an
 per kernel family, the device microseconds per step next to the replay's wall time and the
 bytes floor (weights + KV over the copy bandwidth measured in the same run), once per graph
 decode attention (flashinfer, and parrotlet's Triton kernel with RoPE and the K/V append fused).
+With programmatic dependent launch (the engine's default on sm_90+) a Triton kernel starts
+during the one before it and counts its wait as device time, so the kernels' sum exceeds the
+replay there: compare replay times, and read per-kernel times as upper bounds.
 Writes benchmarks/results/profile_decode_step.json (and $OUT/profile_decode_step.json when $OUT
 is set).
 
