@@ -303,17 +303,18 @@ def _launch(
     if next_norm_weight is not None:
         scaled = torch.empty_like(y)
         squares = torch.empty(m, programs, dtype=torch.float32, device=x.device)
-    square_sums, eps = normed if normed is not None else (y, 0.0)
+    square_sums, eps = normed if normed is not None else (y, 0.0)  # y: a placeholder
+    parts = square_sums.shape[1] if normed is not None else 1
     residual_arg = residual if residual is not None else y
     small_batch_linear_kernel[(programs,)](
         x, weight, bias if bias is not None else weight, y, residual_arg, square_sums,
         next_norm_weight if next_norm_weight is not None else y,
         scaled if scaled is not None else y, squares if squares is not None else y,
-        eps, m, n, square_sums.shape[1], x.stride(0), y.stride(0), residual_arg.stride(0),
+        eps, m, n, parts, x.stride(0), y.stride(0), residual_arg.stride(0),
         K=k, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, SWIGLU=swiglu,
         NORMED=normed is not None, NEXT_NORM=next_norm_weight is not None,
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
-        BLOCK_P=max(16, 1 << (square_sums.shape[1] - 1).bit_length()),
+        BLOCK_P=max(16, 1 << (parts - 1).bit_length()),
         NUM_STAGES=launch.num_stages, PDL=pdl, num_warps=launch.num_warps, launch_pdl=pdl,
     )  # fmt: skip
     return y, scaled, squares
