@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -314,6 +315,25 @@ def remote() -> Iterator[tuple[P.Client, LazyServer]]:
         session.flush()  # the first request (an empty session) builds the server
     yield client, server
     client.close()
+
+
+@pytest.mark.slow
+def test_the_first_fetch_travels_with_the_graph(remote, monkeypatch) -> None:
+    """The fetch that flushes the graph names itself in that request, so the server starts the
+    chain a round trip before the get arrives."""
+    client, server = remote
+    announced = []
+    create_session = server.core.create_session
+
+    def recording(tenant: str, **kwargs: Any) -> str:
+        announced.append(kwargs["fetch"])
+        return create_session(tenant, **kwargs)
+
+    monkeypatch.setattr(server.core, "create_session", recording)
+    with client.session():
+        last = run_chain(make_step())
+        last.get()
+    assert announced == [{"step-3.out": "latency"}]
 
 
 @pytest.mark.slow

@@ -72,6 +72,27 @@ async def test_a_session_created_with_its_graph_answers_in_one_more_request(
     assert core.stats().num_sessions == sessions  # a refused graph leaves no session behind
 
 
+async def test_a_session_created_with_its_fetch_checks_it(
+    client_a: httpx.AsyncClient, core: ServeCore
+) -> None:
+    graph = make_graph([make_call("ask", ["q"], "answer")], {"q": QUESTION})
+    started = core.stats().calls_started
+    body = {"graph": graph, "fetch": {"answer": "latency"}}
+    created = await client_a.post("/v1/sessions", json=body)
+    assert created.status_code == 201
+    assert core.stats().calls_started == started + 1  # running before the get
+    sid = created.json()["session_id"]
+    got = await client_a.get(f"/v1/sessions/{sid}/variables/answer", params={"timeout": 60})
+    assert got.json()["value"] == ANSWER
+
+    refused = await client_a.post("/v1/sessions", json={"graph": graph, "fetch": {"answer": 1}})
+    assert refused.status_code == 400
+    assert error_of(refused)["message"] == "fetch.answer: Input should be a valid string"
+    refused = await client_a.post("/v1/sessions", json={"graph": graph, "fetch": {"x": "latency"}})
+    assert refused.status_code == 404
+    assert "fetched variable 'x'" in error_of(refused)["message"]
+
+
 async def test_stream_deltas_concatenate_to_the_value(client_a: httpx.AsyncClient) -> None:
     graph = make_graph([make_call("ask", ["q"], "answer")], {"q": QUESTION})
     sid = await make_session(client_a, graph)

@@ -99,6 +99,40 @@ async def test_lazy_until_fetched_and_stream_equals_value(default_core):
     assert len(deltas) > 1
 
 
+async def test_a_graph_submitted_with_its_fetch_runs_before_the_get(default_core):
+    core = default_core
+    before = core.stats()
+    sid = core.create_session("tenant-a", graph=make_chain(), fetch={"s3": "latency"})
+    assert core.stats().calls_started - before.calls_started == 1  # c1, with no get yet
+    info = await core.get_variable("tenant-a", sid, "s3")
+    assert info.value == one_by_one(core, make_chain())["s3"]
+    increment = Graph((), (Call("c4", (Text("Again: "), Input("s1"), Output("s4", GREEDY))),))
+    started = core.stats().calls_started
+    core.submit("tenant-a", sid, increment, fetch={"s4": "throughput"})
+    assert core.stats().calls_started == started + 1
+    assert (await core.get_variable("tenant-a", sid, "s4")).value
+
+
+async def test_a_bad_fetch_refuses_the_whole_submit(default_core):
+    core = default_core
+    sessions = core.stats().num_sessions
+    with pytest.raises(NotFoundError, match="fetched variable 'nope' is in neither the graph"):
+        core.create_session("tenant-a", graph=make_chain(), fetch={"nope": "latency"})
+    with pytest.raises(ValueError, match="criterion 'soon' of fetched variable 's3' is not one "
+                                         "of 'latency', 'throughput'"):  # fmt: skip
+        core.create_session("tenant-a", graph=make_chain(), fetch={"s3": "soon"})
+    with pytest.raises(ValueError, match="no graph given"):
+        core.create_session("tenant-a", fetch={"s3": "latency"})
+    assert core.stats().num_sessions == sessions  # no session left behind
+    sid = core.create_session("tenant-a")
+    started = core.stats().calls_started
+    with pytest.raises(NotFoundError, match="'s9' is in neither the graph nor session"):
+        core.submit("tenant-a", sid, make_chain(), fetch={"s3": "latency", "s9": "latency"})
+    assert "c1" not in core._session("tenant-a", sid).index.nodes  # the graph was not added
+    assert core.stats().calls_started == started
+    core.delete_session("tenant-a", sid)
+
+
 async def test_isolation_and_errors(default_core):
     core = default_core
     a = core.create_session("tenant-a")

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
+from parrotlet.api.transport import Fetch
 from parrotlet.graph.ir import Graph, PerfCriterion
 from parrotlet.serve.errors import AuthError, NotFoundError, ServeTimeoutError
 from parrotlet.serve.results import VariableResult
@@ -90,16 +91,21 @@ class HttpTransport:
             transport=http_transport,
         )
 
-    async def create_session(self, graph: Graph | None = None, *, eager: bool = False) -> str:
+    async def create_session(
+        self, graph: Graph | None = None, *, eager: bool = False, fetch: Fetch | None = None
+    ) -> str:
         body = {"eager": eager, "graph": graph.to_dict() if graph is not None else None}
+        body |= _fetch_field(fetch)
         response = await self._request("POST", "/v1/sessions", json=body)
         return response.json()["session_id"]
 
     async def delete_session(self, session_id: str) -> None:
         await self._request("DELETE", _session_path(session_id))
 
-    async def submit(self, session_id: str, graph: Graph, *, eager: bool) -> dict[str, Any]:
-        body = {"graph": graph.to_dict(), "eager": eager}
+    async def submit(
+        self, session_id: str, graph: Graph, *, eager: bool, fetch: Fetch | None = None
+    ) -> dict[str, Any]:
+        body = {"graph": graph.to_dict(), "eager": eager} | _fetch_field(fetch)
         response = await self._request("POST", f"{_session_path(session_id)}/graph", json=body)
         return response.json()
 
@@ -182,6 +188,11 @@ async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
             buffer.append(line[5:].removeprefix(" "))
     if buffer:
         yield "\n".join(buffer)
+
+
+def _fetch_field(fetch: Fetch | None) -> dict[str, Any]:
+    """The submit body's `fetch` (variable -> criterion), left out when there is none."""
+    return {"fetch": {name: c.value for name, c in fetch.items()}} if fetch else {}
 
 
 def _session_path(session_id: str) -> str:

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from parrotlet.api.portal import Portal
-from parrotlet.api.transport import Transport, VariableResult
+from parrotlet.api.transport import Fetch, Transport, VariableResult
 from parrotlet.graph.ir import Call, Graph, PerfCriterion, Transform, Variable
 
 T = TypeVar("T")
@@ -152,27 +152,32 @@ class Session:
         if self.id is not None:
             await self._transport().delete_session(self.id)
 
-    async def _flush(self) -> None:
+    async def _flush(self, fetch: Fetch | None = None) -> None:
         """Submit the pending increment; increments reach the server in the order taken. The
-        server-side session is created with the first increment, in the same request."""
+        server-side session is created with the first increment, in the same request. `fetch`:
+        the variables about to be fetched, announced with the increment so that their calls
+        start before the fetch's own request arrives."""
         self._check_entered()
         async with self._submit_lock:
             graph = self.take_pending()
             if self.id is None:
-                self.id = await self._transport().create_session(graph, eager=self.eager)
+                fetch = fetch if graph is not None else None
+                self.id = await self._transport().create_session(
+                    graph, eager=self.eager, fetch=fetch
+                )
             elif graph is not None:
-                await self._transport().submit(self.id, graph, eager=self.eager)
+                await self._transport().submit(self.id, graph, eager=self.eager, fetch=fetch)
 
     async def _fetch(
         self, name: str, criterion: PerfCriterion, timeout: float | None
     ) -> VariableResult:
-        await self._flush()
+        await self._flush({name: criterion})
         return await self._transport().get_variable(
             self._id(), name, criterion=criterion, timeout=timeout
         )
 
     async def _stream(self, name: str, criterion: PerfCriterion) -> AsyncIterator[str]:
-        await self._flush()
+        await self._flush({name: criterion})
         async for delta in self._transport().stream_variable(self._id(), name, criterion=criterion):
             yield delta
 

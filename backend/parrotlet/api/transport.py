@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from parrotlet.serve.core import ServeCore
 
 LOCAL_TENANT = "local"
+Fetch = dict[str, PerfCriterion]  # variables a submit announces the client will get next
 
 
 class Transport(Protocol):
@@ -23,13 +24,18 @@ class Transport(Protocol):
     NotFoundError, AuthError, ServeTimeoutError) with the server's message.
     """
 
-    async def create_session(self, graph: Graph | None = None, *, eager: bool = False) -> str:
-        """A new session, with `graph` as its first increment, in one request."""
+    async def create_session(
+        self, graph: Graph | None = None, *, eager: bool = False, fetch: Fetch | None = None
+    ) -> str:
+        """A new session, with `graph` as its first increment, in one request; `fetch`: the
+        variables the client gets next, demanded with the graph (ServeCore.submit)."""
         ...
 
     async def delete_session(self, session_id: str) -> None: ...
 
-    async def submit(self, session_id: str, graph: Graph, *, eager: bool) -> dict[str, Any]: ...
+    async def submit(
+        self, session_id: str, graph: Graph, *, eager: bool, fetch: Fetch | None = None
+    ) -> dict[str, Any]: ...
 
     async def set_variable(self, session_id: str, name: str, value: str) -> None: ...
 
@@ -54,14 +60,18 @@ class LocalTransport:
         self.core = core
         self.tenant = tenant
 
-    async def create_session(self, graph: Graph | None = None, *, eager: bool = False) -> str:
-        return self.core.create_session(self.tenant, eager=eager, graph=graph)
+    async def create_session(
+        self, graph: Graph | None = None, *, eager: bool = False, fetch: Fetch | None = None
+    ) -> str:
+        return self.core.create_session(self.tenant, eager=eager, graph=graph, fetch=fetch)
 
     async def delete_session(self, session_id: str) -> None:
         self.core.delete_session(self.tenant, session_id)
 
-    async def submit(self, session_id: str, graph: Graph, *, eager: bool) -> dict[str, Any]:
-        return self.core.submit(self.tenant, session_id, graph, eager=eager)
+    async def submit(
+        self, session_id: str, graph: Graph, *, eager: bool, fetch: Fetch | None = None
+    ) -> dict[str, Any]:
+        return self.core.submit(self.tenant, session_id, graph, eager=eager, fetch=fetch)
 
     async def set_variable(self, session_id: str, name: str, value: str) -> None:
         self.core.set_variable(self.tenant, session_id, name, value)

@@ -79,12 +79,14 @@ class CreateSessionBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     eager: bool = False
     graph: dict[str, Any] | None = None  # the first increment, submitted with the session
+    fetch: dict[str, str] | None = None  # variable -> criterion: gets that will follow
 
 
 class SubmitBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     graph: dict[str, Any]
     eager: bool = False
+    fetch: dict[str, str] | None = None  # as in CreateSessionBody
 
 
 class SetBody(BaseModel):
@@ -105,7 +107,10 @@ async def create_session(
 ) -> dict[str, str]:
     body = body or CreateSessionBody()
     graph = Graph.from_dict(body.graph) if body.graph is not None else None
-    return {"session_id": _core(request).create_session(tenant, eager=body.eager, graph=graph)}
+    session_id = _core(request).create_session(
+        tenant, eager=body.eager, graph=graph, fetch=body.fetch
+    )
+    return {"session_id": session_id}
 
 
 @router.delete("/v1/sessions/{session_id}", status_code=204)
@@ -121,7 +126,7 @@ async def submit(
     session_id: str, body: SubmitBody, request: Request, tenant: str = Depends(request_tenant)
 ) -> dict[str, Any]:
     graph = Graph.from_dict(body.graph)
-    return _core(request).submit(tenant, session_id, graph, eager=body.eager)
+    return _core(request).submit(tenant, session_id, graph, eager=body.eager, fetch=body.fetch)
 
 
 @router.put("/v1/sessions/{session_id}/variables/{name}", status_code=204)

@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from parrotlet.engine.sampling_params import SamplingParams
@@ -108,15 +108,22 @@ class ServeCore:
 
     # ---- sessions ------------------------------------------------------------------------
     def create_session(
-        self, tenant: str, *, eager: bool = False, graph: Graph | None = None
+        self,
+        tenant: str,
+        *,
+        eager: bool = False,
+        graph: Graph | None = None,
+        fetch: Mapping[str, PerfCriterion] | None = None,
     ) -> str:
-        """A new session of `tenant`, with `graph` as its first increment (one client request);
-        a graph that fails validation leaves no session behind."""
+        """A new session of `tenant`, with `graph` as its first increment and `fetch` as in
+        `submit` (one client request); a graph that fails validation leaves no session behind."""
         self._requests["create_session"] += 1
+        if fetch and graph is None:
+            raise ValueError("fetch names variables of the graph submitted with it: no graph given")
         session = self._create_session(tenant, eager)
         if graph is not None:
             try:
-                self.submit(tenant, session.id, graph)
+                self.submit(tenant, session.id, graph, fetch=fetch)
             except Exception:
                 self._drop(session)
                 raise
@@ -137,10 +144,27 @@ class ServeCore:
         self._drop(self._session(tenant, session_id))
 
     # ---- graphs and variables ------------------------------------------------------------
-    def submit(self, tenant: str, session_id: str, graph: Graph, *, eager: bool = False) -> dict:
-        """Validate and add a graph increment; with `eager` its calls start without a fetch."""
+    def submit(
+        self,
+        tenant: str,
+        session_id: str,
+        graph: Graph,
+        *,
+        eager: bool = False,
+        fetch: Mapping[str, PerfCriterion] | None = None,
+    ) -> dict:
+        """Validate and add a graph increment; with `eager` its calls start without a fetch.
+
+        `fetch` names the variables the client is about to get, with their criteria: they are
+        demanded with the graph, so what they need starts a network round trip before the gets
+        arrive (a lazy session otherwise waits for them).
+        """
         self._requests["submit"] += 1
-        self._submit(self._session(tenant, session_id), graph, eager)
+        session = self._session(tenant, session_id)
+        demands = _fetch_criteria(session, graph, fetch or {})
+        self._submit(session, graph, eager)
+        for name, criterion in demands.items():
+            self._demand(session, name, criterion)
         return {
             "calls": [c.id for c in graph.calls],
             "variables": [v.name for v in graph.variables],
@@ -302,6 +326,27 @@ class ServeCore:
         for state in session.variables.values():
             state.fail("session deleted")
         self._sessions.pop(session.id, None)
+
+
+def _fetch_criteria(
+    session: Session, graph: Graph, fetch: Mapping[str, PerfCriterion]
+) -> dict[str, PerfCriterion]:
+    """`fetch` checked before `graph` is added: each name a variable of the session or of the
+    graph, each criterion a PerfCriterion."""
+    names = {v.name for v in graph.variables} | {t.output for t in graph.transforms}
+    names |= {name for call in graph.calls for name in call.outputs}
+    demands = {}
+    for name, criterion in fetch.items():
+        if name not in names and name not in session.index.producers:
+            raise NotFoundError(f"fetched variable {name!r} is in neither the graph nor "
+                                f"session {session.id!r}")  # fmt: skip
+        try:
+            demands[name] = PerfCriterion(criterion)
+        except ValueError:
+            choices = ", ".join(repr(c.value) for c in PerfCriterion)
+            raise ValueError(f"criterion {criterion!r} of fetched variable {name!r} is not "
+                             f"one of {choices}") from None  # fmt: skip
+    return demands
 
 
 def _info(state: VarState) -> VariableResult:
