@@ -30,6 +30,12 @@ from parrotlet_kernels import programmatic_launch
 # benchmarks/kernel_linear.py) it beat or tied cuBLAS on Llama-3-8B's layers at 1-32 rows; at 64
 # rows it won gate_up (86 vs 93 us) and lm_head (366 vs 393) and lost 0.6 us on o_proj and down.
 MAX_ROWS = 64
+# Rows from which `linear_into_norm` (o_proj and down_proj) launches with PDL when asked to. On
+# the H100 (2026-12-07, Llama-3-8B, profile_decode_step.py) these launches without PDL took the
+# batch-1 step from 5.739 to 5.631 ms but batch 32's from 6.128 to 6.393; the launches reading
+# the normed rows gained nothing without it. With this rule engine_decode's batch-1 step went
+# from 1.162x to 1.141x the floor, batch 32 unchanged (benchmarks/results/decode_step_notes.md).
+NORM_WRITER_PDL_ROWS = 2
 _SMEM_BYTES = 200 * 1024  # for the pipeline's stages; an H100 SM has 227 KB
 _DTYPES = (torch.float16, torch.bfloat16)
 
@@ -143,11 +149,13 @@ def linear_into_norm(
     use_triton: bool = True,
 ) -> NormedRows:
     """`linear(x, weight, bias, residual=residual)` as the rows of the RMSNorm (`norm_weight`,
-    `eps`) after it; the Triton launch also writes what a fused reader of them needs."""
+    `eps`) after it; the Triton launch also writes what a fused reader of them needs. It takes
+    PDL (`programmatic`) from NORM_WRITER_PDL_ROWS rows on."""
     launch = launch or _plan(x, weight, weight.shape[0], use_triton=use_triton, residual=residual)
     if launch is None:
         return NormedRows(linear(x, weight, bias, residual=residual, use_triton=False),
                           norm_weight, eps)  # fmt: skip
+    programmatic = programmatic and x.shape[0] >= NORM_WRITER_PDL_ROWS
     y, scaled, squares = _launch(x, weight, bias, launch, programmatic=programmatic,
                                  residual=residual, next_norm_weight=norm_weight)  # fmt: skip
     return NormedRows(y, norm_weight, eps, scaled, squares)

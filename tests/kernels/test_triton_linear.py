@@ -274,7 +274,8 @@ def test_planned_llama3_8b_shapes_match_cublas(rows: int) -> None:
 
 
 @pytest.mark.gpu
-def test_programmatic_launches_in_a_cuda_graph_read_each_others_outputs():
+@pytest.mark.parametrize("rows", [1, 4])  # at 1 row linear_into_norm launches without PDL
+def test_programmatic_launches_in_a_cuda_graph_read_each_others_outputs(rows: int):
     """A chain of PDL launches, each reading the output of the one before (and the first a copy
     into its input), captured once and replayed on new inputs: each replay equals the chain
     launched one by one without PDL, exactly (the same kernel math)."""
@@ -285,7 +286,7 @@ def test_programmatic_launches_in_a_cuda_graph_read_each_others_outputs():
 
     weights = [weight(4096, 4096), weight(2 * 8192, 4096), weight(4096, 8192), weight(6144, 4096)]
     norm_weight = weight(1, 4096)[0] + 1
-    x = torch.zeros(1, 4096, device="cuda", dtype=torch.bfloat16)
+    x = torch.zeros(rows, 4096, device="cuda", dtype=torch.bfloat16)
 
     def chain(programmatic: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """A decoder layer's pattern: x -> linear (+ x, into a norm) -> (norm) SwiGLU ->
@@ -307,7 +308,7 @@ def test_programmatic_launches_in_a_cuda_graph_read_each_others_outputs():
     with torch.cuda.graph(graph):
         out = chain(True)
     for seed in range(3):
-        x.copy_(torch.randn(1, 4096, device="cuda", generator=gen).bfloat16())
+        x.copy_(torch.randn(rows, 4096, device="cuda", generator=gen).bfloat16())
         graph.replay()
         expected = chain(False)
         assert all(map(torch.equal, out, expected)), f"replay {seed}"
