@@ -5,10 +5,10 @@
 #   bash benchmarks/device_run.sh [STEP ...]      # from the repo root, with .device/ carried
 #
 # Steps (default: tests): tests (every GPU test: ~530 s, near a call's 600 s limit),
-# tests-kernels / tests-engine (the kernel files / the rest, for two calls), tests:EXPR (pytest -k EXPR, `+` for spaces), decode
-# (engine_decode.py), profile (profile_decode_step.py), profile-shared (the same, 64 and 16
-# sequences sharing a 5000-token prefix, at 100 and 800 tokens of their own, flashinfer vs prefix
-# tiles), linear (kernel_linear.py, 1-64 rows),
+# tests-kernels / tests-engine (the kernel files / the rest, for two calls), tests:EXPR
+# (pytest -k EXPR, `+` for spaces), decode (engine_decode.py), profile (profile_decode_step.py),
+# profile-shared (the same, 64 and 16 sequences sharing a 5000-token prefix, at 100 and 800
+# tokens of their own, flashinfer vs prefix tiles), linear (kernel_linear.py, 1-64 rows),
 # attention (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick), apps-a
 # (chain-summary, map-reduce, shared-prompt), apps-b (multi-agent, mixed, multi-app),
 # app:WORKLOAD (one of them), and for a before/after in one call profile@REV / decode@REV

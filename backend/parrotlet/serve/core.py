@@ -113,7 +113,7 @@ class ServeCore:
         *,
         eager: bool = False,
         graph: Graph | None = None,
-        fetch: Mapping[str, PerfCriterion] | None = None,
+        fetch: Mapping[str, str] | None = None,
     ) -> str:
         """A new session of `tenant`, with `graph` as its first increment and `fetch` as in
         `submit` (one client request); a graph that fails validation leaves no session behind."""
@@ -151,7 +151,7 @@ class ServeCore:
         graph: Graph,
         *,
         eager: bool = False,
-        fetch: Mapping[str, PerfCriterion] | None = None,
+        fetch: Mapping[str, str] | None = None,
     ) -> dict:
         """Validate and add a graph increment; with `eager` its calls start without a fetch.
 
@@ -329,10 +329,10 @@ class ServeCore:
 
 
 def _fetch_criteria(
-    session: Session, graph: Graph, fetch: Mapping[str, PerfCriterion]
+    session: Session, graph: Graph, fetch: Mapping[str, str]
 ) -> dict[str, PerfCriterion]:
     """`fetch` checked before `graph` is added: each name a variable of the session or of the
-    graph, each criterion a PerfCriterion."""
+    graph, each criterion a PerfCriterion value."""
     names = {v.name for v in graph.variables} | {t.output for t in graph.transforms}
     names |= {name for call in graph.calls for name in call.outputs}
     demands = {}

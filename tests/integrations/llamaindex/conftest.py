@@ -45,9 +45,9 @@ def recording(client: Any, monkeypatch: pytest.MonkeyPatch) -> Recording:
     core, record = client.core, Recording()
     submit, delete = core.submit, core.delete_session
 
-    def recording_submit(tenant: str, session_id: str, graph: Any, *, eager: bool = False) -> Any:
+    def recording_submit(tenant: str, session_id: str, graph: Any, **options: Any) -> Any:
         record.graphs.append(graph)
-        return submit(tenant, session_id, graph, eager=eager)
+        return submit(tenant, session_id, graph, **options)
 
     def recording_delete(tenant: str, session_id: str) -> None:
         record.plans.append(dict(core._sessions[session_id].plans))
