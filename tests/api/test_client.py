@@ -319,8 +319,8 @@ def remote() -> Iterator[tuple[P.Client, LazyServer]]:
 
 @pytest.mark.slow
 def test_the_first_fetch_travels_with_the_graph(remote, monkeypatch) -> None:
-    """The fetch that flushes the graph names itself in that request, so the server starts the
-    chain a round trip before the get arrives."""
+    """The fetch that flushes the graph names itself, and what was `expect`ed, in that request,
+    so the server starts those calls a round trip before their gets arrive."""
     client, server = remote
     announced = []
     create_session = server.core.create_session
@@ -330,10 +330,15 @@ def test_the_first_fetch_travels_with_the_graph(remote, monkeypatch) -> None:
         return create_session(tenant, **kwargs)
 
     monkeypatch.setattr(server.core, "create_session", recording)
-    with client.session():
-        last = run_chain(make_step())
+    step = make_step()
+    with client.session() as session:
+        last, other = run_chain(step), step("The sea is")
+        session.expect({other.name: "throughput", last.name: "throughput"})
+        with pytest.raises(ValueError, match="'soon' is not a valid PerfCriterion"):
+            session.expect({other.name: "soon"})
         last.get()
-    assert announced == [{"step-3.out": "latency"}]
+        assert other.get()
+    assert announced == [{"step-3.out": "latency", "step-4.out": "throughput"}]
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import re
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, TypeVar
@@ -53,8 +53,9 @@ class Session:
     """One application instance: a server-side session plus the increment not yet submitted.
 
     Building (new ids, calls, transforms, variables) is local and thread-safe. Fetches run on the
-    Client's portal: each first submits the whole pending increment (one request), in order, then
-    issues its own request. A Session built without a portal/transport is offline: it only builds
+    Client's portal: each first submits the whole pending increment (one request, naming the
+    variable fetched and those `expect`ed, whose calls start with it), in order, then issues its
+    own request. A Session built without a portal/transport is offline: it only builds
     graphs (`take_pending`), which tests use. With `eager`, submitted calls start at once instead
     of when a fetch needs them. Leaving the `with` block deletes the server-side session (its
     variables become unreadable); an increment still pending then is dropped, as nothing fetched it.
@@ -72,13 +73,14 @@ class Session:
         self.eager = eager
         self.id: str | None = None
         self.closed = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._submit_lock = asyncio.Lock()
         self._counters: dict[str, int] = {}
         self._used: set[str] = set()
         self._variables: list[Variable] = []
         self._calls: list[Call] = []
         self._transforms: list[Transform] = []
+        self._expected: Fetch = {}
         self._token: Token[Session | None] | None = None
 
     # ---- building (local) ----------------------------------------------------------------
@@ -133,6 +135,13 @@ class Session:
                     return True
         return False
 
+    def expect(self, fetch: Mapping[str, str]) -> None:
+        """Announce variables (name -> criterion) about to be fetched: the next submit names
+        them all, so their calls start with it rather than as each fetch arrives."""
+        with self._lock:
+            self._check_open()
+            _merge_fetch(self._expected, fetch)
+
     def take_pending(self) -> Graph | None:
         """Remove and return the pending increment as one Graph (None when nothing is pending)."""
         with self._lock:
@@ -155,11 +164,13 @@ class Session:
     async def _flush(self, fetch: Fetch | None = None) -> None:
         """Submit the pending increment; increments reach the server in the order taken. The
         server-side session is created with the first increment, in the same request. `fetch`:
-        the variables about to be fetched, announced with the increment so that their calls
-        start before the fetch's own request arrives."""
+        the variables about to be fetched, announced with the increment (and those `expect`ed
+        since the last submit) so that their calls start before the fetches' own requests."""
         self._check_entered()
         async with self._submit_lock:
-            graph = self.take_pending()
+            with self._lock:  # the increment and the fetches expected of it, together
+                graph = self.take_pending()
+                fetch, self._expected = _merge_fetch(self._expected, fetch or {}), {}
             if self.id is None:
                 fetch = fetch if graph is not None else None
                 self.id = await self._transport().create_session(
@@ -270,3 +281,11 @@ class Session:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"Session(id={self.id!r}, eager={self.eager}, {state})"
+
+
+def _merge_fetch(into: Fetch, fetch: Mapping[str, str]) -> Fetch:
+    """`into` with `fetch`'s criteria added (a latency fetch wins over a throughput one)."""
+    for name, criterion in fetch.items():
+        if into.get(name) is not PerfCriterion.LATENCY:
+            into[name] = PerfCriterion(criterion)
+    return into

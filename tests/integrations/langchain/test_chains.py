@@ -6,6 +6,7 @@ Python reads text."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,27 @@ def test_refine_chain_is_one_submission(client: P.Client) -> None:
         assert isinstance(summary, SemanticText) and requests.delta() == {}  # nothing sent yet
         assert summary == eager  # Python reads the text: the one submission
     assert requests.delta() == {"create_session": 1, "submit": 1, "get": 3, "delete_session": 1}
+
+
+def test_the_one_submission_names_every_output_the_scope_fetches(
+    client: P.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading one output fetches all of the scope's; the submit names them, so no call waits
+    for its own get to start (the one read with "latency", the rest "throughput")."""
+    chat = make_chat(client)
+    announced = []
+    create_session = client.core.create_session
+
+    def recording(tenant: str, **kwargs: Any) -> str:
+        announced.append(kwargs.get("fetch"))
+        return create_session(tenant, **kwargs)
+
+    monkeypatch.setattr(client.core, "create_session", recording)
+    with parrotlet_graph(chat):
+        str(refine_summary(chat, DOCS))
+    assert announced == [
+        {"lc-3.out": "latency", "lc-1.out": "throughput", "lc-2.out": "throughput"}
+    ]
 
 
 def test_refine_with_the_text_llm_and_a_look_in_between(client: P.Client) -> None:
