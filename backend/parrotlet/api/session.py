@@ -284,8 +284,10 @@ class Session:
 
 
 def _merge_fetch(into: Fetch, fetch: Mapping[str, str]) -> Fetch:
-    """`into` with `fetch`'s criteria added (a latency fetch wins over a throughput one)."""
-    for name, criterion in fetch.items():
+    """`into` with `fetch`'s criteria added (a latency fetch wins over a throughput one);
+    unchanged if a criterion is not a PerfCriterion value (ValueError)."""
+    criteria = {name: PerfCriterion(criterion) for name, criterion in fetch.items()}
+    for name, criterion in criteria.items():
         if into.get(name) is not PerfCriterion.LATENCY:
-            into[name] = PerfCriterion(criterion)
+            into[name] = criterion
     return into
