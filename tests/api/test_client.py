@@ -323,13 +323,13 @@ def test_the_first_fetch_travels_with_the_graph(remote, monkeypatch) -> None:
     so the server starts those calls a round trip before their gets arrive."""
     client, server = remote
     announced = []
-    create_session = server.core.create_session
+    submit = server.core.submit  # create_session submits its graph through it too
 
-    def recording(tenant: str, **kwargs: Any) -> str:
+    def recording(*args: Any, **kwargs: Any) -> dict[str, Any]:
         announced.append(kwargs["fetch"])
-        return create_session(tenant, **kwargs)
+        return submit(*args, **kwargs)
 
-    monkeypatch.setattr(server.core, "create_session", recording)
+    monkeypatch.setattr(server.core, "submit", recording)
     step = make_step()
     with client.session() as session:
         last, other = run_chain(step), step("The sea is")
@@ -338,7 +338,11 @@ def test_the_first_fetch_travels_with_the_graph(remote, monkeypatch) -> None:
             session.expect({other.name: "soon"})
         last.get()
         assert other.get()
-    assert announced == [{"step-3.out": "latency", "step-4.out": "throughput"}]
+        assert step(last).get()  # a second increment: POST .../graph names its fetch too
+    assert announced == [
+        {"step-3.out": "latency", "step-4.out": "throughput"},
+        {"step-5.out": "latency"},
+    ]
 
 
 @pytest.mark.slow
