@@ -114,6 +114,10 @@ class NormedRows:
         if self.square_sums is not None and self.square_sums.shape[0] != m:
             raise ValueError(f"square_sums has {self.square_sums.shape[0]} rows, expected {m}")
 
+    def normed(self, rmsnorm: RMSNormFn) -> torch.Tensor:
+        """The norm's output, computed by the norm kernel `rmsnorm`."""
+        return rmsnorm(self.rows, self.weight, self.eps)
+
 
 def linear(
     x: torch.Tensor,  # [m, k]
@@ -193,7 +197,7 @@ def norm_linear(
     layer otherwise (`programmatic`, `use_triton`: as in `linear`)."""
     launch = launch or _plan(x.rows, weight, weight.shape[0], use_triton=use_triton)
     if launch is None:
-        return F.linear(rmsnorm(x.rows, x.weight, x.eps), weight, bias)
+        return F.linear(x.normed(rmsnorm), weight, bias)
     return _launch_normed(x, weight, bias, launch, rmsnorm, programmatic=programmatic)
 
 
@@ -211,7 +215,7 @@ def norm_swiglu(
     n = _half(gate_up_weight)
     launch = launch or _plan(x.rows, gate_up_weight, n, weight_tiles=2, use_triton=use_triton)
     if launch is None:
-        return silu_and_mul(F.linear(rmsnorm(x.rows, x.weight, x.eps), gate_up_weight))
+        return silu_and_mul(F.linear(x.normed(rmsnorm), gate_up_weight))
     return _launch_normed(x, gate_up_weight, None, launch, rmsnorm, programmatic=programmatic,
                           swiglu=True)  # fmt: skip
 
@@ -272,7 +276,7 @@ def _launch_normed(
 ) -> torch.Tensor:
     """The launch on `x`'s scaled rows, or on the norm kernel's output where `x` has none."""
     if x.scaled is None or x.square_sums is None:
-        normed = rmsnorm(x.rows, x.weight, x.eps)
+        normed = x.normed(rmsnorm)
         return _launch(normed, weight, bias, launch, programmatic=programmatic, swiglu=swiglu)[0]
     return _launch(x.scaled, weight, bias, launch, programmatic=programmatic, swiglu=swiglu,
                    normed=(x.square_sums, x.eps))[0]  # fmt: skip

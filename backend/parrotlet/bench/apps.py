@@ -124,10 +124,8 @@ class _RequestLevelClient:
         self.core, self.tenant, self.delay = core, tenant, delay
         self.requests = 0
         loop = asyncio.get_running_loop()
-        names = {v.name for v in graph.variables}
-        names |= {o for c in graph.calls for o in c.outputs} | {t.output for t in graph.transforms}
         self.values: dict[str, asyncio.Future[tuple[str, tuple[int, ...] | None]]] = {
-            name: loop.create_future() for name in names
+            name: loop.create_future() for name in graph.names
         }
         for var in graph.variables:
             if var.value is not None:

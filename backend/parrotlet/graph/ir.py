@@ -136,6 +136,12 @@ class Graph:
     calls: tuple[Call, ...] = ()
     transforms: tuple[Transform, ...] = ()
 
+    @property
+    def names(self) -> set[str]:
+        """Every variable the increment declares or whose value one of its nodes produces."""
+        names = {v.name for v in self.variables} | {t.output for t in self.transforms}
+        return names | {name for call in self.calls for name in call.outputs}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "variables": [_variable_dict(v) for v in self.variables],

@@ -333,8 +333,7 @@ def _fetch_criteria(
 ) -> dict[str, PerfCriterion]:
     """`fetch` checked before `graph` is added: each name a variable of the session or of the
     graph, each criterion a PerfCriterion value."""
-    names = {v.name for v in graph.variables} | {t.output for t in graph.transforms}
-    names |= {name for call in graph.calls for name in call.outputs}
+    names = graph.names
     demands = {}
     for name, criterion in fetch.items():
         if name not in names and name not in session.index.producers:

@@ -316,7 +316,7 @@ class LlamaForCausalLM(nn.Module):
         next_norms = [layer.input_layernorm for layer in self.layers[1:]] + [self.norm]
         for layer, next_norm in zip(self.layers, next_norms, strict=True):
             x = layer.forward_fused(x, next_norm, positions, cos_sin, attn, kernels)
-        return kernels.rmsnorm(x.rows, self.norm.weight, self.norm.eps)
+        return x.normed(kernels.rmsnorm)  # the final norm's (the last layer's next_norm)
 
     def compute_logits(
         self, hidden: torch.Tensor, kernels: FusedKernels | None = None
