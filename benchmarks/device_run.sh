@@ -13,7 +13,8 @@
 # (chain-summary, map-reduce, shared-prompt), apps-b (multi-agent, mixed, multi-app),
 # app:WORKLOAD (one of them), and for a before/after in one call profile@REV / decode@REV
 # (profile_decode_step.py --batches 1 32 --attention triton / engine_decode.py --batches 1 32
-# on a revision staged by stage_revision.sh; REV `this` is this tree, run the same way). Each
+# on a revision staged by stage_revision.sh; REV `this` is this tree, run the same way), and
+# app:WORKLOAD@REV (REV's own bench of one workload). Each
 # step's log, and the JSON it writes, land in $OUT ($OUT/REV for @ steps). Needs
 # .device/wheels from ../shared/device/prepare.sh and, for the app workloads, the default
 # model's tokenizer files in .device/tokenizer.
@@ -56,19 +57,19 @@ run_step() {
     linear) python3 benchmarks/kernel_linear.py --rows 1 4 16 32 64 ;;
     attention) python3 benchmarks/kernel_decode_attention.py ;;
     shared-prefix) python3 benchmarks/kernel_shared_prefix.py --quick ;;
+    profile@* | decode@* | app:*@*) run_on_revision "${1%@*}" "${1#*@}" ;;
     apps-a | apps-b | app:*)
       local workloads=(chain-summary map-reduce shared-prompt)
       [ "$1" = apps-b ] && workloads=(multi-agent mixed multi-app)
       [[ "$1" == app:* ]] && workloads=("${1#app:}")
       python3 -m parrotlet.cli bench "${workloads[@]}" --device cuda --arch llama3-8b-random \
         --tokenizer .device/tokenizer --out "$out" ;;
-    profile@* | decode@*) run_on_revision "${1%@*}" "${1#*@}" ;;
     *) echo "unknown step $1" >&2; return 2 ;;
   esac
 }
 
-run_on_revision() {  # BENCH REV: this tree's benchmark script on REV's backend and kernels
-  local tree=$root/build/revisions/$2
+run_on_revision() {  # BENCH REV: this tree's benchmark script (an app workload: REV's bench)
+  local tree=$root/build/revisions/$2  # on REV's backend and kernels
   [ "$2" = this ] && tree=$root
   if [ ! -d "$tree/backend" ]; then
     echo "no $tree: stage it with benchmarks/stage_revision.sh $2 and carry it" >&2
@@ -76,6 +77,8 @@ run_on_revision() {  # BENCH REV: this tree's benchmark script on REV's backend 
   fi
   local command=(benchmarks/profile_decode_step.py --batches 1 32 --attention triton)
   [ "$1" = decode ] && command=(benchmarks/engine_decode.py --batches 1 32)
+  [[ "$1" == app:* ]] && command=(-m parrotlet.cli bench "${1#app:}" --device cuda
+    --arch llama3-8b-random --tokenizer .device/tokenizer --out "$out/$2")
   mkdir -p "$out/$2"
   OUT=$out/$2 PYTHONPATH=/tmp/site:$tree/backend:$tree/kernels:$root/integrations:$root \
     python3 "${command[@]}"

@@ -58,12 +58,15 @@ async def test_smoke_report_has_every_run_and_ratio(tiny_bench):
         "request-level",
         "request-level capped",
     ]
-    assert set(report.rows["chats alone"]) == {"chat_token_s", "chat_latency_s"}
-    assert all(
-        set(row) == {"chat_token_s", "chat_latency_s", "map_reduce_s"}
-        for name, row in report.rows.items()
-        if name != "chats alone"
-    )
+    counts = {"computed_tokens", "cached_tokens", "steps", "graph_steps", "tiled_steps"}
+    counts |= {"step_s", "device_wait_s"}
+    chats = {"chat_token_s", "chat_latency_s"} | counts
+    assert set(report.rows["chats alone"]) == chats
+    assert all(set(row) == chats | {"map_reduce_s"} for row in list(report.rows.values())[1:])
+    # each chat computes its 24 prompt tokens and 3 of its 4 outputs (the last is not fed back)
+    assert report.rows["chats alone"]["computed_tokens"] == 6 * (24 + 3)
+    mixed_work = {row["computed_tokens"] for row in list(report.rows.values())[1:]}
+    assert len(mixed_work) == 1 and mixed_work.pop() > 6 * (24 + 3)  # every variant, same work
     assert [(r.name, r.target) for r in report.ratios] == [
         ("chat per-token latency: chats alone / parrotlet mixed (higher is better)", 1 / 1.1),
         ("map-reduce completion: request-level / parrotlet mixed", 1.0),
@@ -73,6 +76,7 @@ async def test_smoke_report_has_every_run_and_ratio(tiny_bench):
         ("tight cap: chat per-token latency, chats alone / parrotlet (higher is better)", 1 / 1.1),
         ("tight cap: map-reduce completion, request-level / parrotlet", 1.0),
     ]
-    values = [v for row in report.rows.values() for v in row.values()]
+    values = [v for row in report.rows.values() for k, v in row.items() if k.startswith("chat_")]
+    values += [row["map_reduce_s"] for row in list(report.rows.values())[1:]]
     values += [r.value for r in report.ratios]
     assert all(math.isfinite(v) and v > 0 for v in values)

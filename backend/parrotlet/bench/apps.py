@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from parrotlet.engine.outputs import EngineStats
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.graph.ir import Call, Graph, Input, Output, PerfCriterion, Text, Transform
 from parrotlet.graph.transforms import apply_transform
@@ -85,6 +86,20 @@ async def run_apps(
     mode = "request-level" if request_level else "app-level"
     logger.info("%s: %d apps %s in %.2f s", tenant, len(apps), mode, time.perf_counter() - start)
     return results
+
+
+def engine_counts(before: EngineStats, after: EngineStats) -> dict[str, float]:
+    """What an engine did between two `stats()`: tokens computed and found cached, steps, steps
+    that replayed a CUDA graph and those with prefix tiles, seconds inside its steps and, of
+    those, waiting for the device (the rest is host work; the rest of the run's time the
+    serving loop had the engine idle)."""
+    fields = dict(
+        computed_tokens="num_computed_tokens", cached_tokens="num_cached_prompt_tokens",
+        steps="num_steps", graph_steps="num_graph_steps", tiled_steps="num_tiled_steps",
+        step_s="step_us", device_wait_s="device_wait_us",
+    )  # fmt: skip
+    counts = {key: getattr(after, f) - getattr(before, f) for key, f in fields.items()}
+    return counts | {k: counts[k] / 1e6 for k in ("step_s", "device_wait_s")}
 
 
 async def run_app_level(core: ServeCore, app: App, tenant: str, delay: float) -> AppResult:

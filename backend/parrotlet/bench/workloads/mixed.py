@@ -14,7 +14,7 @@ import random
 import statistics
 from dataclasses import replace
 
-from parrotlet.bench.apps import App, AppResult, fixed_length, run_apps
+from parrotlet.bench.apps import App, AppResult, engine_counts, fixed_length, run_apps
 from parrotlet.bench.report import Ratio, Report
 from parrotlet.bench.setup import Bench
 from parrotlet.bench.synthetic import SyntheticText
@@ -109,10 +109,12 @@ async def run(bench: Bench, smoke: bool) -> Report:
             await map_reduce.warm_up(cores, text, runs)
             for row, variant in runs.items():
                 apps = chats + bulk if RUNS[row][1] else chats
+                before = cores[row].engines[0].stats()
                 results = await run_apps(
                     cores[row], apps, f"mixed-{row}", request_level=variant.request_level
                 )
-                report.rows[row] = metrics(results)
+                counts = engine_counts(before, cores[row].engines[0].stats())
+                report.rows[row] = metrics(results) | counts
     report.ratios = ratios(report.rows)
     return report
 

@@ -12,12 +12,19 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from parrotlet.bench.apps import PARROTLET, REQUEST_LEVEL, App, AppResult, fixed_length, run_apps
+from parrotlet.bench.apps import (
+    PARROTLET,
+    REQUEST_LEVEL,
+    App,
+    AppResult,
+    engine_counts,
+    fixed_length,
+    run_apps,
+)
 from parrotlet.bench.report import Ratio, Report
 from parrotlet.bench.setup import Bench
 from parrotlet.bench.synthetic import SyntheticText
 from parrotlet.engine.config import CacheConfig, EngineConfig, SchedulerConfig
-from parrotlet.engine.outputs import EngineStats
 from parrotlet.graph.ir import Call, Graph, Input, Output, PerfCriterion, Text, Variable
 from parrotlet.serve.config import ServeConfig
 
@@ -114,25 +121,12 @@ async def run(bench: Bench, smoke: bool) -> Report:
                     cores[name], apps, name, request_level=VARIANTS[name].request_level
                 )
                 after = cores[name].engines[0].stats()
-                report.rows[name] = _row(results) | _counts(stats_before, after)
+                report.rows[name] = _row(results) | engine_counts(stats_before, after)
     base = report.rows["parrotlet"]["per_token_s"]
     for name, target in TARGETS.items():
         value = report.rows[name]["per_token_s"] / base
         report.ratios.append(Ratio(f"{name} / parrotlet per-token latency", value, target))
     return report
-
-
-def _counts(before: EngineStats, after: EngineStats) -> dict[str, float]:
-    """Tokens computed and found cached, engine steps, graph steps and those with prefix tiles,
-    seconds inside the engine's steps and, of those, waiting for the device (the rest of the
-    run's time the serving loop had the engine idle)."""
-    fields = dict(
-        computed_tokens="num_computed_tokens", cached_tokens="num_cached_prompt_tokens",
-        steps="num_steps", graph_steps="num_graph_steps", tiled_steps="num_tiled_steps",
-        step_s="step_us", device_wait_s="device_wait_us",
-    )  # fmt: skip
-    counts = {key: getattr(after, f) - getattr(before, f) for key, f in fields.items()}
-    return counts | {k: counts[k] / 1e6 for k in ("step_s", "device_wait_s")}
 
 
 def _row(results: list[AppResult]) -> dict[str, float]:
