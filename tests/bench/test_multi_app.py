@@ -112,6 +112,28 @@ def test_next_probe_bisects_between_the_last_met_and_the_first_missed_rate():
     assert next_probe({1.0: 0.1, 1.001: 0.5}, target=0.4) is None  # adjacent at 3 digits
 
 
+async def test_extend_doubles_past_the_grid_until_a_variant_misses():
+    """Variant a met the target at the whole grid: doubled until 6.4 req/s misses; b missed at
+    4.0 and is left alone; c met everything up to the cap (the next rate, 16.0, would pass it)."""
+    probed: list[tuple[str, float]] = []
+
+    async def probe(name: str, rate: float) -> float:
+        probed.append((name, rate))
+        return 0.05 * rate
+
+    measured = {
+        "a": {0.4: 0.02, 0.8: 0.04, 1.6: 0.08},
+        "b": {0.4: 0.02, 0.8: 0.04, 4.0: 0.5},
+        "c": {8.0: 0.1},
+    }
+    await multi_app.extend(measured, target=0.3, max_rate=12.0, probe=probe)
+
+    assert probed == [("a", 3.2), ("a", 6.4)]
+    assert measured["a"][6.4] == pytest.approx(0.32) and sustainable_rate(measured["a"], 0.3) == 3.2
+    assert measured["b"] == {0.4: 0.02, 0.8: 0.04, 4.0: 0.5}
+    assert measured["c"] == {8.0: 0.1}
+
+
 async def test_refine_runs_the_probes_in_bisection_order():
     """A variant whose latency crosses the target at 3.0 req/s: three bisections from the grid."""
     probed: list[tuple[str, float]] = []
