@@ -9,6 +9,7 @@
 # (pytest -k EXPR, `+` for spaces), decode (engine_decode.py), profile (profile_decode_step.py),
 # profile-shared (the same, 64 and 16 sequences sharing a 5000-token prefix, at 100 and 800
 # tokens of their own, flashinfer vs prefix tiles), linear (kernel_linear.py, 1-64 rows),
+# launch-overhead (launch_overhead.py: host time per launch of an eager step's kernels),
 # attention (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick), apps-a
 # (chain-summary, map-reduce, shared-prompt), apps-b (multi-agent, mixed, multi-app),
 # app:WORKLOAD (one of them), and for a before/after in one call profile@REV / decode@REV
@@ -56,6 +57,7 @@ run_step() {
       done ;;
     linear) python3 benchmarks/kernel_linear.py --rows 1 4 16 32 64 ;;
     attention) python3 benchmarks/kernel_decode_attention.py ;;
+    launch-overhead) python3 benchmarks/launch_overhead.py ;;
     shared-prefix) python3 benchmarks/kernel_shared_prefix.py --quick ;;
     profile@* | decode@* | app:*@*) run_on_revision "${1%@*}" "${1#*@}" ;;
     apps-a | apps-b | app:*)
