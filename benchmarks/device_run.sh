@@ -11,7 +11,7 @@
 # tokens of their own, flashinfer vs prefix tiles), linear (kernel_linear.py, 1-64 rows),
 # launch-overhead (launch_overhead.py: host time per launch of an eager step's kernels),
 # attention (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick), apps-a
-# (chain-summary, map-reduce, shared-prompt), apps-b (multi-agent, mixed, multi-app),
+# (chain-summary, map-reduce, shared-prompt, mixed), apps-b (multi-agent, multi-app),
 # app:WORKLOAD (one of them), and for a before/after in one call profile@REV / decode@REV
 # (profile_decode_step.py --batches 1 32 --attention triton / engine_decode.py --batches 1 32
 # on a revision staged by stage_revision.sh; REV `this` is this tree, run the same way), and
@@ -61,8 +61,8 @@ run_step() {
     shared-prefix) python3 benchmarks/kernel_shared_prefix.py --quick ;;
     profile@* | decode@* | app:*@*) run_on_revision "${1%@*}" "${1#*@}" ;;
     apps-a | apps-b | app:*)
-      local workloads=(chain-summary map-reduce shared-prompt)
-      [ "$1" = apps-b ] && workloads=(multi-agent mixed multi-app)
+      local workloads=(chain-summary map-reduce shared-prompt mixed)  # ~6 min on the H100
+      [ "$1" = apps-b ] && workloads=(multi-agent multi-app)  # multi-app: untimed since ab465f2
       [[ "$1" == app:* ]] && workloads=("${1#app:}")
       python3 -m parrotlet.cli bench "${workloads[@]}" --device cuda --arch llama3-8b-random \
         --tokenizer .device/tokenizer --out "$out" ;;
