@@ -10,6 +10,7 @@
 # profile-shared (the same, 64 and 16 sequences sharing a 5000-token prefix, at 100 and 800
 # tokens of their own, flashinfer vs prefix tiles), linear (kernel_linear.py, 1-64 rows),
 # launch-overhead (launch_overhead.py: host time per launch of an eager step's kernels),
+# eager-step (profile_eager_step.py: mixed steps' wall vs launch vs kernel time),
 # attention (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick), apps-a
 # (chain-summary, map-reduce, shared-prompt, mixed), apps-b (multi-agent, multi-app),
 # app:WORKLOAD (one of them), and for a before/after in one call profile@REV / decode@REV
@@ -58,6 +59,7 @@ run_step() {
     linear) python3 benchmarks/kernel_linear.py --rows 1 4 16 32 64 ;;
     attention) python3 benchmarks/kernel_decode_attention.py ;;
     launch-overhead) python3 benchmarks/launch_overhead.py ;;
+    eager-step) python3 benchmarks/profile_eager_step.py ;;
     shared-prefix) python3 benchmarks/kernel_shared_prefix.py --quick ;;
     profile@* | decode@* | app:*@*) run_on_revision "${1%@*}" "${1#*@}" ;;
     apps-a | apps-b | app:*)
