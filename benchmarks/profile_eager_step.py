@@ -31,6 +31,7 @@ from parrotlet.engine.sampling_params import SamplingParams
 VOCAB = 128256  # Llama 3's vocabulary, as the other engine benchmarks use
 BULK_PROMPT = 4096  # tokens of each prompt prefilled in chunks
 WARM, TIMED, PROFILED = 3, 10, 4  # steps of each phase
+STEPS = WARM + TIMED + PROFILED + 4  # the rows' decode lengths and the prompts cover these
 
 
 def make_engine(model, device: str, chunk: int, rows: int, bulk: int) -> LLMEngine:
@@ -49,15 +50,15 @@ def mixed_steps(engine: LLMEngine, chunk: int, rows: int, bulk: int) -> dict:
     """Start `rows` decoding sequences, queue `bulk` long prompts behind them, then time steps
     that each carry the rows' next tokens and `chunk` prompt tokens."""
     g = torch.Generator().manual_seed(chunk)
-    steps = WARM + TIMED + PROFILED + 4
-    decode = SamplingParams(temperature=0.0, max_tokens=steps + 64, ignore_eos=True)
-    for prompt in torch.randint(1, VOCAB, (rows, 128), generator=g).tolist():
+    vocab = engine.model_config.vocab_size
+    decode = SamplingParams(temperature=0.0, max_tokens=STEPS + 64, ignore_eos=True)
+    for prompt in torch.randint(1, vocab, (rows, 128), generator=g).tolist():
         engine.add_request(prompt, decode)
     while engine.scheduler.num_waiting:  # the rows' prompts (the budget may split them)
         engine.step()
     engine.step()
     once = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
-    for prompt in torch.randint(1, VOCAB, (bulk, BULK_PROMPT), generator=g).tolist():
+    for prompt in torch.randint(1, vocab, (bulk, BULK_PROMPT), generator=g).tolist():
         engine.add_request(prompt, once)
     launches = _time_launches(engine)
     for _ in range(WARM):
@@ -124,8 +125,7 @@ def main() -> None:
     model = random_model(arch, VOCAB, dtype, device)
     rows = []
     for chunk in args.chunks:
-        steps = WARM + TIMED + PROFILED + 4
-        bulk = -(-chunk * steps // BULK_PROMPT)  # prompts enough for every step's chunk
+        bulk = -(-chunk * STEPS // BULK_PROMPT)  # prompts enough for every step's chunk
         engine = make_engine(model, args.device, chunk, args.decode_rows, bulk)
         rows.append(mixed_steps(engine, chunk, args.decode_rows, bulk))
         print(rows[-1])

@@ -27,7 +27,6 @@ def load_script():
 def test_mixed_steps_time_steps_of_one_chunk_plus_the_decode_rows():
     script = load_script()
     model = random_model("tiny-random", 512, torch.float32, torch.device("cpu"))
-    script.VOCAB = 512
     engine = script.make_engine(model, "cpu", chunk=32, rows=3, bulk=1)
     row = script.mixed_steps(engine, chunk=32, rows=3, bulk=1)  # asserts 35 tokens a step
     assert (row["chunk"], row["decode_rows"]) == (32, 3)

@@ -288,6 +288,5 @@ def _merge_fetch(into: Fetch, fetch: Mapping[str, str]) -> Fetch:
     unchanged if a criterion is not a PerfCriterion value (ValueError)."""
     criteria = {name: PerfCriterion(criterion) for name, criterion in fetch.items()}
     for name, criterion in criteria.items():
-        if into.get(name) is not PerfCriterion.LATENCY:
-            into[name] = criterion
+        into[name] = criterion.joined(into.get(name))
     return into

@@ -23,6 +23,11 @@ class PerfCriterion(enum.StrEnum):
     LATENCY = "latency"
     THROUGHPUT = "throughput"
 
+    def joined(self, other: PerfCriterion | None) -> PerfCriterion:
+        """The criterion of a variable fetched both ways (`other` None: not fetched before):
+        LATENCY wins over THROUGHPUT."""
+        return PerfCriterion.LATENCY if other is PerfCriterion.LATENCY else self
+
 
 @dataclass(frozen=True)
 class Text:

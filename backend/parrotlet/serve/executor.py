@@ -65,8 +65,7 @@ class GraphExecutor:
 
     def demand(self, session: Session, var: str, criterion: PerfCriterion) -> None:
         """The client fetches `var`: what it depends on must run, with that objective."""
-        if session.fetched.get(var) is not PerfCriterion.LATENCY:
-            session.fetched[var] = criterion
+        session.fetched[var] = criterion.joined(session.fetched.get(var))
         self._replan(session)
 
     def value_set(self, session: Session, var: str, by_server: bool) -> None:
