@@ -1,12 +1,14 @@
-"""Whether an eager engine step (prefill or mixed, no CUDA graph) is bound by host or device.
+"""Whether a mixed engine step (a prefill chunk plus decoding rows) is bound by host or device,
+run eagerly and as piecewise CUDA graphs around attention (engine/piecewise_graphs.py).
 
 Builds a Llama-3-8B architecture with random bf16 weights (nothing is downloaded), keeps
 `--decode-rows` sequences decoding while long prompts are prefilled `chunk` tokens a step (the
 scheduler's budget: the mixed workload's steps under its latency cap look like this), and for
-each chunk size reports the engine's step (median wall time, async scheduling on, as served),
-the host time of the step's launch alone, and the device time of its kernels (torch profiler, a
-separate pass). A step whose wall time is near its launch time and above its kernels' time is
-host-bound: its launches, not the device, set its length. Writes
+each chunk size and path reports the engine's step (median wall time, async scheduling on, as
+served), the host time of the step's launch alone, and the device time of its kernels (torch
+profiler, a separate pass). A step whose wall time is near its launch time and above its
+kernels' time is host-bound: its launches, not the device, set its length. Steps longer than
+the engine's `piecewise_graph_tokens` run eagerly on both paths. Writes
 benchmarks/results/profile_eager_step.json (and $OUT/profile_eager_step.json when $OUT is set).
 
     python benchmarks/profile_eager_step.py [--chunks 64 256 1024] [--decode-rows 2]
@@ -16,6 +18,7 @@ benchmarks/results/profile_eager_step.json (and $OUT/profile_eager_step.json whe
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -34,11 +37,18 @@ WARM, TIMED, PROFILED = 3, 10, 4  # steps of each phase
 STEPS = WARM + TIMED + PROFILED + 4  # the rows' decode lengths and the prompts cover these
 
 
-def make_engine(model, device: str, chunk: int, rows: int, bulk: int) -> LLMEngine:
-    """An engine whose budget is `chunk` prefill tokens plus one token per decoding row."""
+PATHS = {"eager": 0, "piecewise": EngineConfig.piecewise_graph_tokens}  # its value, the default
+
+
+def make_engine(
+    model, device: str, chunk: int, rows: int, bulk: int, path: str = "eager"
+) -> LLMEngine:
+    """An engine whose budget is `chunk` prefill tokens plus one token per decoding row, whose
+    steps that are not decode-only run `path`: eager or piecewise (CUDA only)."""
     blocks = rows * 32 + bulk * BULK_PROMPT // 16 + 64
     config = EngineConfig(
         device=device,
+        piecewise_graph_tokens=PATHS[path],
         dtype="bfloat16" if device != "cpu" else "float32",
         cache=CacheConfig(block_size=16, num_blocks=blocks, enable_prefix_caching=False),
         scheduler=SchedulerConfig(max_num_batched_tokens=chunk + rows, max_num_seqs=rows + bulk),
@@ -64,7 +74,8 @@ def mixed_steps(engine: LLMEngine, chunk: int, rows: int, bulk: int) -> dict:
     for _ in range(WARM):
         engine.step()
     launches.clear()
-    walls, computed = [], engine.stats().num_computed_tokens
+    before = engine.stats()
+    walls, computed, pieces = [], before.num_computed_tokens, before.num_piecewise_steps
     for _ in range(TIMED):
         start = time.perf_counter()
         engine.step()
@@ -74,6 +85,7 @@ def mixed_steps(engine: LLMEngine, chunk: int, rows: int, bulk: int) -> dict:
     row = dict(
         chunk=chunk,
         decode_rows=rows,
+        piecewise_steps=engine.stats().num_piecewise_steps - pieces,
         step_ms=round(statistics.median(walls) * 1e3, 3),
         launch_ms=round(statistics.median(launches) * 1e3, 3),
     )
@@ -116,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--decode-rows", type=int, default=2)
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model (smoke test)")
     args = parser.parse_args()
@@ -124,10 +137,10 @@ def main() -> None:
     arch = "tiny-random" if args.tiny else "llama3-8b-random"
     model = random_model(arch, VOCAB, dtype, device)
     rows = []
-    for chunk in args.chunks:
+    for chunk, path in itertools.product(args.chunks, args.paths):
         bulk = -(-chunk * STEPS // BULK_PROMPT)  # prompts enough for every step's chunk
-        engine = make_engine(model, args.device, chunk, args.decode_rows, bulk)
-        rows.append(mixed_steps(engine, chunk, args.decode_rows, bulk))
+        engine = make_engine(model, args.device, chunk, args.decode_rows, bulk, path)
+        rows.append(dict(path=path) | mixed_steps(engine, chunk, args.decode_rows, bulk))
         print(rows[-1])
         del engine
         if device.type == "cuda":

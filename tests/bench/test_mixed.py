@@ -58,7 +58,8 @@ async def test_smoke_report_has_every_run_and_ratio(tiny_bench):
         "request-level",
         "request-level capped",
     ]
-    counts = {"computed_tokens", "cached_tokens", "steps", "graph_steps", "tiled_steps"}
+    counts = {"computed_tokens", "cached_tokens", "steps", "graph_steps", "tiled_steps",
+              "piecewise_steps"}  # fmt: skip
     counts |= {"step_s", "device_wait_s"}
     chats = {"chat_token_s", "chat_latency_s"} | counts
     assert set(report.rows["chats alone"]) == chats

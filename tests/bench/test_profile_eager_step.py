@@ -27,10 +27,10 @@ def load_script():
 def test_mixed_steps_time_steps_of_one_chunk_plus_the_decode_rows():
     script = load_script()
     model = random_model("tiny-random", 512, torch.float32, torch.device("cpu"))
-    engine = script.make_engine(model, "cpu", chunk=32, rows=3, bulk=1)
+    engine = script.make_engine(model, "cpu", chunk=32, rows=3, bulk=1, path="piecewise")
     row = script.mixed_steps(engine, chunk=32, rows=3, bulk=1)  # asserts 35 tokens a step
-    assert (row["chunk"], row["decode_rows"]) == (32, 3)
+    assert (row["chunk"], row["decode_rows"], row["piecewise_steps"]) == (32, 3, 0)
     assert 0 < row["launch_ms"] <= row["step_ms"]  # the launch is part of the step
-    assert "kernels_ms" not in row  # device time only on CUDA
+    assert "kernels_ms" not in row  # device time only on CUDA, and pieces (so 0 above)
     stats = engine.stats()
     assert stats.num_prompt_tokens == 3 * 128 + script.BULK_PROMPT

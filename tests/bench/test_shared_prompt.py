@@ -75,7 +75,7 @@ async def test_smoke_report_has_every_variant_and_ratio(tiny_bench):
     assert all(
         set(row)
         == {"per_token_s", "latency_s", "total_s", "computed_tokens", "cached_tokens", "steps",
-            "graph_steps", "tiled_steps", "step_s", "device_wait_s"}
+            "graph_steps", "tiled_steps", "piecewise_steps", "step_s", "device_wait_s"}
         for row in report.rows.values()
     )  # fmt: skip
     assert all(row["steps"] > 0 and row["graph_steps"] == 0 for row in report.rows.values())

@@ -1,8 +1,8 @@
 """CUDA graphs on the GPU (`-m gpu`): an engine replaying decode graphs produces the greedy tokens
 of the same engine run eagerly (up to exact near-ties of 16-bit rounding), at bucket and
 non-bucket batch sizes, with the batch shrinking through several buckets as requests finish,
-for each decode attention (flashinfer, Triton, both under "auto", prefix tiles); every graph is
-captured at engine start.
+for each decode attention (flashinfer, Triton, both under "auto", prefix tiles); so do the
+piecewise graphs of prefill and mixed steps; every graph is captured at engine start.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def make_engine(
     budget: int = 4096,
     graph_decode_attention: str = "flashinfer",
     graph_prefix_tiles: bool = False,
+    piecewise_graph_tokens: int = 512,
 ) -> LLMEngine:
     config = EngineConfig(
         model=str(folder),
@@ -54,6 +55,7 @@ def make_engine(
         async_scheduling=async_scheduling,
         graph_decode_attention=graph_decode_attention,
         graph_prefix_tiles=graph_prefix_tiles,
+        piecewise_graph_tokens=piecewise_graph_tokens,
         shared_prefix_min_tokens=0,
         cache=CacheConfig(block_size=16, num_blocks=512),
         scheduler=SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=64),
@@ -200,3 +202,40 @@ def test_cascade_steps_stay_eager(checkpoint, cascade):
     actual += generate(engine, prompts[1:], max_tokens=12)  # the group never shrinks
     assert (graphs.num_replays > replays) == (cascade == "auto")  # 64 shared tokens: no cascade
     assert_equal_up_to_near_ties(hf_model, prompts, actual, expected, NEAR_TIE["float16"])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("budget", [48, 200])  # chunked prefills mixed with decodes
+def test_piecewise_tokens_equal_eager_tokens(checkpoint, dtype, budget):
+    """Every step replays graphs: decode steps whole, the others in pieces around attention."""
+    folder, hf_model = checkpoint
+    prompts = make_prompts([3 + (37 * i) % 150 for i in range(13)], seed=11)
+    expected = generate(make_engine(folder, dtype, cuda_graphs=False, budget=budget), prompts)
+    engine = make_engine(folder, dtype, cuda_graphs=True, budget=budget)
+    actual = generate(engine, prompts)
+    stats = engine.stats()
+    assert stats.num_piecewise_steps > 0
+    assert stats.num_piecewise_steps + stats.num_graph_steps == stats.num_steps
+    assert_equal_up_to_near_ties(hf_model, prompts, actual, expected, NEAR_TIE[dtype])
+
+
+def test_steps_longer_than_the_pieces_run_eagerly(checkpoint):
+    folder, hf_model = checkpoint
+    prompts = make_prompts([3 + (37 * i) % 150 for i in range(13)], seed=12)
+    expected = generate(make_engine(folder, "bfloat16", cuda_graphs=False, budget=48), prompts)
+    engine = make_engine(folder, "bfloat16", True, budget=48, piecewise_graph_tokens=32)
+    actual = generate(engine, prompts)
+    stats = engine.stats()
+    assert 0 < stats.num_piecewise_steps < stats.num_steps - stats.num_graph_steps
+    assert_equal_up_to_near_ties(hf_model, prompts, actual, expected, NEAR_TIE["bfloat16"])
+
+
+def test_every_piecewise_size_is_captured_at_start(checkpoint):
+    folder, _ = checkpoint
+    engine = make_engine(folder, "bfloat16", True, piecewise_graph_tokens=72)
+    pieces = engine.runner.pieces
+    assert pieces is not None and pieces.replays == 0
+    assert pieces.captured == (72, 64, 48, 32, 16)
+    assert pieces.num_graphs == 5 * (engine.model_config.num_layers + 1)
+    off = make_engine(folder, "bfloat16", True, piecewise_graph_tokens=0)
+    assert off.runner.pieces is None

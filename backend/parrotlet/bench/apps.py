@@ -89,13 +89,14 @@ async def run_apps(
 
 
 def engine_counts(before: EngineStats, after: EngineStats) -> dict[str, float]:
-    """What an engine did between two `stats()`: tokens computed and found cached, steps, steps
-    that replayed a CUDA graph and those with prefix tiles, seconds inside its steps and, of
-    those, waiting for the device (the rest is host work; the rest of the run's time the
-    serving loop had the engine idle)."""
+    """What an engine did between two `stats()`: tokens computed and found cached; steps, those
+    that replayed a decode CUDA graph, those with prefix tiles and those that replayed piecewise
+    graphs; seconds inside its steps and, of those, waiting for the device (the rest is host
+    work; the rest of the run's time the serving loop had the engine idle)."""
     fields = dict(
         computed_tokens="num_computed_tokens", cached_tokens="num_cached_prompt_tokens",
         steps="num_steps", graph_steps="num_graph_steps", tiled_steps="num_tiled_steps",
+        piecewise_steps="num_piecewise_steps",
         step_s="step_us", device_wait_s="device_wait_us",
     )  # fmt: skip
     counts = {key: getattr(after, f) - getattr(before, f) for key, f in fields.items()}

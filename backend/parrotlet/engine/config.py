@@ -75,7 +75,9 @@ class EngineConfig:
     the flashinfer backend's cascade policy decides, and it is off by default (measured slower
     end to end than CUDA-graph decode over the shared blocks; see FlashInferBackend).
     `cuda_graphs` replays decode-only steps as CUDA graphs (CUDA with the flashinfer backend only;
-    elsewhere it has no effect).
+    elsewhere it has no effect) and, on CUDA, the other steps of at most `piecewise_graph_tokens`
+    tokens (0: none) as piecewise graphs: everything but attention, which runs eagerly between
+    them (engine/piecewise_graphs.py; steps are padded to a multiple of 16 tokens).
     `async_scheduling` (None: on for CUDA, off for CPU) schedules and launches step N+1 before
     reading step N's tokens, so the host's work hides behind the device's; every output then
     arrives one step later, which only pays where the device computes asynchronously.
@@ -104,6 +106,7 @@ class EngineConfig:
     shared_prefix_attention: bool = True
     shared_prefix_min_tokens: int = 256
     cuda_graphs: bool = True
+    piecewise_graph_tokens: int = 512
     async_scheduling: bool | None = None
     small_batch_linear: bool = True
     graph_decode_attention: str = "auto"
@@ -133,6 +136,10 @@ class EngineConfig:
         if self.shared_prefix_min_tokens < 0:
             raise ValueError(
                 f"shared_prefix_min_tokens must be >= 0, got {self.shared_prefix_min_tokens}"
+            )
+        if self.piecewise_graph_tokens < 0:
+            raise ValueError(
+                f"piecewise_graph_tokens must be >= 0, got {self.piecewise_graph_tokens}"
             )
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")

@@ -77,6 +77,7 @@ class LLMEngine:
             graph_decode_attention=config.graph_decode_attention,
             graph_prefix_tiles=config.graph_prefix_tiles,
             programmatic_launch=config.programmatic_launch,
+            piecewise_graph_tokens=config.piecewise_graph_tokens,
         )
         self.async_scheduling = (
             config.async_scheduling
@@ -220,7 +221,7 @@ class LLMEngine:
         return self.blocks.num_blocks * self.blocks.block_size
 
     def stats(self) -> EngineStats:
-        c, graphs = self._counters, self.runner.graphs
+        c, graphs, pieces = self._counters, self.runner.graphs, self.runner.pieces
         return EngineStats(
             num_waiting=self.scheduler.num_waiting,
             num_running=self.scheduler.num_running,
@@ -234,6 +235,7 @@ class LLMEngine:
             num_steps=c["steps"],
             num_graph_steps=graphs.num_replays if graphs else 0,
             num_tiled_steps=graphs.num_tiled_replays if graphs else 0,
+            num_piecewise_steps=pieces.replays if pieces else 0,
             step_us=c["step_us"],
             device_wait_us=c["device_wait_us"],
         )

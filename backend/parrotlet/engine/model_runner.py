@@ -6,7 +6,9 @@ samples the sequences that caught up with their last token. `launch` only queues
 tokens come back through `LaunchedStep.tokens()`, so the engine can schedule the next step while
 the device runs this one; an input token still being sampled is read from the previous step's
 device tensor. On CUDA with flashinfer, decode-only steps replay a CUDA graph (cuda_graphs.py)
-and the model runs fused kernels (flashinfer's elementwise ones, parrotlet's small-batch linear).
+and the model runs fused kernels (flashinfer's elementwise ones, parrotlet's small-batch linear);
+on CUDA the other steps of up to `piecewise_graph_tokens` tokens replay everything but attention
+as CUDA graphs (piecewise_graphs.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from parrotlet.engine.cuda_graphs import CudaGraphRunner, PaddedDecode
 from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM, load_fused_kernels
+from parrotlet.engine.piecewise_graphs import PiecewiseGraphRunner
 from parrotlet.engine.sampler import Sampler, make_generator, to_device
 from parrotlet.engine.scheduler import ScheduledBatch
 from parrotlet.engine.sequence import Sequence
@@ -67,8 +70,10 @@ class ModelRunner:
     With `cuda_graphs` and a flashinfer backend, a step in which every sequence computes one
     token and no prefix group is cascaded runs as a CUDA graph of its batch size rounded up to a
     bucket of `max_num_seqs` (with `graph_prefix_tiles`, one that reads shared prefixes once per
-    tile where the step has long ones); other steps run eagerly. The graphs are all captured
-    here, so no request waits for a capture or a kernel compile. On CUDA in 16-bit the model uses
+    tile where the step has long ones). With `cuda_graphs` on CUDA, the other steps of at most
+    `piecewise_graph_tokens` tokens (0: none) run as piecewise graphs around eager attention;
+    longer steps run eagerly. The graphs are all captured here, so no request waits for a
+    capture or a kernel compile. On CUDA in 16-bit the model uses
     flashinfer's fused kernels where flashinfer is installed, and with `small_batch_linear`
     parrotlet's Triton kernel for linear layers of a few rows; `programmatic_launch`: see
     EngineConfig.
@@ -87,6 +92,7 @@ class ModelRunner:
         graph_decode_attention: str = "auto",
         graph_prefix_tiles: bool = True,
         programmatic_launch: bool = True,
+        piecewise_graph_tokens: int = 0,
     ) -> None:
         self.model = model
         self.attention = attention
@@ -108,6 +114,11 @@ class ModelRunner:
             )
         if self.graphs is not None:
             self.graphs.capture_all(block=0)  # before any request: every block is free
+        self.pieces = None
+        if cuda_graphs and piecewise_graph_tokens and self.device.type == "cuda":
+            self.pieces = PiecewiseGraphRunner(model, attention, piecewise_graph_tokens,
+                                               self.kernels)  # fmt: skip
+            self.pieces.capture_all()
 
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch) -> LaunchedStep:
@@ -123,7 +134,7 @@ class ModelRunner:
             if len(samplers) < len(batch.seqs):
                 logits = logits[to_device(samplers, self.device)] if samplers else None
         else:
-            logits = self._run_eager(batch, samplers)  # [num_samplers, vocab] or None
+            logits = self._run_planned(batch, samplers)  # [num_samplers, vocab] or None
         if logits is None:
             self._last = None
             return LaunchedStep(caught_up, (), None, None)
@@ -160,12 +171,16 @@ class ModelRunner:
             where = to_device(index + rows, self.device).view(2, len(index))  # [2, num_pending]
             input_ids.index_copy_(0, where[0], self._last.tokens[where[1]].to(input_ids.dtype))
 
-    def _run_eager(self, batch: ScheduledBatch, samplers: list[int]) -> torch.Tensor | None:
-        """Plan and run the model eagerly; logits `[len(samplers), vocab]`, None if no samplers."""
+    def _run_planned(self, batch: ScheduledBatch, samplers: list[int]) -> torch.Tensor | None:
+        """Plan attention and run the model (through the piecewise graphs where the step fits
+        them); logits `[len(samplers), vocab]`, None if no samplers."""
         input_ids, positions, metadata = self.prepare(batch)
         self._fill_pending(batch, input_ids)
         self.attention.plan(metadata)
-        hidden = self.model(input_ids, positions, self.attention, self.kernels)
+        if self.pieces is not None and len(input_ids) <= self.pieces.max_tokens:
+            hidden = self.pieces.forward(input_ids, positions)
+        else:
+            hidden = self.model(input_ids, positions, self.attention, self.kernels)
         if not samplers:
             return None
         if len(samplers) == len(batch.seqs):  # every sequence's last row, already on the device

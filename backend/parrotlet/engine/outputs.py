@@ -43,6 +43,7 @@ class EngineStats:
     num_steps: int
     num_graph_steps: int = 0  # steps that replayed a CUDA graph
     num_tiled_steps: int = 0  # of those, graphs reading shared prefixes once per tile
+    num_piecewise_steps: int = 0  # steps that replayed piecewise graphs around attention
     step_us: int = 0  # wall time inside step(): host work plus device_wait_us
     device_wait_us: int = 0  # of it, waiting for the device's tokens (0: the host is the bound)
 
