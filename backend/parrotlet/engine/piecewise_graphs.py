@@ -109,6 +109,7 @@ class PiecewiseGraphRunner:
         self._positions = torch.zeros(max_tokens, dtype=torch.long, device=device)
         self._pieces: dict[int, _Pieces] = {}
         self._pool: tuple[int, int] | None = None
+        self._stream: torch.cuda.Stream | None = None  # capture needs one other than the default
         self.replays = 0  # serving steps
 
     @property
@@ -159,8 +160,8 @@ class PiecewiseGraphRunner:
     def _capture(self, size: int) -> _Pieces:
         """Warm up (compiling and tuning kernels outside the capture), then capture the forward
         pass over the buffers' first `size` rows, a new graph at each attention call."""
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
+        if self._pool is None or self._stream is None:
+            self._pool, self._stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
         ids, positions = self._ids[:size], self._positions[:size]
         graphs = [torch.cuda.CUDAGraph()]
 
@@ -169,7 +170,7 @@ class PiecewiseGraphRunner:
             graphs.append(torch.cuda.CUDAGraph())
             graphs[-1].capture_begin(pool=self._pool)
 
-        stream = torch.cuda.Stream()  # capture needs a stream other than the default
+        stream = self._stream
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             self.staged.between = lambda layer: None
