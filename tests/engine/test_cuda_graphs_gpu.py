@@ -237,5 +237,7 @@ def test_every_piecewise_size_is_captured_at_start(checkpoint):
     assert pieces is not None and pieces.replays == 0
     assert pieces.captured == (72, 64, 48, 32, 16)
     assert pieces.num_graphs == 5 * (engine.model_config.num_layers + 1)
+    capped = make_engine(folder, "bfloat16", True, budget=40, piecewise_graph_tokens=72)
+    assert capped.runner.pieces.captured == (40, 32, 16)  # no step exceeds the budget
     off = make_engine(folder, "bfloat16", True, piecewise_graph_tokens=0)
     assert off.runner.pieces is None

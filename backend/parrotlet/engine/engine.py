@@ -77,7 +77,10 @@ class LLMEngine:
             graph_decode_attention=config.graph_decode_attention,
             graph_prefix_tiles=config.graph_prefix_tiles,
             programmatic_launch=config.programmatic_launch,
-            piecewise_graph_tokens=config.piecewise_graph_tokens,
+            # no step is longer than the token budget, so no piece needs to be either
+            piecewise_graph_tokens=min(
+                config.piecewise_graph_tokens, config.scheduler.max_num_batched_tokens
+            ),
         )
         self.async_scheduling = (
             config.async_scheduling
