@@ -70,6 +70,12 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--tokenizer", default=None, help="tokenizer folder for --arch")
     bench.add_argument("--smoke", action="store_true", help="tiny sizes (the CI smoke test)")
+    bench.add_argument(
+        "--kv-cache-fraction",
+        type=float,
+        default=None,
+        help="the share of free GPU memory (CPU: of the KV setting) for the KV pools (0.85)",
+    )
     bench.add_argument("--out", default="benchmarks/apps/results", help="folder for the JSON")
     bench.add_argument("-v", "--verbose", action="store_true")
     bench.set_defaults(run=_bench)
@@ -81,7 +87,14 @@ def _bench(args: argparse.Namespace) -> int:
     from parrotlet.bench.run import BenchFailed, run_bench
     from parrotlet.bench.setup import BenchSpec
 
-    spec = BenchSpec(device=args.device, model=args.model, arch=args.arch, tokenizer=args.tokenizer)
+    given = dict(kv_cache_fraction=args.kv_cache_fraction)
+    spec = BenchSpec(
+        device=args.device,
+        model=args.model,
+        arch=args.arch,
+        tokenizer=args.tokenizer,
+        **{k: v for k, v in given.items() if v is not None},  # else BenchSpec's default
+    )
     try:
         run_bench(args.workloads, spec, smoke=args.smoke, out=Path(args.out))
     except BenchFailed as exc:

@@ -41,3 +41,5 @@ def test_bench_rejects_unknown_workloads_and_bad_archs(capsys: pytest.CaptureFix
     assert "unknown arch 'gpt-5'; choose from llama3-8b-random, tiny-random" in (
         capsys.readouterr().err
     )
+    assert main(["bench", "mixed", "--kv-cache-fraction", "1.5"]) == 2
+    assert "kv_cache_fraction must be in (0, 1], got 1.5" in capsys.readouterr().err

@@ -64,6 +64,8 @@ class BenchSpec:
     def __post_init__(self) -> None:
         if self.arch is not None and self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if not 0 < self.kv_cache_fraction <= 1:
+            raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
         if self.arch is not None and self.model is not None:
             raise ValueError("give either a model folder or a random arch, not both")
 
