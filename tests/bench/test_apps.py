@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 
 from parrotlet.bench.apps import PARROTLET, REQUEST_LEVEL, App, fixed_length, run_apps
@@ -81,3 +83,15 @@ async def test_arrivals_are_honoured(tiny_bench, synthetic):
         results = await run_apps(cores["app"], [app, late], "arrive", request_level=False)
     assert [r.kind for r in results] == ["chain", "late"]
     assert all(r.latency < 5 for r in results)
+
+
+async def test_an_engine_is_freed_before_the_next_cores_sizes_its_pool(tiny_bench):
+    """Workloads run `async with bench.cores(...) as cores` in a loop: the previous block's
+    engine must be gone when the next one measures free memory, though `cores` still names
+    the previous block's dict until the next block binds it."""
+    engines = []
+    for _ in range(2):
+        async with tiny_bench.cores({"app": PARROTLET}) as cores:
+            engines.append(weakref.ref(cores["app"].engines[0].async_engine.engine))
+            assert [e() is not None for e in engines] == [False] * (len(engines) - 1) + [True]
+    assert cores == {} and engines[-1]() is None

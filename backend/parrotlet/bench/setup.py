@@ -101,7 +101,9 @@ class Bench:
         engine: EngineConfig | None = None,
     ) -> AsyncIterator[dict[str, ServeCore]]:
         """ServeCores with `configs` over the same `num_engines` fresh engines (empty caches) of
-        `engine`'s flags; the engines are closed and their KV pools freed on exit."""
+        `engine`'s flags; the engines are closed and their KV pools freed on exit, even while
+        the caller's `as` name still holds the (then emptied) dict: the next `cores` sizes its
+        KV pools from the memory left free, so nothing of these may outlive the block."""
         base = engine or EngineConfig()
         engines = [
             LocalEngine(AsyncEngine(self._engine(base, num_engines)), name=f"local-{i}")
@@ -121,6 +123,7 @@ class Bench:
         finally:
             for handle in engines:
                 await handle.close()
+            cores.clear()
             del engines, cores
             gc.collect()
             if self.device.type == "cuda":
