@@ -87,13 +87,13 @@ def _bench(args: argparse.Namespace) -> int:
     from parrotlet.bench.run import BenchFailed, run_bench
     from parrotlet.bench.setup import BenchSpec
 
-    given = dict(kv_cache_fraction=args.kv_cache_fraction)
+    fraction = args.kv_cache_fraction
     spec = BenchSpec(
         device=args.device,
         model=args.model,
         arch=args.arch,
         tokenizer=args.tokenizer,
-        **{k: v for k, v in given.items() if v is not None},  # else BenchSpec's default
+        **({} if fraction is None else {"kv_cache_fraction": fraction}),  # else BenchSpec's
     )
     try:
         run_bench(args.workloads, spec, smoke=args.smoke, out=Path(args.out))
