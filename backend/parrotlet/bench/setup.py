@@ -101,9 +101,9 @@ class Bench:
         engine: EngineConfig | None = None,
     ) -> AsyncIterator[dict[str, ServeCore]]:
         """ServeCores with `configs` over the same `num_engines` fresh engines (empty caches) of
-        `engine`'s flags; the engines are closed and their KV pools freed on exit, even while
-        the caller's `as` name still holds the (then emptied) dict: the next `cores` sizes its
-        KV pools from the memory left free, so nothing of these may outlive the block."""
+        `engine`'s flags. On exit the engines are closed and the yielded dict emptied, so their
+        KV pools are freed though the caller's `as` name outlives the block: the next `cores`
+        sizes its pools from the memory then free."""
         base = engine or EngineConfig()
         engines = [
             LocalEngine(AsyncEngine(self._engine(base, num_engines)), name=f"local-{i}")
