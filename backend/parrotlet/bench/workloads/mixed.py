@@ -37,7 +37,7 @@ FULL = dict(
     chat_output=64,
     num_chats=30,
     chat_rate=4.0,  # per second
-    tight_cap=64,  # a second parrotlet point: at 64 new tokens a step stays weight-read bound
+    other_caps=[64, 512, 1024],  # more parrotlet rows: the latency cap trades chats for jobs
 )
 SMOKE = dict(
     _job_sizes(map_reduce.SMOKE),
@@ -47,7 +47,7 @@ SMOKE = dict(
     chat_output=4,
     num_chats=6,
     chat_rate=20.0,
-    tight_cap=4,
+    other_caps=[4, 32],
 )
 CHAT_LATENCY_TARGET = 1 / 1.1  # chats alone / mixed: within 1.1x of chats alone
 MAP_REDUCE_TARGET = 1.0  # request-level uncapped / parrotlet: no worse than the baseline
@@ -77,25 +77,33 @@ def bulk_apps(text: SyntheticText, sizes: dict) -> list[App]:
     ]
 
 
-RUNS = {  # row name: (variant of map_reduce.VARIANTS, with bulk jobs, engine of mixed_engines)
-    "chats alone": ("parrotlet", False, "parrotlet"),
-    "parrotlet": ("parrotlet", True, "parrotlet"),
-    "parrotlet, tight cap": ("parrotlet", True, "parrotlet tight"),
-    "request-level": ("request-level", True, "uncapped"),
-    "request-level capped": ("request-level capped", True, "capped"),
-}
+def runs(sizes: dict) -> dict[str, tuple[str, bool, str]]:
+    """Row name: (variant of map_reduce.VARIANTS, with bulk jobs, engine of mixed_engines)."""
+    other_caps = {
+        f"parrotlet, cap {cap}": ("parrotlet", True, f"parrotlet cap {cap}")
+        for cap in sizes["other_caps"]
+    }
+    return {
+        "chats alone": ("parrotlet", False, "parrotlet"),
+        "parrotlet": ("parrotlet", True, "parrotlet"),
+        **other_caps,
+        "request-level": ("request-level", True, "uncapped"),
+        "request-level capped": ("request-level capped", True, "capped"),
+    }
 
 
 def mixed_engines(sizes: dict) -> dict[str, EngineConfig]:
-    """map_reduce's three engines, plus parrotlet's with the tighter latency cap: the two
-    parrotlet rows show the trade-off between chat latency and bulk progress."""
+    """map_reduce's three engines, plus parrotlet's at each of `other_caps`: the parrotlet rows
+    show the trade-off the latency cap makes between chat latency and bulk progress."""
     configs = engines(sizes)
     parrotlet = configs["parrotlet"]
-    tight = replace(parrotlet.scheduler, latency_max_num_batched_tokens=sizes["tight_cap"])
-    return {
-        "parrotlet": parrotlet,
-        "parrotlet tight": replace(parrotlet, scheduler=tight),
-    } | configs
+
+    def capped(cap: int) -> EngineConfig:
+        scheduler = replace(parrotlet.scheduler, latency_max_num_batched_tokens=cap)
+        return replace(parrotlet, scheduler=scheduler)
+
+    others = {f"parrotlet cap {cap}": capped(cap) for cap in sizes["other_caps"]}
+    return {"parrotlet": parrotlet} | others | configs
 
 
 async def run(bench: Bench, smoke: bool) -> Report:
@@ -103,19 +111,20 @@ async def run(bench: Bench, smoke: bool) -> Report:
     text = SyntheticText(bench.tokenizer, seed=4)
     chats, bulk = chat_apps(text, sizes), bulk_apps(text, sizes)
     report = Report("mixed", bench.spec.device, bench.spec.model_name, params=sizes)
+    rows = runs(sizes)
     for engine_name, engine in mixed_engines(sizes).items():
-        runs = {row: VARIANTS[v] for row, (v, _, e) in RUNS.items() if e == engine_name}
-        async with bench.cores({r: v.config for r, v in runs.items()}, engine=engine) as cores:
-            await map_reduce.warm_up(cores, text, runs)
-            for row, variant in runs.items():
-                apps = chats + bulk if RUNS[row][1] else chats
+        variants = {row: VARIANTS[v] for row, (v, _, e) in rows.items() if e == engine_name}
+        async with bench.cores({r: v.config for r, v in variants.items()}, engine=engine) as cores:
+            await map_reduce.warm_up(cores, text, variants)
+            for row, variant in variants.items():
+                apps = chats + bulk if rows[row][1] else chats
                 before = cores[row].engines[0].stats()
                 results = await run_apps(
                     cores[row], apps, f"mixed-{row}", request_level=variant.request_level
                 )
                 counts = engine_counts(before, cores[row].engines[0].stats())
                 report.rows[row] = metrics(results) | counts
-    report.ratios = ratios(report.rows)
+    report.ratios = ratios(report.rows, sizes["other_caps"])
     return report
 
 
@@ -132,23 +141,24 @@ def metrics(results: list[AppResult]) -> dict[str, float]:
     return row
 
 
-def ratios(rows: dict[str, dict[str, float]]) -> list[Ratio]:
+def ratios(rows: dict[str, dict[str, float]], other_caps: list[int]) -> list[Ratio]:
     """Higher is better for parrotlet in each (baseline / parrotlet mixed)."""
-    ours, tight = rows["parrotlet"], rows["parrotlet, tight cap"]
+    alone, request_level = rows["chats alone"], rows["request-level"]
+    ours = rows["parrotlet"]
     return [
         Ratio(
             "chat per-token latency: chats alone / parrotlet mixed (higher is better)",
-            rows["chats alone"]["chat_token_s"] / ours["chat_token_s"],
+            alone["chat_token_s"] / ours["chat_token_s"],
             CHAT_LATENCY_TARGET,
         ),
         Ratio(
             "map-reduce completion: request-level / parrotlet mixed",
-            rows["request-level"]["map_reduce_s"] / ours["map_reduce_s"],
+            request_level["map_reduce_s"] / ours["map_reduce_s"],
             MAP_REDUCE_TARGET,
         ),
         Ratio(
             "chat per-token latency: request-level / parrotlet mixed",
-            rows["request-level"]["chat_token_s"] / ours["chat_token_s"],
+            request_level["chat_token_s"] / ours["chat_token_s"],
         ),
         Ratio(
             "chat per-token latency: request-level capped / parrotlet mixed",
@@ -158,14 +168,21 @@ def ratios(rows: dict[str, dict[str, float]]) -> list[Ratio]:
             "map-reduce completion: request-level capped / parrotlet mixed",
             rows["request-level capped"]["map_reduce_s"] / ours["map_reduce_s"],
         ),
+    ] + [ratio for cap in other_caps for ratio in cap_ratios(rows, cap)]
+
+
+def cap_ratios(rows: dict[str, dict[str, float]], cap: int) -> list[Ratio]:
+    """The two targets for parrotlet at another latency cap."""
+    row = rows[f"parrotlet, cap {cap}"]
+    return [
         Ratio(
-            "tight cap: chat per-token latency, chats alone / parrotlet (higher is better)",
-            rows["chats alone"]["chat_token_s"] / tight["chat_token_s"],
+            f"cap {cap}: chat per-token latency, chats alone / parrotlet (higher is better)",
+            rows["chats alone"]["chat_token_s"] / row["chat_token_s"],
             CHAT_LATENCY_TARGET,
         ),
         Ratio(
-            "tight cap: map-reduce completion, request-level / parrotlet",
-            rows["request-level"]["map_reduce_s"] / tight["map_reduce_s"],
+            f"cap {cap}: map-reduce completion, request-level / parrotlet",
+            rows["request-level"]["map_reduce_s"] / row["map_reduce_s"],
             MAP_REDUCE_TARGET,
         ),
     ]
