@@ -54,8 +54,8 @@ async def test_smoke_report_has_every_run_and_ratio(tiny_bench):
     assert list(report.rows) == [
         "chats alone",
         "parrotlet",
-        "parrotlet, cap 4",
-        "parrotlet, cap 32",
+        "parrotlet, budget 512 cap 4",
+        "parrotlet, budget 64 cap 32",
         "request-level",
         "request-level capped",
     ]
@@ -75,10 +75,16 @@ async def test_smoke_report_has_every_run_and_ratio(tiny_bench):
         ("chat per-token latency: request-level / parrotlet mixed", None),
         ("chat per-token latency: request-level capped / parrotlet mixed", None),
         ("map-reduce completion: request-level capped / parrotlet mixed", None),
-        ("cap 4: chat per-token latency, chats alone / parrotlet (higher is better)", 1 / 1.1),
-        ("cap 4: map-reduce completion, request-level / parrotlet", 1.0),
-        ("cap 32: chat per-token latency, chats alone / parrotlet (higher is better)", 1 / 1.1),
-        ("cap 32: map-reduce completion, request-level / parrotlet", 1.0),
+        (
+            "budget 512 cap 4: chat per-token latency, chats alone / parrotlet (higher is better)",
+            1 / 1.1,
+        ),
+        ("budget 512 cap 4: map-reduce completion, request-level / parrotlet", 1.0),
+        (
+            "budget 64 cap 32: chat per-token latency, chats alone / parrotlet (higher is better)",
+            1 / 1.1,
+        ),
+        ("budget 64 cap 32: map-reduce completion, request-level / parrotlet", 1.0),
     ]
     values = [v for row in report.rows.values() for k, v in row.items() if k.startswith("chat_")]
     values += [row["map_reduce_s"] for row in list(report.rows.values())[1:]]

@@ -37,7 +37,8 @@ FULL = dict(
     chat_output=64,
     num_chats=30,
     chat_rate=4.0,  # per second
-    other_caps=[64, 512, 1024],  # more parrotlet rows: the latency cap trades chats for jobs
+    # more parrotlet rows, (token budget, latency cap): how they trade chat latency for jobs
+    other_engines=[(8192, 256), (2048, 256), (8192, 64)],
 )
 SMOKE = dict(
     _job_sizes(map_reduce.SMOKE),
@@ -47,7 +48,7 @@ SMOKE = dict(
     chat_output=4,
     num_chats=6,
     chat_rate=20.0,
-    other_caps=[4, 32],
+    other_engines=[(512, 4), (64, 32)],
 )
 CHAT_LATENCY_TARGET = 1 / 1.1  # chats alone / mixed: within 1.1x of chats alone
 MAP_REDUCE_TARGET = 1.0  # request-level uncapped / parrotlet: no worse than the baseline
@@ -80,8 +81,8 @@ def bulk_apps(text: SyntheticText, sizes: dict) -> list[App]:
 def runs(sizes: dict) -> dict[str, tuple[str, bool, str]]:
     """Row name: (variant of map_reduce.VARIANTS, with bulk jobs, engine of mixed_engines)."""
     other_caps = {
-        f"parrotlet, cap {cap}": ("parrotlet", True, f"parrotlet cap {cap}")
-        for cap in sizes["other_caps"]
+        f"parrotlet, {name}": ("parrotlet", True, f"parrotlet {name}")
+        for name in map(engine_name, sizes["other_engines"])
     }
     return {
         "chats alone": ("parrotlet", False, "parrotlet"),
@@ -92,17 +93,22 @@ def runs(sizes: dict) -> dict[str, tuple[str, bool, str]]:
     }
 
 
+def engine_name(budget_and_cap: tuple[int, int]) -> str:
+    return "budget {} cap {}".format(*budget_and_cap)
+
+
 def mixed_engines(sizes: dict) -> dict[str, EngineConfig]:
-    """map_reduce's three engines, plus parrotlet's at each of `other_caps`: the parrotlet rows
-    show the trade-off the latency cap makes between chat latency and bulk progress."""
+    """map_reduce's three engines, plus parrotlet's at each of `other_engines`: the parrotlet
+    rows show how the token budget and the latency cap trade chat latency for bulk progress."""
     configs = engines(sizes)
     parrotlet = configs["parrotlet"]
 
-    def capped(cap: int) -> EngineConfig:
-        scheduler = replace(parrotlet.scheduler, latency_max_num_batched_tokens=cap)
+    def capped(budget: int, cap: int) -> EngineConfig:
+        scheduler = replace(parrotlet.scheduler, max_num_batched_tokens=budget,
+                            latency_max_num_batched_tokens=cap)  # fmt: skip
         return replace(parrotlet, scheduler=scheduler)
 
-    others = {f"parrotlet cap {cap}": capped(cap) for cap in sizes["other_caps"]}
+    others = {f"parrotlet {engine_name(e)}": capped(*e) for e in sizes["other_engines"]}
     return {"parrotlet": parrotlet} | others | configs
 
 
@@ -112,8 +118,8 @@ async def run(bench: Bench, smoke: bool) -> Report:
     chats, bulk = chat_apps(text, sizes), bulk_apps(text, sizes)
     report = Report("mixed", bench.spec.device, bench.spec.model_name, params=sizes)
     rows = runs(sizes)
-    for engine_name, engine in mixed_engines(sizes).items():
-        variants = {row: VARIANTS[v] for row, (v, _, e) in rows.items() if e == engine_name}
+    for name, engine in mixed_engines(sizes).items():
+        variants = {row: VARIANTS[v] for row, (v, _, e) in rows.items() if e == name}
         async with bench.cores({r: v.config for r, v in variants.items()}, engine=engine) as cores:
             await map_reduce.warm_up(cores, text, variants)
             for row, variant in variants.items():
@@ -124,7 +130,7 @@ async def run(bench: Bench, smoke: bool) -> Report:
                 )
                 counts = engine_counts(before, cores[row].engines[0].stats())
                 report.rows[row] = metrics(results) | counts
-    report.ratios = ratios(report.rows, sizes["other_caps"])
+    report.ratios = ratios(report.rows, [engine_name(e) for e in sizes["other_engines"]])
     return report
 
 
@@ -141,7 +147,7 @@ def metrics(results: list[AppResult]) -> dict[str, float]:
     return row
 
 
-def ratios(rows: dict[str, dict[str, float]], other_caps: list[int]) -> list[Ratio]:
+def ratios(rows: dict[str, dict[str, float]], others: list[str]) -> list[Ratio]:
     """Higher is better for parrotlet in each (baseline / parrotlet mixed)."""
     alone, request_level = rows["chats alone"], rows["request-level"]
     ours = rows["parrotlet"]
@@ -168,20 +174,20 @@ def ratios(rows: dict[str, dict[str, float]], other_caps: list[int]) -> list[Rat
             "map-reduce completion: request-level capped / parrotlet mixed",
             rows["request-level capped"]["map_reduce_s"] / ours["map_reduce_s"],
         ),
-    ] + [ratio for cap in other_caps for ratio in cap_ratios(rows, cap)]
+    ] + [ratio for name in others for ratio in other_ratios(rows, name)]
 
 
-def cap_ratios(rows: dict[str, dict[str, float]], cap: int) -> list[Ratio]:
-    """The two targets for parrotlet at another latency cap."""
-    row = rows[f"parrotlet, cap {cap}"]
+def other_ratios(rows: dict[str, dict[str, float]], name: str) -> list[Ratio]:
+    """The two targets for parrotlet on another engine of `other_engines`."""
+    row = rows[f"parrotlet, {name}"]
     return [
         Ratio(
-            f"cap {cap}: chat per-token latency, chats alone / parrotlet (higher is better)",
+            f"{name}: chat per-token latency, chats alone / parrotlet (higher is better)",
             rows["chats alone"]["chat_token_s"] / row["chat_token_s"],
             CHAT_LATENCY_TARGET,
         ),
         Ratio(
-            f"cap {cap}: map-reduce completion, request-level / parrotlet",
+            f"{name}: map-reduce completion, request-level / parrotlet",
             rows["request-level"]["map_reduce_s"] / row["map_reduce_s"],
             MAP_REDUCE_TARGET,
         ),
