@@ -80,20 +80,21 @@ def bulk_apps(text: SyntheticText, sizes: dict) -> list[App]:
 
 def runs(sizes: dict) -> dict[str, tuple[str, bool, str]]:
     """Row name: (variant of map_reduce.VARIANTS, with bulk jobs, engine of mixed_engines)."""
-    other_caps = {
+    others = {
         f"parrotlet, {name}": ("parrotlet", True, f"parrotlet {name}")
         for name in map(engine_name, sizes["other_engines"])
     }
     return {
         "chats alone": ("parrotlet", False, "parrotlet"),
         "parrotlet": ("parrotlet", True, "parrotlet"),
-        **other_caps,
+        **others,
         "request-level": ("request-level", True, "uncapped"),
         "request-level capped": ("request-level capped", True, "capped"),
     }
 
 
 def engine_name(budget_and_cap: tuple[int, int]) -> str:
+    """How a row names one of `other_engines`."""
     return "budget {} cap {}".format(*budget_and_cap)
 
 
@@ -103,12 +104,13 @@ def mixed_engines(sizes: dict) -> dict[str, EngineConfig]:
     configs = engines(sizes)
     parrotlet = configs["parrotlet"]
 
-    def capped(budget: int, cap: int) -> EngineConfig:
-        scheduler = replace(parrotlet.scheduler, max_num_batched_tokens=budget,
-                            latency_max_num_batched_tokens=cap)  # fmt: skip
+    def budgeted(budget: int, cap: int) -> EngineConfig:
+        scheduler = replace(
+            parrotlet.scheduler, max_num_batched_tokens=budget, latency_max_num_batched_tokens=cap
+        )
         return replace(parrotlet, scheduler=scheduler)
 
-    others = {f"parrotlet {engine_name(e)}": capped(*e) for e in sizes["other_engines"]}
+    others = {f"parrotlet {engine_name(e)}": budgeted(*e) for e in sizes["other_engines"]}
     return {"parrotlet": parrotlet} | others | configs
 
 
