@@ -67,12 +67,9 @@ def test_each_variant_gets_its_engine_budget():
     }
     assert budgets == {"parrotlet": (512, 64), "uncapped": (512, None), "capped": (16, None)}
     full = {name: e.scheduler for name, e in engines(map_reduce.FULL).items()}
-    parrotlet = full["parrotlet"]
-    assert (parrotlet.max_num_batched_tokens, parrotlet.latency_max_num_batched_tokens) == (
-        8192,
-        1024,
-    )
-    assert full["capped"].max_num_batched_tokens == 256
+    parrotlet, capped = full["parrotlet"], full["capped"]
+    budget, cap = parrotlet.max_num_batched_tokens, parrotlet.latency_max_num_batched_tokens
+    assert (budget, cap, capped.max_num_batched_tokens) == (8192, 1024, 256)
 
 
 async def test_smoke_report_has_every_variant_and_ratio(tiny_bench):

@@ -49,6 +49,29 @@ async def test_chats_run_in_class_0_and_bulk_in_class_2(tiny_bench, synthetic, a
     assert request_level == [(n, 0, False) for n, _, _ in app_level]  # FCFS: all priority 0
 
 
+def test_each_row_runs_on_its_engine_budget_and_cap():
+    schedulers = {name: e.scheduler for name, e in mixed.mixed_engines(SMOKE).items()}
+    budgets = {
+        name: (s.max_num_batched_tokens, s.latency_max_num_batched_tokens)
+        for name, s in schedulers.items()
+    }
+    assert budgets == {
+        "parrotlet": (512, 64),
+        "parrotlet budget 512 cap 4": (512, 4),
+        "parrotlet budget 64 cap 32": (64, 32),
+        "uncapped": (512, None),
+        "capped": (16, None),
+    }
+    assert {row: engine for row, (_, _, engine) in mixed.runs(SMOKE).items()} == {
+        "chats alone": "parrotlet",
+        "parrotlet": "parrotlet",
+        "parrotlet, budget 512 cap 4": "parrotlet budget 512 cap 4",
+        "parrotlet, budget 64 cap 32": "parrotlet budget 64 cap 32",
+        "request-level": "uncapped",
+        "request-level capped": "capped",
+    }
+
+
 async def test_smoke_report_has_every_run_and_ratio(tiny_bench):
     report = await mixed.run(tiny_bench, smoke=True)
     assert list(report.rows) == [
