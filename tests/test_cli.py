@@ -22,3 +22,8 @@ def test_generate_answers_paris_on_the_default_model(
 def test_bad_flags_are_reported_with_the_field(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["generate", "--prompt", "hi", "--block-size", "0"]) == 2
     assert "block_size must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_bench_names_a_bad_device(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "mixed", "--smoke", "--arch", "tiny-random", "--device", "gpu"]) == 2
+    assert "device must be cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err

@@ -62,7 +62,7 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
         "bench", help="run application workloads: parrotlet vs request-level serving"
     )
     bench.add_argument("workloads", nargs="+", metavar="WORKLOAD", help="a workload name, or all")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     model = bench.add_mutually_exclusive_group()
     model.add_argument("--model", default=None, help="a local model folder (default model: none)")
     model.add_argument(

@@ -1,10 +1,12 @@
-"""EngineConfig's validation: every bad field is named with the value it got."""
+"""EngineConfig's validation and resolve_device: every bad field or missing device is named."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from parrotlet.engine.config import EngineConfig
+from parrotlet.engine.engine import resolve_device
 
 
 @pytest.mark.parametrize(
@@ -21,7 +23,9 @@ from parrotlet.engine.config import EngineConfig
             "cuda",
             "graph_decode_attention must be flashinfer, triton or auto, got 'cuda'",
         ),
-        ("device", "tpu", r"device must be cpu or cuda\[:N\], got 'tpu'"),
+        ("device", "tpu", "device must be cpu, cuda or cuda:N, got 'tpu'"),
+        ("device", "cuda:", "device must be cpu, cuda or cuda:N, got 'cuda:'"),
+        ("device", "cudax", "device must be cpu, cuda or cuda:N, got 'cudax'"),
         ("shared_prefix_min_tokens", -1, "shared_prefix_min_tokens must be >= 0, got -1"),
         ("max_model_len", 0, "max_model_len must be >= 1, got 0"),
     ],
@@ -36,3 +40,21 @@ def test_defaults_keep_the_measured_kernels():
     assert (config.small_batch_linear, config.graph_decode_attention) == (True, "auto")
     assert config.graph_prefix_tiles  # measured end to end: benchmarks/apps/README.md
     assert EngineConfig(graph_decode_attention="triton").graph_decode_attention == "triton"
+
+
+def test_a_device_this_machine_lacks_is_named_with_the_reason(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(ValueError, match=r"device 'cuda': this torch \(.+\) is built without CUDA"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    with pytest.raises(ValueError, match=r"device 'cuda:0': this torch \(.+\) sees no CUDA device"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match="device 'cuda:2': only 2 CUDA device"):
+        resolve_device("cuda:2")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N, got 'gpu'"):
+        resolve_device("gpu")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from parrotlet.engine.async_engine import AsyncEngine
-from parrotlet.engine.config import CacheConfig, EngineConfig
-from parrotlet.engine.engine import LLMEngine, resolve_dtype
+from parrotlet.engine.config import CacheConfig, EngineConfig, check_device
+from parrotlet.engine.engine import LLMEngine, resolve_device, resolve_dtype
 from parrotlet.engine.models.config import ModelConfig
 from parrotlet.engine.models.default_model import resolve_model_path
 from parrotlet.engine.models.llama import LlamaForCausalLM
@@ -62,6 +62,7 @@ class BenchSpec:
     kv_cache_fraction: float = 0.85  # of free GPU memory (or of `cpu_kv_cache_bytes`) for KV
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         if self.arch is not None and self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
         if not 0 < self.kv_cache_fraction <= 1:
@@ -79,7 +80,7 @@ class Bench:
 
     def __init__(self, spec: BenchSpec) -> None:
         self.spec = spec
-        self.device = torch.device(spec.device)
+        self.device = resolve_device(spec.device)
         dtype_config = EngineConfig(device=spec.device)
         tokenizer_path = spec.tokenizer or (spec.model if spec.arch is None else None)
         self.tokenizer = load_tokenizer(resolve_model_path(tokenizer_path))

@@ -5,7 +5,15 @@ The CLI derives its flags from these; the server and benchmarks build them direc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+
+def check_device(device: str) -> None:
+    """Raise ValueError unless `device` is spelled cpu, cuda or cuda:N (whether that device
+    exists is checked where torch is imported: engine.resolve_device)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
 
 
 @dataclass(frozen=True)
@@ -131,8 +139,7 @@ class EngineConfig:
                 "graph_decode_attention must be flashinfer, triton or auto, "
                 f"got {self.graph_decode_attention!r}"
             )
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        check_device(self.device)
         if self.shared_prefix_min_tokens < 0:
             raise ValueError(
                 f"shared_prefix_min_tokens must be >= 0, got {self.shared_prefix_min_tokens}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from parrotlet.engine.block_manager import BlockManager
-from parrotlet.engine.config import EngineConfig
+from parrotlet.engine.config import EngineConfig, check_device
 from parrotlet.engine.detokenizer import IncrementalDetokenizer
 from parrotlet.engine.model_runner import LaunchedStep, ModelRunner
 from parrotlet.engine.models.config import ModelConfig
@@ -53,7 +53,7 @@ class LLMEngine:
         self.config = config
         self.model_config: ModelConfig = model.config
         self.tokenizer = tokenizer
-        self.device = torch.device(config.device)
+        self.device = resolve_device(config.device)
         self.max_model_len = min(
             config.max_model_len or self.model_config.max_position_embeddings,
             self.model_config.max_position_embeddings,
@@ -112,7 +112,8 @@ class LLMEngine:
         from parrotlet.engine.tokenizer import load_tokenizer
 
         path = resolve_model_path(config.model)
-        model, _ = load_model(path, dtype=resolve_dtype(config), device=torch.device(config.device))
+        device = resolve_device(config.device)
+        model, _ = load_model(path, dtype=resolve_dtype(config), device=device)
         return cls(config, model, load_tokenizer(path))
 
     # ---- requests ------------------------------------------------------------------------
@@ -412,6 +413,22 @@ class LLMEngine:
             dtype,
             self.device,
         )
+
+
+def resolve_device(device: str) -> torch.device:
+    """`device` (cpu, cuda or cuda:N) as a torch.device, or a ValueError saying why this machine
+    cannot run on it."""
+    check_device(device)
+    resolved = torch.device(device)
+    if resolved.type != "cuda":
+        return resolved
+    if not torch.cuda.is_available():
+        reason = "is built without CUDA" if torch.version.cuda is None else "sees no CUDA device"
+        raise ValueError(f"device {device!r}: this torch ({torch.__version__}) {reason}")
+    count = torch.cuda.device_count()
+    if resolved.index is not None and resolved.index >= count:
+        raise ValueError(f"device {device!r}: only {count} CUDA device(s) here")
+    return resolved
 
 
 def resolve_dtype(config: EngineConfig) -> torch.dtype:
