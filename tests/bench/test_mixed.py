@@ -4,6 +4,7 @@ engine sees chats in priority class 0 and bulk work in class 2; the smoke report
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -11,6 +12,7 @@ from parrotlet.bench.apps import PARROTLET, REQUEST_LEVEL, run_apps
 from parrotlet.bench.workloads import mixed
 from parrotlet.bench.workloads.map_reduce import MAP_TAIL
 from parrotlet.bench.workloads.mixed import SMOKE, bulk_apps, chat_apps
+from parrotlet.engine.config import SchedulerConfig
 from parrotlet.graph.ir import PerfCriterion
 
 pytestmark = pytest.mark.anyio
@@ -70,6 +72,13 @@ def test_each_row_runs_on_its_engine_budget_and_cap():
         "request-level": "uncapped",
         "request-level capped": "capped",
     }
+
+
+def test_full_rows_include_the_serve_default_scheduler():
+    assert mixed.FULL["other_engines"][-1] == (2048, None)
+    assert "parrotlet, budget 2048 no cap" in mixed.runs(mixed.FULL)
+    scheduler = mixed.mixed_engines(mixed.FULL)["parrotlet budget 2048 no cap"].scheduler
+    assert scheduler == replace(SchedulerConfig(), max_num_seqs=scheduler.max_num_seqs)
 
 
 async def test_smoke_report_has_every_run_and_ratio(tiny_bench):

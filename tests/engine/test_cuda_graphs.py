@@ -93,7 +93,8 @@ def test_pad_decode_batch_takes_the_next_uncomputed_token():
 # ---- CudaGraphRunner.prepare: which steps get prefix tiles (flashinfer faked, no graph runs) ---
 def make_runner(prefix_tiles: bool, cascade: str = "never", decode_kernel: str = "flashinfer"):
     from parrotlet.engine.cuda_graphs import CudaGraphRunner
-    from parrotlet_kernels.flashinfer_backend import CascadePolicy, FlashInferBackend
+    from parrotlet_kernels.flashinfer_backend import FlashInferBackend
+    from parrotlet_kernels.flashinfer_plan import CascadePolicy
 
     from ..kernels.attention_helpers import make_spec
     from ..kernels.test_flashinfer_backend import FAKE_OPS

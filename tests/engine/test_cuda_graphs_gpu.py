@@ -185,7 +185,7 @@ def test_async_scheduling_tokens_equal_sync(checkpoint, cuda_graphs, budget):
 
 @pytest.mark.parametrize("cascade", ["auto", "always"])
 def test_cascade_steps_stay_eager(checkpoint, cascade):
-    from parrotlet_kernels.flashinfer_backend import CascadePolicy
+    from parrotlet_kernels.flashinfer_plan import CascadePolicy
 
     folder, hf_model = checkpoint
     prefix = make_prompts([64], seed=7)[0]

@@ -101,7 +101,8 @@ def test_flashinfer_rejects_float32(checkpoint):
 
 @pytest.mark.parametrize("cascade", ["auto", "always"])
 def test_flashinfer_matches_reference_float16(checkpoint, cascade):
-    from parrotlet_kernels.flashinfer_backend import CascadePolicy, FlashInferBackend
+    from parrotlet_kernels.flashinfer_backend import FlashInferBackend
+    from parrotlet_kernels.flashinfer_plan import CascadePolicy
 
     folder, hf_model = checkpoint
     reference = make_engine(folder, "cuda", "float16", "reference")

@@ -14,15 +14,14 @@ import pytest
 import torch
 
 from parrotlet_kernels.attention_math import attention_with_lse, merge_attention_states
-from parrotlet_kernels.flashinfer_backend import (
+from parrotlet_kernels.flashinfer_backend import FlashInferBackend, FlashInferOps
+from parrotlet_kernels.flashinfer_plan import (
     CascadePolicy,
-    FlashInferBackend,
-    FlashInferOps,
-    GraphDecodeAttention,
     PagedCall,
     gather_page_indices,
     plan_step,
 )
+from parrotlet_kernels.graph_decode import GraphDecodeAttention
 from parrotlet_kernels.interface import AttentionMetadata, AttentionSpec, PrefixGroup, Rope
 from parrotlet_kernels.reference import TorchReferenceBackend
 from parrotlet_kernels.triton_prefix_tiles import TiledPages, tile_prefixes

@@ -23,11 +23,8 @@ import torch
 
 from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM
 from parrotlet.engine.sequence import Sequence
-from parrotlet_kernels.flashinfer_backend import (
-    FlashInferBackend,
-    GraphDecodeAttention,
-    copy_to_device,
-)
+from parrotlet_kernels.flashinfer_backend import FlashInferBackend
+from parrotlet_kernels.graph_decode import GraphDecodeAttention, copy_to_device
 from parrotlet_kernels.interface import PrefixGroup
 from parrotlet_kernels.triton_paged_decode import triton_decode_wins
 from parrotlet_kernels.triton_prefix_tiles import (

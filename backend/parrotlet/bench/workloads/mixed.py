@@ -20,8 +20,13 @@ from parrotlet.bench.setup import Bench
 from parrotlet.bench.synthetic import SyntheticText
 from parrotlet.bench.workloads import map_reduce
 from parrotlet.bench.workloads.map_reduce import VARIANTS, engines, map_reduce_app
-from parrotlet.engine.config import EngineConfig
+from parrotlet.engine.config import EngineConfig, SchedulerConfig
 from parrotlet.graph.ir import Call, Graph, Output, PerfCriterion, Text
+
+SERVE_DEFAULT = (  # `parrotlet serve`'s scheduler: (token budget, latency cap)
+    SchedulerConfig.max_num_batched_tokens,
+    SchedulerConfig.latency_max_num_batched_tokens,
+)
 
 
 def _job_sizes(sizes: dict) -> dict:
@@ -37,8 +42,9 @@ FULL = dict(
     chat_output=64,
     num_chats=30,
     chat_rate=4.0,  # per second
-    # more parrotlet rows, (token budget, latency cap): how they trade chat latency for jobs
-    other_engines=[(8192, 256), (2048, 256), (8192, 64)],
+    # more parrotlet rows, (token budget, latency cap): how they trade chat latency for jobs;
+    # the last is `parrotlet serve`'s default scheduler
+    other_engines=[(8192, 256), (2048, 256), (8192, 64), SERVE_DEFAULT],
 )
 SMOKE = dict(
     _job_sizes(map_reduce.SMOKE),
@@ -93,9 +99,10 @@ def runs(sizes: dict) -> dict[str, tuple[str, bool, str]]:
     }
 
 
-def engine_name(budget_and_cap: tuple[int, int]) -> str:
-    """How a row names one of `other_engines`."""
-    return "budget {} cap {}".format(*budget_and_cap)
+def engine_name(budget_and_cap: tuple[int, int | None]) -> str:
+    """How a row names one of `other_engines` (a cap of None: no cap)."""
+    budget, cap = budget_and_cap
+    return f"budget {budget} " + ("no cap" if cap is None else f"cap {cap}")
 
 
 def mixed_engines(sizes: dict) -> dict[str, EngineConfig]:
@@ -104,7 +111,7 @@ def mixed_engines(sizes: dict) -> dict[str, EngineConfig]:
     configs = engines(sizes)
     parrotlet = configs["parrotlet"]
 
-    def budgeted(budget: int, cap: int) -> EngineConfig:
+    def budgeted(budget: int, cap: int | None) -> EngineConfig:
         scheduler = replace(
             parrotlet.scheduler, max_num_batched_tokens=budget, latency_max_num_batched_tokens=cap
         )
