@@ -11,11 +11,13 @@
 # tokens of their own, flashinfer vs prefix tiles), linear (kernel_linear.py, 1-64 rows),
 # launch-overhead (launch_overhead.py: host time per launch of an eager step's kernels),
 # eager-step (profile_eager_step.py: mixed steps' wall vs launch vs kernel time),
-# attention (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick), apps-a
+# attention (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick;
+# shared-prefix-sweep adds its launch sweep and kernel profile at the target point), apps-a
 # (chain-summary, map-reduce, shared-prompt, mixed), apps-b (multi-agent, multi-app),
-# app:WORKLOAD (one of them), and for a before/after in one call profile@REV / decode@REV
-# (profile_decode_step.py --batches 1 32 --attention triton / engine_decode.py --batches 1 32
-# on a revision staged by stage_revision.sh; REV `this` is this tree, run the same way), and
+# app:WORKLOAD (one of them), and for a before/after in one call profile@REV / decode@REV /
+# shared-prefix@REV (profile_decode_step.py --batches 1 32 --attention triton /
+# engine_decode.py --batches 1 32 / kernel_shared_prefix.py --quick on a revision staged by
+# stage_revision.sh; REV `this` is this tree, run the same way), and
 # app:WORKLOAD@REV (REV's own bench of one workload). Each
 # step's log, and the JSON it writes, land in $OUT ($OUT/REV for @ steps). Needs
 # .device/wheels from ../shared/device/prepare.sh and, for the app workloads, the default
@@ -61,7 +63,8 @@ run_step() {
     launch-overhead) python3 benchmarks/launch_overhead.py ;;
     eager-step) python3 benchmarks/profile_eager_step.py ;;
     shared-prefix) python3 benchmarks/kernel_shared_prefix.py --quick ;;
-    profile@* | decode@* | app:*@*) run_on_revision "${1%@*}" "${1#*@}" ;;
+    shared-prefix-sweep) python3 benchmarks/kernel_shared_prefix.py --quick --sweep ;;
+    profile@* | decode@* | shared-prefix@* | app:*@*) run_on_revision "${1%@*}" "${1#*@}" ;;
     apps-a | apps-b | app:*)
       local workloads=(chain-summary map-reduce shared-prompt mixed)  # ~6 min on the H100
       [ "$1" = apps-b ] && workloads=(multi-agent multi-app)  # multi-app: untimed since ab465f2
@@ -81,6 +84,7 @@ run_on_revision() {  # BENCH REV: this tree's benchmark script (an app workload:
   fi
   local command=(benchmarks/profile_decode_step.py --batches 1 32 --attention triton)
   [ "$1" = decode ] && command=(benchmarks/engine_decode.py --batches 1 32)
+  [ "$1" = shared-prefix ] && command=(benchmarks/kernel_shared_prefix.py --quick)
   [[ "$1" == app:* ]] && command=(-m parrotlet.cli bench "${1#app:}" --device cuda
     --arch llama3-8b-random --tokenizer .device/tokenizer --out "$out/$2")
   mkdir -p "$out/$2"

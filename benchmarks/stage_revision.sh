@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Stage git revisions for a before/after on the GPU machine: device_run.sh's profile@REV and
-# decode@REV steps run the benchmark on REV's backend and kernels (this tree's benchmark
-# scripts). Carry build/revisions/REV (`run`'s carry) next to .device.
+# Stage git revisions for a before/after on the GPU machine: device_run.sh's profile@REV,
+# decode@REV and shared-prefix@REV steps run the benchmark on REV's backend and kernels (this
+# tree's benchmark scripts). Carry build/revisions/REV (`run`'s carry) next to .device.
 #
 #   bash benchmarks/stage_revision.sh REV ...     # prints each staged folder
 set -euo pipefail

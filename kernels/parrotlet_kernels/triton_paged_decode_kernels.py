@@ -186,16 +186,20 @@ def prefix_tiles_kernel(
 
     All ROWS * GROUP query heads of a tile attend the prefix as one matrix product per KV
     block, so a prefix is read once per tile, not once per sequence. A tile without prefix pages
-    (rows that share none, unused tiles) stores LSE -inf for its rows, which the merge weighs 0.
+    (rows that share none) stores LSE -inf for its rows, which the merge weighs 0. The unused
+    tiles come last and have no rows: the first one a program meets ends its walk.
     """
     wait_for_inputs(PDL)
     t, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     while t < num_tiles:
-        _prefix_tile(q_ptr, pos_ptr, cos_sin_ptr, cache_ptr, indices_ptr, tile_rows_ptr,
-                     tile_pages_ptr, o_ptr, lse_ptr, num_kv_heads, stride_qb, stride_qh,
-                     scale_log2, t, h, s, GROUP, ROWS, BLOCK_M, HEAD_DIM, PAGE_SIZE, BLOCK_N,
-                     NUM_SLOTS, NUM_SPLITS, ROPE)  # fmt: skip
-        t += programs
+        if tl.load(tile_rows_ptr + t * ROWS) < 0:  # unused, and so is every tile after it
+            t = num_tiles
+        else:
+            _prefix_tile(q_ptr, pos_ptr, cos_sin_ptr, cache_ptr, indices_ptr, tile_rows_ptr,
+                         tile_pages_ptr, o_ptr, lse_ptr, num_kv_heads, stride_qb, stride_qh,
+                         scale_log2, t, h, s, GROUP, ROWS, BLOCK_M, HEAD_DIM, PAGE_SIZE,
+                         BLOCK_N, NUM_SLOTS, NUM_SPLITS, ROPE)  # fmt: skip
+            t += programs
 
 
 @triton.jit

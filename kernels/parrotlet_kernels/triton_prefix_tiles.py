@@ -122,7 +122,7 @@ class TiledPages:
     Row r reads its own pages `pages[kv_indptr[r]:kv_indptr[r + 1]]` (those after its prefix);
     tile t holds the rows `tile_rows[t * rows_per_tile:...]` (-1 past its last) that attend the
     `tile_pages[2t + 1]` prefix pages from `pages[tile_pages[2t]]`; a tile of 0 pages covers
-    rows without a shared prefix, and the unused tiles have no rows.
+    rows without a shared prefix, and the unused tiles, after all the others, have no rows.
     """
 
     kv_indptr: list[int]  # [batch_size + 1]
