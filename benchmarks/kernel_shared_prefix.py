@@ -104,17 +104,19 @@ def triton_kernel(problem: Problem, launch=None) -> Callable[[int], torch.Tensor
     )  # fmt: skip
 
 
-def prefix_tiles(problem: Problem, shape: Shape) -> Callable[[int], torch.Tensor]:
+def prefix_tiles(
+    problem: Problem, shape: Shape, block_m: int | None = None
+) -> Callable[[int], torch.Tensor]:
     """The engine's Triton graph decode with one prefix group: each row's last suffix token is
     "this step's" (its cached k/v rewritten in place), the prefix read once per tile of rows
-    (tile_shape's tiles)."""
+    (tile_shape's tiles, of `block_m` query rows when given)."""
     p, device, i32 = problem, problem.q.device, dict(dtype=torch.int32, device=problem.q.device)
     prefix_pages = p.prefix_pages.numel()
     pages = torch.cat([p.prefix_pages.expand(p.batch, -1), p.suffix_pages], dim=1)
     indptr = [row * pages.shape[1] for row in range(p.batch + 1)]
     sms = triton_paged_decode.num_sms(device)
     group_size = shape.num_heads // shape.num_kv_heads
-    tiles = tile_shape(p.batch, group_size, shape.num_kv_heads, sms)
+    tiles = tile_shape(p.batch, group_size, shape.num_kv_heads, sms, block_m)
     group = PrefixGroup(tuple(range(p.batch)), prefix_pages)
     layout = tile_prefixes(indptr, pages.flatten().tolist(), [group], tiles)
     table = PrefixTiles(torch.tensor(layout.tile_rows, **i32).view(tiles.max_tiles, -1),
@@ -232,6 +234,7 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
     builders = {
         "triton": lambda: triton_kernel(problem),
         "tiles": lambda: prefix_tiles(problem, shape),
+        "tiles128": lambda: prefix_tiles(problem, shape, block_m=128),  # tile_shape's choice?
         "paged": lambda: paged_decode(problem, shape, workspaces[0]),
         "cascade": lambda: cascade(problem, shape, workspaces[1]),
     }
@@ -251,7 +254,7 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
     row["triton_over_floor"] = row["triton_us"] / row["floor_us"]
     row["paged_over_tiles"] = row["paged_us"] / row["tiles_us"]
     row["tiles_over_floor"] = row["tiles_us"] / row["floor_us"]
-    for name in ("triton", "tiles", "cascade"):
+    for name in ("triton", "tiles", "tiles128", "cascade"):
         if name in outs and "paged" in outs:
             row[f"max_err_{name}"] = (outs[name] - outs["paged"]).abs().max().item()
     return row
@@ -318,7 +321,8 @@ def profile_kernels(shape: Shape, batch: int, prefix: int, workspaces) -> dict[s
 
 
 HEADER = (
-    f"{'batch':>5} {'prefix':>6} | {'triton':>8} {'tiles':>8} {'paged':>8} {'cascade':>8} "
+    f"{'batch':>5} {'prefix':>6} | {'triton':>8} {'tiles':>8} {'tiles128':>8} {'paged':>8} "
+    f"{'cascade':>8} "
     f"{'floor':>7} us | {'paged/tri':>9} {'casc/tri':>8} "
     f"{'tri/floor':>9} {'paged/til':>9} {'til/floor':>9} | err tri, til"
 )
@@ -328,7 +332,8 @@ def format_row(r: dict) -> str:
     nan = float("nan")
     return (
         f"{r['batch']:>5} {r['prefix']:>6} | {r['triton_us']:>8.1f} {r['tiles_us']:>8.1f} "
-        f"{r['paged_us']:>8.1f} {r['cascade_us']:>8.1f} {r['floor_us']:>7.1f}    | "
+        f"{r['tiles128_us']:>8.1f} {r['paged_us']:>8.1f} {r['cascade_us']:>8.1f} "
+        f"{r['floor_us']:>7.1f}    | "
         f"{r['paged_over_triton']:>9.2f} {r['cascade_over_triton']:>8.2f} "
         f"{r['triton_over_floor']:>9.2f} {r['paged_over_tiles']:>9.2f} "
         f"{r['tiles_over_floor']:>9.2f} | {r.get('max_err_triton', nan):.3f}, "
