@@ -193,7 +193,7 @@ def prefix_tiles_kernel(
     t, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     while t < num_tiles:
         if tl.load(tile_rows_ptr + t * ROWS) < 0:  # unused, and so is every tile after it
-            t = num_tiles
+            t += num_tiles  # (not `t = num_tiles`: t stays an int32 tensor in both branches)
         else:
             _prefix_tile(q_ptr, pos_ptr, cos_sin_ptr, cache_ptr, indices_ptr, tile_rows_ptr,
                          tile_pages_ptr, o_ptr, lse_ptr, num_kv_heads, stride_qb, stride_qh,
