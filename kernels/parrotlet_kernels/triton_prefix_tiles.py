@@ -85,7 +85,9 @@ def tile_shape(
 
     Tiles take 64 query rows (at least one row's group, a power of 2), 128 from 1024 rows a KV
     head: on the H100 (benchmarks/kernel_shared_prefix.py, 2026-12-06, 8K prefix) 128-row tiles
-    ran 119 vs 90 us at batch 64 and 222 vs 282 at batch 256 (GQA 4). `block_m` overrides that.
+    ran 119 vs 90 us at batch 64 and 222 vs 282 at batch 256 (GQA 4), timed while a program
+    still walked every unused tile (12 at batch 64 with 128 rows, 7 with 64); the benchmark's
+    tiles128 column re-times them. `block_m` overrides that.
     Programs have 4 warps, 8 for 128 rows.
     The prefix is split so a batch in one prefix group gives every SM about one program; there
     are programs for the tiles of one group plus one (rows without a prefix), and any further
