@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import logging
 import sys
 import time
@@ -122,18 +123,25 @@ FLAG_ALIASES = {"attention_backend": ("--attention",)}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """One `--field-name` flag per scalar field of the config dataclass `cls` (plus aliases)."""
+    """One `--field-name` flag per scalar field of the config dataclass `cls` (plus aliases),
+    in a group that `--help` shows with the class docstring (which says what each field does)
+    and each flag's default."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(cls.__name__)
+    group = parser.add_argument_group(cls.__name__, inspect.cleandoc(cls.__doc__ or ""))
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
         kind = _scalar_type(hints[field.name])
         flags = ("--" + field.name.replace("_", "-"), *FLAG_ALIASES.get(field.name, ()))
+        shown = "(default: %(default)s)"
         if kind is bool:
-            group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=field.default)
+            group.add_argument(
+                *flags, action=argparse.BooleanOptionalAction, default=field.default, help=shown
+            )
         else:
-            group.add_argument(*flags, type=kind, default=field.default, dest=field.name)
+            group.add_argument(
+                *flags, type=kind, default=field.default, dest=field.name, help=shown
+            )
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **nested: object) -> object:

@@ -51,6 +51,16 @@ def test_serve_defaults() -> None:
     assert config_from_args(ServeConfig, args) == ServeConfig()
 
 
+def test_serve_help_documents_each_config_group_and_default(capsys) -> None:
+    with pytest.raises(SystemExit):
+        _build_parser().parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps at the terminal width
+
+    assert "SchedulerConfig: Continuous batching: at most `max_num_seqs` sequences" in text
+    assert "--max-num-batched-tokens MAX_NUM_BATCHED_TOKENS (default: 2048)" in text
+    assert "--graph-prefix-tiles, --no-graph-prefix-tiles (default: True)" in text
+
+
 class FakeCore:
     """Only what the lifespan and /health touch: the real core is tested through ASGI."""
 
