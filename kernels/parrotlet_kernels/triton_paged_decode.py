@@ -56,7 +56,8 @@ def plan_splits(batch: int, num_kv_heads: int, num_sms: int) -> int:
 class DecodeLaunch:
     """How paged_decode_kernel's programs run: `num_warps` each (4 or 8), and with `pipelined`
     the KV loop overlaps each block's loads with the previous block's math through Triton's
-    cp.async pipeline instead of holding the next block in registers (which spills at 4 warps,
+    cp.async pipeline instead of holding the next block in registers (at 4 warps: 112 registers
+    a thread against 250, so four programs fit an SM instead of two;
     benchmarks/results/kernel_registers_notes.md)."""
 
     num_warps: int = 4
