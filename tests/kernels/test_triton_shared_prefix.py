@@ -1,5 +1,6 @@
 """The Triton shared-prefix decode kernel: its launch planning and input checks on CPU, and its
-output against plain torch attention over prefix + suffix on the GPU (`-m gpu`).
+output against plain torch attention over prefix + suffix under Triton's interpreter (CPU) and
+on the GPU (`-m gpu`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from parrotlet_kernels.triton_shared_prefix import (
     plan_launch,
     shared_prefix_decode,
 )
+
+from .attention_helpers import requires_triton, run_under_triton_interpreter
 
 BF16_TOL = {"atol": 2e-2, "rtol": 2e-2}
 KERNELS = "parrotlet_kernels.triton_shared_prefix_kernels"
@@ -204,6 +207,29 @@ def test_reference_is_plain_attention():
     torch.testing.assert_close(reference(inputs), torch.stack(expected))
 
 
+# ---- CPU: the kernel under Triton's interpreter -------------------------------------------------
+def interpreter_check() -> None:
+    """Both prefix loops (register prefetch, pipelined), suffixes fused or not, on CPU tensors
+    (float16: the interpreter's numpy has no bfloat16)."""
+    from parrotlet_kernels.triton_shared_prefix import _launch
+
+    for case, heads in (("tiny", (8, 2)), ("ragged", (4, 4))):
+        inputs = make_inputs(case, heads, head_dim=16, dtype=torch.float16)
+        prefix_len = inputs.prefix_len
+        chunk = -(-prefix_len // 32) * 16  # two splits of whole 16-token blocks, the last partial
+        for pipelined, fuse in ((False, True), (True, True), (True, False)):
+            launch = SharedPrefixLaunch(16, 16, chunk, 2, fuse_suffix=fuse, pipelined=pipelined)
+            assert launch.fits(prefix_len)
+            out = _launch(*inputs.args(), scale=16**-0.5, launch=launch)
+            torch.testing.assert_close(out.float(), reference(inputs), atol=2e-3, rtol=2e-3)
+
+
+@requires_triton
+def test_kernel_under_the_triton_interpreter():
+    code = "from tests.kernels.test_triton_shared_prefix import interpreter_check; "
+    run_under_triton_interpreter(code + "interpreter_check()")
+
+
 # ---- GPU: the kernel against the reference ----------------------------------------------------
 def gpu_check(case, heads, head_dim, page_size, dtype=torch.bfloat16, launch=None) -> None:
     inputs = make_inputs(case, heads, head_dim, page_size, dtype, device="cuda")
@@ -243,6 +269,17 @@ def test_kernel_suffix_placement_and_partials(case, heads, fuse_suffix, partial_
     batch, prefix_len, _ = CASES[case]
     launch = plan_launch(batch, heads[0] // heads[1], heads[1], prefix_len, 132)
     launch = dataclasses.replace(launch, fuse_suffix=fuse_suffix, partial_dtype=partial_dtype)
+    gpu_check(case, heads, 128, 16, launch=launch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["tiny", "ragged", "batch64"])
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("fuse_suffix", [False, True])
+def test_kernel_pipelined_prefix_loop(case, heads, fuse_suffix):
+    batch, prefix_len, _ = CASES[case]
+    launch = plan_launch(batch, heads[0] // heads[1], heads[1], prefix_len, 132)
+    launch = dataclasses.replace(launch, fuse_suffix=fuse_suffix, pipelined=True)
     gpu_check(case, heads, 128, 16, launch=launch)
 
 
