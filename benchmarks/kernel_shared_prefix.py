@@ -263,9 +263,11 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
 
 # (block_m, block_n, num_warps, num_stages) of the prefix kernel tried by --sweep
 SWEEP_TILES = [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2)]
-# the same with the pipelined loop, at more splits too: by registers (kernel_registers.py) 64-row
-# programs fit two an SM, which plan_launch's one-program-an-SM wave does not use
-SWEEP_PIPELINED = [(128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 4, 2)]
+# the pipelined loop (tile, max_registers), at more splits too: by registers
+# (kernel_registers.py) 64-row programs, and 128-row ones capped at 128 registers, fit two an
+# SM, which plan_launch's one-program-an-SM wave does not use
+SWEEP_PIPELINED = [((128, 64, 8, 3), None), ((128, 64, 8, 3), 128), ((64, 64, 4, 3), None),
+                   ((64, 64, 4, 2), None)]  # fmt: skip
 
 
 def sweep_launches(shape: Shape, batch: int, prefix: int) -> list[dict]:
@@ -274,8 +276,10 @@ def sweep_launches(shape: Shape, batch: int, prefix: int) -> list[dict]:
     launches = (
         [_launch_for(prefix, splits, *tile) for tile in SWEEP_TILES for splits in (4, 8, 16)]
         + [
-            dataclasses.replace(_launch_for(prefix, splits, *tile), pipelined=True)
-            for tile in SWEEP_PIPELINED
+            dataclasses.replace(
+                _launch_for(prefix, splits, *tile), pipelined=True, max_registers=registers
+            )
+            for tile, registers in SWEEP_PIPELINED
             for splits in (8, 16, 32)
         ]
         + [
@@ -286,14 +290,18 @@ def sweep_launches(shape: Shape, batch: int, prefix: int) -> list[dict]:
             for dtype in (torch.float32, torch.bfloat16)
         ]
     )
+    planned = triton_kernel(problem)(0).float()
     rows = []
     for launch in launches:
         try:
-            us, _ = time_us(triton_kernel(problem, launch), len(problem.caches))
+            fn = triton_kernel(problem, launch)
+            err = (fn(0).float() - planned).abs().max().item()  # against the planned launch
+            us, _ = time_us(fn, len(problem.caches))
         except Exception as exc:  # a config that does not compile is reported, not fatal
-            us = f"{type(exc).__name__}: {str(exc)[:80]}"
-        rows.append({k: str(v) for k, v in dataclasses.asdict(launch).items()} | {"us": us})
-        print("sweep", _short(launch), us, flush=True)
+            us, err = f"{type(exc).__name__}: {str(exc)[:80]}", float("nan")
+        row = {k: str(v) for k, v in dataclasses.asdict(launch).items()}
+        rows.append(row | {"us": us, "max_err": err})
+        print("sweep", _short(launch), us, f"max_err {err:.4f}", flush=True)
     return rows
 
 
