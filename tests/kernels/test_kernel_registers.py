@@ -25,6 +25,8 @@ def test_the_qkv_linear_kernel_fits_its_registers_without_spilling():
     qkv = next(c for c in script.linear_configs() if c.name == "linear qkv")
     report = script.ptxas_report(qkv, *script.compile_ptx(qkv))
     assert (report.name, report.num_warps) == ("linear qkv", 4)
-    assert 32 <= report.registers <= 128  # 56 with Triton 3.6 (reading normed rows)
+    assert 32 <= report.registers <= 128  # 48 with Triton 3.6 (reading normed rows)
     assert (report.spill_store_bytes, report.spill_load_bytes) == (0, 0)
-    assert report.shared_bytes == 5 * 16 * 128 * 2  # 5 stages of the 16 x 128 input slice
+    # 5 stages of the 16 x 128 input slice and the 64 x 128 weight tile: with the run-time
+    # alignment of its pointers and widths, the weight stream is pipelined through shared memory
+    assert report.shared_bytes == 5 * (16 + 64) * 128 * 2
