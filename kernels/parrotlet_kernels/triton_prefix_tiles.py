@@ -83,11 +83,12 @@ def tile_shape(
 ) -> TileShape:
     """The shape for `batch_size` rows of `group` query heads per KV head on `num_sms` SMs.
 
-    Tiles take 64 query rows (at least one row's group, a power of 2), 128 from 1024 rows a KV
-    head: on the H100 (benchmarks/kernel_shared_prefix.py, 2026-12-06, 8K prefix) 128-row tiles
-    ran 119 vs 90 us at batch 64 and 222 vs 282 at batch 256 (GQA 4), timed while a program
-    still walked every unused tile (12 at batch 64 with 128 rows, 7 with 64); the benchmark's
-    tiles128 column re-times them. `block_m` overrides that.
+    Tiles take 64 query rows (at least one row's group, a power of 2), 128 from 256 rows a KV
+    head: on the H100 (benchmarks/kernel_shared_prefix.py, 2026-12-07, GQA 4, us a layer)
+    128-row tiles ran 51.6 vs 74.6 at batch 64 / 8K prefix, 28.0 vs 28.3 at 64 / 1K, 151.7 vs
+    153.4 at 256 / 8K, and lost at 16 / 1K (64 query rows: 18.0 vs 17.3); batch 32 is
+    unmeasured. (Until programs stopped at the first unused tile, 128-row tiles lost at batch
+    64: 117.3 vs 85.0.) `block_m` overrides that.
     Programs have 4 warps, 8 for 128 rows.
     The prefix is split so a batch in one prefix group gives every SM about one program; there
     are programs for the tiles of one group plus one (rows without a prefix), and any further
@@ -99,7 +100,7 @@ def tile_shape(
             f"{group}, {num_kv_heads}, {num_sms}"
         )
     if block_m is None:
-        block_m = max(128 if batch_size * group >= 1024 else 64, 1 << (group - 1).bit_length())
+        block_m = max(128 if batch_size * group >= 256 else 64, 1 << (group - 1).bit_length())
     rows = block_m // group
     full_tiles = -(-batch_size // rows)
     splits = splits_to_fill(full_tiles * num_kv_heads, num_sms)

@@ -20,6 +20,7 @@ from parrotlet_kernels.triton_paged_decode import num_sms
 _DTYPES = (torch.float16, torch.bfloat16)
 _MIN_CHUNK = 128  # fewest prefix tokens one split covers by default
 _SUFFIX_BLOCK_N = 64  # suffix tokens per KV block
+_UNFUSED_FROM_ROWS = 256  # query rows a KV head from which the suffixes get their own kernel
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,10 @@ def plan_launch(
     Without `num_splits`, the grid is one wave: as many splits as fit one program per SM
     (programs are compute-bound and equal, so a second wave would only add float32 partials to
     write and merge), with every chunk at least `_MIN_CHUNK` tokens. Chunks are whole KV blocks,
-    so the split count may come out lower than asked.
+    so the split count may come out lower than asked. From 256 query rows a KV head the suffixes
+    get their own kernel: on the H100 that was faster at every point timed (64 x 8K: 51.7 vs
+    55.0 us on 2026-12-07, 50.3 vs 54.2 on 2026-12-05; 128 x 8K 86.2 vs 94.8; 64 x 4K 36.4 vs
+    39.0; benchmarks/results/kernel_shared_prefix_notes.md); smaller batches are unmeasured.
     """
     if prefix_len < 1:
         raise ValueError(f"prefix_len must be >= 1, got {prefix_len}")
@@ -98,7 +102,10 @@ def plan_launch(
     chunk_len = -(-prefix_len // num_splits)
     chunk_len = -(-chunk_len // block_n) * block_n
     num_warps = 8 if block_m > 64 else 4
-    return SharedPrefixLaunch(block_m, block_n, chunk_len, -(-prefix_len // chunk_len), num_warps)
+    splits = -(-prefix_len // chunk_len)
+    return SharedPrefixLaunch(
+        block_m, block_n, chunk_len, splits, num_warps, fuse_suffix=rows < _UNFUSED_FROM_ROWS
+    )
 
 
 def shared_prefix_decode(

@@ -27,11 +27,12 @@ from .test_triton_paged_decode import Step, assert_same_cache, with_rope
 # ---- CPU: launch shape and layout ------------------------------------------------------------
 def test_tile_shape_fills_the_sms_for_one_group():
     # programs: one group's tiles plus one; the other tiles queue behind them
-    assert tile_shape(64, 4, 8, 132) == TileShape(64, 16, 4 + 32 + 1, 4, 4 + 1)
+    assert tile_shape(32, 4, 8, 132) == TileShape(64, 16, 2 + 16 + 1, 8, 2 + 1)
     assert tile_shape(1, 4, 8, 132) == TileShape(64, 16, 1, 16, 1)
     assert tile_shape(8, 3, 3, 4) == TileShape(64, 21, 0 + 4 + 1, 1, 1 + 1)
     assert tile_shape(2, 128, 1, 132) == TileShape(128, 1, 2 + 1 + 1, 16, 2 + 1, 8)
-    # from 1024 query rows a KV head: tiles of 128 (32 sequences at GQA 4), unless block_m says
+    # from 256 query rows a KV head: tiles of 128 (32 sequences at GQA 4), unless block_m says
+    assert tile_shape(64, 4, 8, 132) == TileShape(128, 32, 2 + 32 + 1, 8, 2 + 1, 8)
     assert tile_shape(256, 4, 8, 132) == TileShape(128, 32, 8 + 128 + 1, 2, 8 + 1, 8)
     assert tile_shape(256, 4, 8, 132, block_m=64) == TileShape(64, 16, 16 + 128 + 1, 1, 16 + 1)
     assert tile_shape(17, 4, 8, 132, block_m=128) == TileShape(128, 32, 0 + 8 + 1, 16, 1 + 1, 8)

@@ -104,8 +104,12 @@ def test_import_does_not_load_triton():
 
 
 def test_plan_launch_fills_an_h100_at_batch_64_prefix_8k():
-    # 256 rows per KV head -> 2 tiles of 128; 132 SMs // (2 tiles * 8 heads) -> 8 splits
-    assert plan_launch(64, 4, 8, 8192, 132) == SharedPrefixLaunch(128, 64, 1024, 8, 8, 3)
+    # 256 rows per KV head -> 2 tiles of 128; 132 SMs // (2 tiles * 8 heads) -> 8 splits; from
+    # 256 rows the suffixes get their own kernel
+    assert plan_launch(64, 4, 8, 8192, 132) == SharedPrefixLaunch(
+        128, 64, 1024, 8, 8, 3, fuse_suffix=False
+    )
+    assert plan_launch(63, 4, 8, 8192, 132).fuse_suffix
 
 
 def test_plan_launch_small_batch_and_short_prefix():

@@ -130,7 +130,7 @@ async def run(bench: Bench, smoke: bool) -> Report:
     for name, engine in mixed_engines(sizes).items():
         variants = {row: VARIANTS[v] for row, (v, _, e) in rows.items() if e == name}
         async with bench.cores({r: v.config for r, v in variants.items()}, engine=engine) as cores:
-            await map_reduce.warm_up(cores, text, variants)
+            await map_reduce.warm_up(cores, text, variants, sizes)
             for row, variant in variants.items():
                 apps = chats + bulk if rows[row][1] else chats
                 before = cores[row].engines[0].stats()
