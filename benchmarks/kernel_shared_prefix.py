@@ -263,33 +263,20 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
 
 # (block_m, block_n, num_warps, num_stages) of the prefix kernel tried by --sweep
 SWEEP_TILES = [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2)]
-# the pipelined loop (tile, max_registers), at more splits too: by registers
-# (kernel_registers.py) 64-row programs, and 128-row ones capped at 128 registers, fit two an
-# SM, which plan_launch's one-program-an-SM wave does not use
-SWEEP_PIPELINED = [((128, 64, 8, 3), None), ((128, 64, 8, 3), 128), ((64, 64, 4, 3), None),
-                   ((64, 64, 4, 2), None)]  # fmt: skip
 
 
 def sweep_launches(shape: Shape, batch: int, prefix: int) -> list[dict]:
     """The Triton kernel at one point under other tiles, splits, suffix placements, partials."""
     problem = make_problem(shape, batch, prefix, torch.device("cuda"))
-    launches = (
-        [_launch_for(prefix, splits, *tile) for tile in SWEEP_TILES for splits in (4, 8, 16)]
-        + [
-            dataclasses.replace(
-                _launch_for(prefix, splits, *tile), pipelined=True, max_registers=registers
-            )
-            for tile, registers in SWEEP_PIPELINED
-            for splits in (8, 16, 32)
-        ]
-        + [
-            dataclasses.replace(
-                _launch_for(prefix, 8, *SWEEP_TILES[0]), fuse_suffix=fuse, partial_dtype=dtype
-            )
-            for fuse in (False, True)
-            for dtype in (torch.float32, torch.bfloat16)
-        ]
-    )
+    launches = [
+        _launch_for(prefix, splits, *tile) for tile in SWEEP_TILES for splits in (4, 8, 16)
+    ] + [
+        dataclasses.replace(
+            _launch_for(prefix, 8, *SWEEP_TILES[0]), fuse_suffix=fuse, partial_dtype=dtype
+        )
+        for fuse in (False, True)
+        for dtype in (torch.float32, torch.bfloat16)
+    ]
     planned = triton_kernel(problem)(0).float()
     rows = []
     for launch in launches:

@@ -30,12 +30,7 @@ class SharedPrefixLaunch:
     The prefix kernel's grid is (ceil(batch * group / block_m), num_kv_heads, num_splits); each
     program streams its chunk in KV blocks of `block_n` tokens. `fits(prefix_len)` must hold:
     the splits cover the prefix and none is empty (an empty split would merge 0/0). Without
-    `fuse_suffix` a third kernel, between prefix and merge, attends the suffixes. With
-    `pipelined` the prefix loop loads each block through Triton's cp.async pipeline instead of
-    holding the next one in registers (170 registers a thread instead of 205 at 128 rows and 8
-    warps; Triton 3.6, sm_90a); `max_registers` caps the prefix kernel's registers a thread
-    (ptxas `.maxnreg`): at 128 that pipelined launch still does not spill, and two of its
-    programs fit an SM (its 98 KB of shared memory twice) where one did.
+    `fuse_suffix` a third kernel, between prefix and merge, attends the suffixes.
     """
 
     block_m: int
@@ -46,8 +41,6 @@ class SharedPrefixLaunch:
     num_stages: int = 3
     fuse_suffix: bool = True  # suffixes attended inside the prefix kernel, not by their own
     partial_dtype: torch.dtype = torch.float32  # of the per-slot normalized outputs
-    pipelined: bool = False
-    max_registers: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -57,8 +50,6 @@ class SharedPrefixLaunch:
         for name in ("chunk_len", "num_splits", "num_warps", "num_stages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_registers is not None and not 24 <= self.max_registers <= 255:
-            raise ValueError(f"max_registers must be in [24, 255], got {self.max_registers}")
         if self.partial_dtype not in (torch.float32, *_DTYPES):
             raise ValueError(f"partial_dtype must be a float type, got {self.partial_dtype}")
 
@@ -262,8 +253,8 @@ def _launch(
         q, kv_cache, prefix_pages, suffix_pages, suffix_lens, o_part, lse_part,
         batch, num_heads, slots, prefix_len, launch.chunk_len, *common, **heads,
         PAGE_SIZE=page_size, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
-        SUFFIX_BLOCK_N=_SUFFIX_BLOCK_N, FUSE_SUFFIX=launch.fuse_suffix, PIPELINED=launch.pipelined,
-        num_warps=launch.num_warps, num_stages=launch.num_stages, maxnreg=launch.max_registers,
+        SUFFIX_BLOCK_N=_SUFFIX_BLOCK_N, FUSE_SUFFIX=launch.fuse_suffix,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
     if not launch.fuse_suffix:
         kernels.suffix_kernel[(batch, num_kv_heads)](

@@ -149,8 +149,6 @@ def test_launch_config_validation():
         SharedPrefixLaunch(64, 64, 128, 0)
     with pytest.raises(ValueError, match=r"partial_dtype must be a float type, got torch\.int32"):
         SharedPrefixLaunch(64, 64, 128, 1, partial_dtype=torch.int32)
-    with pytest.raises(ValueError, match=r"max_registers must be in \[24, 255\], got 256"):
-        SharedPrefixLaunch(64, 64, 128, 1, max_registers=256)
     assert not SharedPrefixLaunch(64, 64, 128, 2).fits(128)  # second split empty
     assert not SharedPrefixLaunch(64, 64, 128, 2).fits(257)  # not covered
     assert SharedPrefixLaunch(64, 64, 128, 2).fits(129)
@@ -215,17 +213,16 @@ def test_reference_is_plain_attention():
 
 # ---- CPU: the kernel under Triton's interpreter -------------------------------------------------
 def interpreter_check() -> None:
-    """Both prefix loops (register prefetch, pipelined), suffixes fused or not, on CPU tensors
-    (float16: the interpreter's numpy has no bfloat16)."""
+    """The kernels with suffixes fused or in their own kernel, on CPU tensors (float16: the
+    interpreter's numpy has no bfloat16)."""
     from parrotlet_kernels.triton_shared_prefix import _launch
 
     for case, heads in (("tiny", (8, 2)), ("ragged", (4, 4))):
         inputs = make_inputs(case, heads, head_dim=16, dtype=torch.float16)
         prefix_len = inputs.prefix_len
         chunk = -(-prefix_len // 32) * 16  # two splits of whole 16-token blocks, the last partial
-        for pipelined, fuse in ((False, True), (True, True), (True, False)):
-            launch = SharedPrefixLaunch(16, 16, chunk, 2, fuse_suffix=fuse, pipelined=pipelined,
-                                        max_registers=128 if pipelined else None)  # fmt: skip
+        for fuse in (True, False):
+            launch = SharedPrefixLaunch(16, 16, chunk, 2, fuse_suffix=fuse)
             assert launch.fits(prefix_len)
             out = _launch(*inputs.args(), scale=16**-0.5, launch=launch)
             torch.testing.assert_close(out.float(), reference(inputs), atol=2e-3, rtol=2e-3)
@@ -276,17 +273,6 @@ def test_kernel_suffix_placement_and_partials(case, heads, fuse_suffix, partial_
     batch, prefix_len, _ = CASES[case]
     launch = plan_launch(batch, heads[0] // heads[1], heads[1], prefix_len, 132)
     launch = dataclasses.replace(launch, fuse_suffix=fuse_suffix, partial_dtype=partial_dtype)
-    gpu_check(case, heads, 128, 16, launch=launch)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", ["tiny", "ragged", "batch64"])
-@pytest.mark.parametrize("heads", HEADS)
-@pytest.mark.parametrize("fuse_suffix", [False, True])
-def test_kernel_pipelined_prefix_loop(case, heads, fuse_suffix):
-    batch, prefix_len, _ = CASES[case]
-    launch = plan_launch(batch, heads[0] // heads[1], heads[1], prefix_len, 132)
-    launch = dataclasses.replace(launch, fuse_suffix=fuse_suffix, pipelined=True, max_registers=128)
     gpu_check(case, heads, 128, 16, launch=launch)
 
 
