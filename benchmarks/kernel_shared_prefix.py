@@ -234,7 +234,7 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
     builders = {
         "triton": lambda: triton_kernel(problem),
         "tiles": lambda: prefix_tiles(problem, shape),
-        # tile_shape picks 64-row tiles below 1024 query rows a KV head; 128 rows, re-timed:
+        # tile_shape takes 128-row tiles from 256 query rows a KV head, 64 below; 128 at all:
         "tiles128": lambda: prefix_tiles(problem, shape, block_m=128),
         "paged": lambda: paged_decode(problem, shape, workspaces[0]),
         "cascade": lambda: cascade(problem, shape, workspaces[1]),
