@@ -65,17 +65,13 @@ ATTENTION_POINTERS = dict(
     tile_pages_ptr="*i32", prefix_pages_ptr="*i32", suffix_pages_ptr="*i32",
     suffix_lens_ptr="*i32", o_part_ptr="*fp32", lse_part_ptr="*fp32",
 )  # fmt: skip
-# Arguments that are multiples of 16 at the engine's launches (Llama-3-8B shapes): whole tensors
-# (q / k / v rows, caches, partials, weights: torch allocations, 256-byte aligned) and strides of
-# 128-element heads, and the linear layers' widths (4096, 6144, 14336) and row strides. Not the
-# int32 page tables, which the engine slices at any offset, nor stride_table (pages a suffix
-# row: 4 at a 64-token suffix).
-ALIGNED = {
-    "q_ptr", "k_ptr", "v_ptr", "cache_ptr", "cos_sin_ptr", "o_ptr", "lse_ptr", "o_part_ptr",
-    "lse_part_ptr", "stride_qb", "stride_qh", "stride_kb", "stride_kh", "stride_vb",
-    "stride_vh", "stride_page", "stride_kv", "stride_slot", "stride_head", "x_ptr", "w_ptr",
-    "b_ptr", "y_ptr", "residual_ptr", "squares_ptr", "next_w_ptr", "scaled_ptr",
-    "next_squares_ptr", "N", "stride_xm", "stride_ym", "stride_rm",
+# Integer arguments that are multiples of 16 at the engine's launches (Llama-3-8B shapes): strides
+# of 128-element heads, the linear layers' widths (4096, 6144, 14336) and row strides; not
+# stride_table (pages a suffix row: 4 at a 64-token suffix). Of the pointers, the float tensors
+# are whole torch allocations (256-byte aligned); the int page tables are sliced at any offset.
+ALIGNED_INTS = {
+    "stride_qb", "stride_qh", "stride_kb", "stride_kh", "stride_vb", "stride_vh", "stride_page",
+    "stride_kv", "stride_slot", "stride_head", "N", "stride_xm", "stride_ym", "stride_rm",
 }  # fmt: skip
 LINEAR_POINTERS = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16",
                        residual_ptr="*bf16", squares_ptr="*fp32", next_w_ptr="*bf16",
@@ -145,7 +141,7 @@ def compile_ptx(config: Config) -> tuple[str, int]:
             signature[arg], constexprs[(i,)] = "constexpr", config.constexprs[arg]
             continue
         signature[arg] = config.pointers.get(arg, "fp32" if arg in FLOAT_ARGS else "i32")
-        if arg in ALIGNED:
+        if arg in ALIGNED_INTS or signature[arg] in ("*bf16", "*fp32"):
             attrs[(i,)] = [["tt.divisibility", 16]]
     options = dict(num_warps=config.num_warps)
     source = ASTSource(fn, signature, constexprs, attrs)
