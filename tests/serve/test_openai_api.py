@@ -184,6 +184,19 @@ async def test_chat_without_max_tokens_runs_to_the_end_of_turn(
     assert response.json()["choices"][0]["finish_reason"] == "stop"
 
 
+async def test_chat_max_tokens_past_the_context_is_400(client_a: httpx.AsyncClient) -> None:
+    """Without max_tokens a chat may run up to the context instead (the end-of-turn test)."""
+    messages = [{"role": "user", "content": "hello " * 8155}]  # 8186 tokens in the template
+
+    response = await client_a.post("/v1/chat/completions", json=chat_body(messages=messages))
+
+    assert response.status_code == 400
+    assert error_of(response)["message"] == (
+        "max_tokens is 8 but the prompt has 8186 tokens and the model's context is 8192: "
+        "at most 6 fit"
+    )
+
+
 async def test_models(client_a: httpx.AsyncClient, core: ServeCore) -> None:
     response = await client_a.get("/v1/models")
 
@@ -230,6 +243,8 @@ async def test_unknown_model_is_404_model_not_found(client_a: httpx.AsyncClient)
          "[1000000000]"),
         (completion_body(prompt="hello " * 9000), "call 'completion': prompt has at least 9001 "
          "tokens, the model's context is 8192"),
+        (completion_body(prompt="hello " * 8000, max_tokens=200), "max_tokens is 200 but the "
+         "prompt has 8001 tokens and the model's context is 8192: at most 191 fit"),
     ],
 )  # fmt: skip
 async def test_bad_completion_request_is_400(

@@ -227,10 +227,21 @@ class ServeCore:
         return _stream(state)
 
     async def complete(
-        self, tenant: str, prompt: str | list[int], params: SamplingParams
+        self,
+        tenant: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        *,
+        clip_to_context: bool = False,
     ) -> AsyncIterator[CompletionChunk]:
-        """One call as a one-call graph in a throwaway session (the OpenAI endpoints)."""
+        """One call as a one-call graph in a throwaway session (the OpenAI endpoints).
+
+        A prompt plus `params.max_tokens` past the model's context is a ValueError, as in vLLM
+        and OpenAI; with `clip_to_context` max_tokens is only a bound, clipped to what is left.
+        """
         self._requests["complete"] += 1
+        if not clip_to_context:
+            self._check_max_tokens_fit(prompt, params.max_tokens)
         session = self._create_session(tenant)
         try:
             self._submit_completion(session, prompt, params)
@@ -287,6 +298,14 @@ class ServeCore:
         session.index.claim_for_client("prompt")
         session.var("prompt").set(self.tokenizer.decode(prompt), list(prompt))
         self.executor.value_set(session, "prompt", by_server=False)
+
+    def _check_max_tokens_fit(self, prompt: str | list[int], max_tokens: int) -> None:
+        num = len(prompt) if isinstance(prompt, list) else len(self.assembler.encode(prompt))
+        if num < self.max_model_len < num + max_tokens:
+            raise ValueError(
+                f"max_tokens is {max_tokens} but the prompt has {num} tokens and the model's "
+                f"context is {self.max_model_len}: at most {self.max_model_len - num} fit"
+            )
 
     def _check_prompt_fits(self, session: Session, graph: Graph, call: Call) -> None:
         """Reject at submit a malformed call, or one whose known text alone exceeds the model's

@@ -112,10 +112,10 @@ async def chat_completions(
     max_tokens = body.max_completion_tokens
     if max_tokens is None:
         max_tokens = body.max_tokens
-    if max_tokens is None:  # OpenAI: up to the context; the executor clips to what is left
-        max_tokens = core.max_model_len
-    params = _sampling(body, max_tokens)
-    return await _respond(core, tenant, [prompt], params, _Responder(core.model_name, True, body))
+    to_the_end = max_tokens is None  # OpenAI: up to the context, clipped to what is left
+    params = _sampling(body, core.max_model_len if to_the_end else max_tokens)
+    out = _Responder(core.model_name, True, body)
+    return await _respond(core, tenant, [prompt], params, out, clip_to_context=to_the_end)
 
 
 @router.get("/v1/models")
@@ -269,8 +269,10 @@ async def _respond(
     prompts: list[str | list[int]],
     params: SamplingParams,
     out: _Responder,
+    *,
+    clip_to_context: bool = False,
 ) -> Any:
-    streams = await _open(core, tenant, prompts, params)
+    streams = await _open(core, tenant, prompts, params, clip_to_context)
     if out.stream:
         return sse_response(_stream_events(streams, out))
     results = [await _collect(s) for s in streams]  # all run concurrently in the engine
@@ -278,11 +280,15 @@ async def _respond(
 
 
 async def _open(
-    core: ServeCore, tenant: str, prompts: list[str | list[int]], params: SamplingParams
+    core: ServeCore,
+    tenant: str,
+    prompts: list[str | list[int]],
+    params: SamplingParams,
+    clip_to_context: bool,
 ) -> list[AsyncIterator[CompletionChunk]]:
     """Start one completion per prompt and wait for each first chunk, so that a bad request
     fails with its status code before a streamed response has started."""
-    streams = [core.complete(tenant, p, params) for p in prompts]
+    streams = [core.complete(tenant, p, params, clip_to_context=clip_to_context) for p in prompts]
     firsts = await asyncio.gather(*(anext(s) for s in streams), return_exceptions=True)
     failed = [f for f in firsts if isinstance(f, BaseException)]
     if failed:
