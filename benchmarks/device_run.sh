@@ -18,7 +18,8 @@
 # shared-prefix@REV (profile_decode_step.py --batches 1 32 --attention triton /
 # engine_decode.py --batches 1 32 / kernel_shared_prefix.py --quick on a revision staged by
 # stage_revision.sh; REV `this` is this tree, run the same way), and
-# app:WORKLOAD@REV (REV's own bench of one workload). Each
+# app:WORKLOAD@REV (REV's own bench of one workload; REPEAT=N in the environment runs the
+# app steps' workloads N times each, medians and every run in the table and JSON). Each
 # step's log, and the JSON it writes, land in $OUT ($OUT/REV for @ steps). Needs
 # .device/wheels from ../shared/device/prepare.sh and, for the app workloads, the default
 # model's tokenizer files in .device/tokenizer.
@@ -70,7 +71,7 @@ run_step() {
       [ "$1" = apps-b ] && workloads=(multi-agent multi-app)  # multi-app: untimed since ab465f2
       [[ "$1" == app:* ]] && workloads=("${1#app:}")
       python3 -m parrotlet.cli bench "${workloads[@]}" --device cuda --arch llama3-8b-random \
-        --tokenizer .device/tokenizer --out "$out" ;;
+        --tokenizer .device/tokenizer --out "$out" --repeat "${REPEAT:-1}" ;;
     *) echo "unknown step $1" >&2; return 2 ;;
   esac
 }

@@ -77,6 +77,13 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="the share of free GPU memory (CPU: of the KV setting) for the KV pools (0.85)",
     )
+    bench.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each workload N times in a row; its table and JSON give each metric's and "
+        "ratio's median and every run's values (1)",
+    )
     bench.add_argument("--out", default="benchmarks/apps/results", help="folder for the JSON")
     bench.add_argument("-v", "--verbose", action="store_true")
     bench.set_defaults(run=_bench)
@@ -97,7 +104,7 @@ def _bench(args: argparse.Namespace) -> int:
         **({} if fraction is None else {"kv_cache_fraction": fraction}),  # else BenchSpec's
     )
     try:
-        run_bench(args.workloads, spec, smoke=args.smoke, out=Path(args.out))
+        run_bench(args.workloads, spec, smoke=args.smoke, out=Path(args.out), repeat=args.repeat)
     except BenchFailed as exc:
         print(f"parrotlet: {exc}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ def test_bench_chain_summary_smoke_writes_its_table_and_json(
     tmp_path: Path, default_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["bench", "chain-summary", "--arch", "tiny-random", "--smoke", "--out", str(tmp_path)]
-    assert main(argv) == 0
+    assert main([*argv, "--repeat", "2"]) == 0
     out = capsys.readouterr().out
     assert "== chain-summary on CPU" in out
     data = json.loads((tmp_path / "chain-summary-cpu.json").read_text())
@@ -29,6 +29,11 @@ def test_bench_chain_summary_smoke_writes_its_table_and_json(
         for d in (0, 50)
     ]
     assert all(r["value"] > 0 and r["target"] is None for r in data["ratios"])
+    assert data["params"]["repeat"] == 2 and len(data["runs"]) == 2
+    for ratio in data["ratios"]:  # the median of two runs, each run's value kept
+        assert len(ratio["runs"]) == 2 and ratio["value"] == pytest.approx(sum(ratio["runs"]) / 2)
+        assert f"{ratio['name']}: {ratio['value']:.2f}x (runs " in out
+    assert data["runs"][0].keys() == data["rows"].keys()
     requests = {k: v["requests"] for k, v in data["rows"].items()}
     assert requests["parrotlet: chunk 32, out 4, 50 ms"] == 2  # the session with its graph + 1 get
     assert requests["request-level: chunk 32, out 4, 50 ms"] == 3  # one per call of the chain
@@ -43,3 +48,5 @@ def test_bench_rejects_unknown_workloads_and_bad_archs(capsys: pytest.CaptureFix
     )
     assert main(["bench", "mixed", "--kv-cache-fraction", "1.5"]) == 2
     assert "kv_cache_fraction must be in (0, 1], got 1.5" in capsys.readouterr().err
+    assert main(["bench", "mixed", "--repeat", "0"]) == 2
+    assert "repeat must be >= 1, got 0" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ class Ratio:
     name: str
     value: float
     target: float | None = None
+    runs: tuple[float, ...] = ()  # each run's value when `value` is their median
 
     @property
     def met(self) -> bool | None:
@@ -35,6 +37,25 @@ class Report:
     params: dict = field(default_factory=dict)
     rows: dict[str, dict[str, float]] = field(default_factory=dict)
     ratios: list[Ratio] = field(default_factory=list)
+    runs: list[dict[str, dict[str, float]]] = field(default_factory=list)  # each run's rows
+
+    @classmethod
+    def median(cls, reports: list[Report]) -> Report:
+        """Several runs of one workload as one report: each metric and each ratio the median of
+        its runs (a ratio is taken within a run, whose variants ran side by side), every run's
+        rows and ratio values kept."""
+        first = reports[0]
+        rows = {
+            row: {m: statistics.median(r.rows[row][m] for r in reports) for m in metrics}
+            for row, metrics in first.rows.items()
+        }
+        ratios = []
+        for i, ratio in enumerate(first.ratios):
+            values = tuple(r.ratios[i].value for r in reports)
+            ratios.append(Ratio(ratio.name, statistics.median(values), ratio.target, values))
+        params = first.params | {"repeat": len(reports)}
+        runs = [r.rows for r in reports]
+        return cls(first.workload, first.device, first.model, params, rows, ratios, runs)
 
     def table(self) -> str:
         lines = [f"== {self.workload} on {card_name(self.device)}, model {self.model} =="]
@@ -47,7 +68,8 @@ class Report:
         for r in self.ratios:
             target = "" if r.target is None else f"  (target >= {r.target:g}x: "
             target += "" if r.met is None else ("met)" if r.met else "missed)")
-            lines.append(f"  {r.name}: {r.value:.2f}x{target}")
+            spread = f" (runs {min(r.runs):.2f}-{max(r.runs):.2f}x)" if r.runs else ""
+            lines.append(f"  {r.name}: {r.value:.2f}x{spread}{target}")
         return "\n".join(lines)
 
     def save(self, folder: str | Path) -> Path:

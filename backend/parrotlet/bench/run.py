@@ -16,10 +16,13 @@ RESULTS = Path("benchmarks/apps/results")
 
 
 def run_bench(
-    names: list[str], spec: BenchSpec, *, smoke: bool, out: Path = RESULTS
+    names: list[str], spec: BenchSpec, *, smoke: bool, out: Path = RESULTS, repeat: int = 1
 ) -> list[Report]:
-    """Run each workload of `names` ("all" for every one) on one loaded model. A workload that
-    fails is reported and skipped; BenchFailed lists them after the others ran."""
+    """Run each workload of `names` ("all" for every one) on one loaded model, `repeat` times
+    in a row (its report then gives medians and each run's values). A workload that fails is
+    reported and skipped; BenchFailed lists them after the others ran."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     selected = list(WORKLOADS) if "all" in names else names
     runs = [workload(name) for name in selected]  # unknown names fail before the model loads
@@ -30,7 +33,8 @@ def run_bench(
     for name, run in zip(selected, runs, strict=True):
         started = time.perf_counter()
         try:
-            report = asyncio.run(run(bench, smoke))
+            runs = [asyncio.run(run(bench, smoke)) for _ in range(repeat)]
+            report = runs[0] if repeat == 1 else Report.median(runs)
         except Exception:
             traceback.print_exc()
             failed.append(name)
