@@ -9,8 +9,11 @@ import re
 import string
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 
+import regex
+
 from parrotlet.api.session import Session, current_session, resolve_session
 from parrotlet.graph.ir import PerfCriterion, Transform
+from parrotlet.graph.transforms import check_transform_args
 from parrotlet.serve.results import VariableResult
 
 __all__ = ["SemanticVariable", "format", "join", "variable"]
@@ -106,10 +109,12 @@ class SemanticVariable:
         return _transform(self.session, "json_field", [self], {"path": path})
 
     def regex(self, pattern: str, group: int | str = 0) -> SemanticVariable:
-        """Group `group` of the first match of `pattern` ("" when nothing matches)."""
+        """Group `group` of the first match of `pattern` ("" when nothing matches). The server
+        matches with the `regex` module (`re`'s syntax and more); a search that runs longer than
+        a second (a pattern that backtracks without end) fails the variable."""
         try:
-            compiled = re.compile(pattern)
-        except (re.error, TypeError) as exc:
+            compiled = regex.compile(pattern)
+        except (regex.error, TypeError) as exc:
             raise ValueError(f"regex pattern {pattern!r} is invalid: {exc}") from None
         if isinstance(group, int) and not 0 <= group <= compiled.groups:
             raise ValueError(f"regex group {group} out of range (pattern has {compiled.groups})")
@@ -151,7 +156,8 @@ def join(values: Iterable[SemanticVariable | str], sep: str = "\n") -> SemanticV
 def format(
     template: str, *args: SemanticVariable | str, **kwargs: SemanticVariable | str
 ) -> SemanticVariable:
-    """`template.format(*args, **kwargs)` on the server, over the values of variables.
+    """`template.format(*args, **kwargs)` on the server, over the values of variables. Fields
+    are plain `{}`, `{0}` or `{name}` (no attribute or item access, conversion or format spec).
 
     Wire form: inputs are the positional values then the named ones; `names` names the inputs
     in order (a positional input is named by its index, which `{0}` reads positionally anyway).
@@ -189,6 +195,8 @@ def _transform(
             raise TypeError(f"{op} input {i} must be a SemanticVariable or str, got {item!r}")
     node_id = session.new_id(op)
     entries = [(f"{op} input {i}", item, f"{node_id}.{i}") for i, item in enumerate(items)]
+    # the server's checks, here where the error points at the caller's line
+    check_transform_args(Transform(node_id, op, tuple(e[2] for e in entries), node_id, args))
     inputs = input_variables(session, entries)
     session.add_transform(Transform(node_id, op, tuple(inputs), node_id, args))
     return SemanticVariable(session, node_id)

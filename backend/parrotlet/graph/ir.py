@@ -111,8 +111,9 @@ TRANSFORM_OPS = ("join", "format", "slice", "split", "json_field", "regex", "str
 class Transform:
     """A safe server-side string function from input variables to one output variable.
 
-    ops and their args: join(sep), format(template with {0}, {1}… or {name}), slice(start, stop),
-    split(sep, index), json_field(path: "a.b.0"), regex(pattern, group), strip(). No user code runs.
+    ops and their args: join(sep), format(template with plain {}, {0}… or {name} fields),
+    slice(start, stop), split(sep, index), json_field(path: "a.b.0"), regex(pattern, group:
+    the `regex` module, time-limited), strip(). No user code runs; outputs are size-limited.
     """
 
     id: str

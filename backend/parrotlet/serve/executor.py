@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from parrotlet.graph.index import Node
@@ -55,6 +56,8 @@ class GraphExecutor:
         )
         self.counters = ExecutorCounters()
         self._ready: list[tuple[Session, Call, bool]] = []
+        self._settled: deque[tuple[Session, str, bool]] = deque()  # values whose consumers wait
+        self._draining = False
 
     # ---- entry points --------------------------------------------------------------------
     def submitted(self, session: Session, nodes: list[Node], eager: bool) -> None:
@@ -69,9 +72,23 @@ class GraphExecutor:
         self._replan(session)
 
     def value_set(self, session: Session, var: str, by_server: bool) -> None:
-        """`var` got its value: start the consumers that were waiting for it."""
-        for node_id in session.index.consumers.get(var, ()):
-            self._maybe_start(session, node_id, by_server)
+        """`var` got its value: start the consumers that were waiting for it.
+
+        Iterative: a transform that runs at once sets its output from inside this call, and a
+        chain of thousands of them must not nest a call per link (Python's recursion limit).
+        """
+        self._settled.append((session, var, by_server))
+        if self._draining:
+            return  # the loop below, further up the stack, takes it
+        self._draining = True
+        try:
+            while self._settled:
+                session, var, by_server = self._settled.popleft()
+                for node_id in session.index.consumers.get(var, ()):
+                    self._maybe_start(session, node_id, by_server)
+        finally:
+            self._draining = False
+            self._settled.clear()  # empty unless a consumer raised
 
     # ---- planning and starting -----------------------------------------------------------
     def _replan(self, session: Session) -> None:
@@ -91,8 +108,8 @@ class GraphExecutor:
             return
         session.started.add(node_id)
         failed = next((v for v in inputs if v.error is not None), None)
-        if failed is not None:
-            self._fail(session, node, f"input {failed.name!r} failed: {failed.error}")
+        if failed is not None:  # its root cause, not the whole chain: one line however long
+            self._fail(session, node, f"input {failed.name!r} failed: {failed.cause}", failed.cause)
         elif isinstance(node, Transform):
             self._run_transform(session, node)
         else:
@@ -121,18 +138,36 @@ class GraphExecutor:
 
     def _run_transform(self, session: Session, node: Transform) -> None:
         values = [session.var(v).value or "" for v in node.inputs]
+        if node.op == "regex":  # up to REGEX_TIMEOUT_S of matching: off the event loop
+            task = asyncio.get_running_loop().create_task(self._run_regex(session, node, values))
+            session.tasks.add(task)
+            task.add_done_callback(session.tasks.discard)
+            return
         try:
-            result = apply_transform(node, values)
+            result = apply_transform(node, values, session.index.max_value_chars)
         except ValueError as exc:
             self._fail(session, node, str(exc))
             return
+        self._transformed(session, node, result)
+
+    async def _run_regex(self, session: Session, node: Transform, values: list[str]) -> None:
+        """A regex transform in a worker thread (the regex module releases the GIL)."""
+        limit = session.index.max_value_chars
+        try:
+            result = await asyncio.to_thread(apply_transform, node, values, limit)
+        except ValueError as exc:
+            self._fail(session, node, str(exc))
+            return
+        self._transformed(session, node, result)
+
+    def _transformed(self, session: Session, node: Transform, result: str) -> None:
         session.var(node.output).set(result)
         self.value_set(session, node.output, by_server=True)
 
-    def _fail(self, session: Session, node: Node, error: str) -> None:
+    def _fail(self, session: Session, node: Node, error: str, cause: str | None = None) -> None:
         outputs = node.outputs if isinstance(node, Call) else (node.output,)
         for var in outputs:
-            session.var(var).fail(error)
+            session.var(var).fail(error, cause)
             self.value_set(session, var, by_server=True)
 
     def _output_set(self, session: Session, var: str) -> None:

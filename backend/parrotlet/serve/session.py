@@ -26,6 +26,7 @@ class VarState:
         self.value: str | None = None
         self.token_ids: list[int] | None = None
         self.error: str | None = None
+        self.cause: str | None = None  # the error where a chain of failed inputs began
         self.finish_reason: str | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -54,9 +55,9 @@ class VarState:
         self.push(rest)
         self._finish()
 
-    def fail(self, error: str) -> None:
+    def fail(self, error: str, cause: str | None = None) -> None:
         if not self.is_set:
-            self.error = error
+            self.error, self.cause = error, cause or error
             self._finish()
 
     def listen(self) -> asyncio.Queue[str | None]:
