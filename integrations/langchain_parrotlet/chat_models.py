@@ -22,7 +22,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_parrotlet import routes
 from langchain_parrotlet.futures import SemanticText, parts_of
 from langchain_parrotlet.params import ParrotletParams, usage_of
-from langchain_parrotlet.scope import GraphScope, active_scope
+from langchain_parrotlet.scope import GraphScope
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.graph.ir import CHAT_ROLES
 
@@ -89,7 +89,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
     ) -> ChatResult:
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
-        scope = active_scope(connection)
+        scope = self.graph_scope()
         future = _graph_call(scope, messages, sampling)
         if future is not None:
             return ChatResult(generations=[ChatGeneration(message=SemanticAIMessage.of(future))])
@@ -106,7 +106,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
     ) -> ChatResult:
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
-        scope = active_scope(connection)
+        scope = self.graph_scope()
         future = _graph_call(scope, messages, sampling)
         if future is not None:
             return ChatResult(generations=[ChatGeneration(message=SemanticAIMessage.of(future))])
@@ -123,7 +123,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
-        scope = active_scope(connection)
+        scope = self.graph_scope()
         future = _graph_call(scope, messages, sampling)
         if scope is not None and future is not None:
             (ref,) = future.parts
@@ -147,7 +147,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
-        scope = active_scope(connection)
+        scope = self.graph_scope()
         future = _graph_call(scope, messages, sampling)
         if scope is not None and future is not None:
             (ref,) = future.parts
@@ -172,7 +172,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         **kwargs: Any,
     ) -> list[Any]:
         """All prompts as ONE graph (one submit), unless a graph scope is already open."""
-        if len(inputs) < 2 or active_scope(self.connection()) is not None:
+        if not self.batch_as_graph(len(inputs)):
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         with GraphScope(self.connection(), raise_on_exit=False) as private:
             outputs = super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
@@ -186,7 +186,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        if len(inputs) < 2 or active_scope(self.connection()) is not None:
+        if not self.batch_as_graph(len(inputs)):
             return await super().abatch(
                 inputs, config, return_exceptions=return_exceptions, **kwargs
             )

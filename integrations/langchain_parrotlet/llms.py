@@ -15,7 +15,7 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_parrotlet import routes
 from langchain_parrotlet.futures import SemanticText, aresolve_text, parts_of, resolve_text
 from langchain_parrotlet.params import ParrotletParams
-from langchain_parrotlet.scope import GraphScope, active_scope
+from langchain_parrotlet.scope import GraphScope
 from parrotlet.engine.sampling_params import SamplingParams
 
 __all__ = ["ParrotletLLM"]
@@ -64,7 +64,7 @@ class ParrotletLLM(ParrotletParams, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         sampling = self.sampling_params(stop, kwargs)
-        scope = active_scope(self.connection())
+        scope = self.graph_scope()
         if self.streaming and len(prompts) == 1:
             chunks = list(self._stream(prompts[0], stop, run_manager, **kwargs))
             return _result([_join(chunks)], self.model_name)
@@ -85,7 +85,7 @@ class ParrotletLLM(ParrotletParams, BaseLLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         sampling = self.sampling_params(stop, kwargs)
-        scope = active_scope(self.connection())
+        scope = self.graph_scope()
         if scope is not None:
             (ref,) = scope.add_call(parts_of(prompt), sampling, self.chat).parts
             deltas = routes.graph_stream(scope, ref.var)  # type: ignore[union-attr]
@@ -107,7 +107,7 @@ class ParrotletLLM(ParrotletParams, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         sampling = self.sampling_params(stop, kwargs)
-        scope = active_scope(self.connection())
+        scope = self.graph_scope()
         if self.streaming and len(prompts) == 1:
             chunks = [c async for c in self._astream(prompts[0], stop, run_manager, **kwargs)]
             return _result([_join(chunks)], self.model_name)
@@ -129,7 +129,7 @@ class ParrotletLLM(ParrotletParams, BaseLLM):
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         sampling = self.sampling_params(stop, kwargs)
-        scope = active_scope(self.connection())
+        scope = self.graph_scope()
         if scope is not None:
             (ref,) = scope.add_call(parts_of(prompt), sampling, self.chat).parts
             deltas = routes.agraph_stream(scope, ref.var)  # type: ignore[union-attr]

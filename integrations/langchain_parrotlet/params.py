@@ -4,12 +4,16 @@ to sample — and their translation into parrotlet SamplingParams and OpenAI req
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+from langchain_core.caches import BaseCache
+from langchain_core.globals import get_llm_cache
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from langchain_parrotlet.connection import Connection, connection_for_client, remote_connection
+from langchain_parrotlet.scope import GraphScope, active_scope
 from parrotlet import Client
 from parrotlet.engine.sampling_params import SamplingParams
 
@@ -85,6 +89,33 @@ class ParrotletParams(BaseModel):
                 self.client, self.base_url, key, self.timeout, self.max_retries
             )
         return remote_connection(self.base_url, key, self.timeout, self.max_retries)
+
+    def graph_scope(self) -> GraphScope | None:
+        """The graph scope this model's calls join: the one open on its server, unless an LLM
+        cache applies to the model. LangChain would cache the unresolved output, whose
+        characters are a reference (a persistent cache would hand them to a later process,
+        where they name another call), so such calls run eagerly and cache real text."""
+        scope = active_scope(self.connection())
+        if scope is None or not self._cached():
+            return scope
+        warnings.warn(
+            f"{type(self).__name__} runs its calls eagerly inside parrotlet_graph: an LLM cache "
+            "applies to it (cache=False on the model keeps them in the graph)",
+            stacklevel=2,
+        )
+        return None
+
+    def batch_as_graph(self, num_inputs: int) -> bool:
+        """Whether a batch goes to the server as one graph of its own: two or more inputs, no
+        graph scope open (the batch joins it), and no LLM cache (graph_scope)."""
+        return num_inputs >= 2 and not self._cached() and active_scope(self.connection()) is None
+
+    def _cached(self) -> bool:
+        """Whether LangChain caches this model's generations (BaseLanguageModel.cache's rule)."""
+        cache = getattr(self, "cache", None)
+        if isinstance(cache, BaseCache):
+            return True
+        return cache is not False and get_llm_cache() is not None
 
     def sampling_params(
         self, stop: list[str] | None = None, options: dict[str, Any] | None = None

@@ -10,7 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from langchain_core.caches import InMemoryCache
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.globals import set_llm_cache
+from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 import parrotlet as P
@@ -95,6 +98,41 @@ def test_several_messages_are_a_chat_request_or_one_graph_call(client: P.Client)
         assert isinstance(content, SemanticText)  # a graph call with Role segments
         assert content == reply.content
     assert requests.delta() == {"create_session": 1, "submit": 1, "get": 1, "delete_session": 1}
+
+
+def test_a_cached_model_runs_eagerly_in_a_graph_scope_and_caches_real_text(
+    client: P.Client,
+) -> None:
+    """A cached future's characters are a reference: persisted, they would name another call."""
+    eager = make_llm(client).invoke(PROMPTS[0])
+    cache = InMemoryCache()
+    cached = make_llm(client, cache=cache)
+    with (
+        pytest.warns(UserWarning, match="ParrotletLLM runs its calls eagerly inside parrotlet_g"),
+        parrotlet_graph(cached),
+    ):
+        out = cached.invoke(PROMPTS[0])
+        kept = make_llm(client, cache=False).invoke(PROMPTS[1])  # uncached: stays in the graph
+        assert type(out) is str and isinstance(kept, SemanticText)
+    assert out == eager
+    ((generation,),) = cache._cache.values()
+    assert '"text": ' + dumps(eager) in dumps(generation)
+
+
+def test_a_global_cache_keeps_a_chat_batch_out_of_a_graph(
+    client: P.Client, replies: list[AIMessage]
+) -> None:
+    cache = InMemoryCache()
+    set_llm_cache(cache)
+    try:
+        batched = make_chat(client).batch(PROMPTS)
+    finally:
+        set_llm_cache(None)
+    assert [type(m.content) for m in batched] == [str, str]
+    assert [m.content for m in batched] == [m.content for m in replies]
+    stored = sorted(g.message.content for (g,) in cache._cache.values())
+    assert stored == sorted(m.content for m in replies)
+    assert all(type(text) is str for text in stored)
 
 
 def test_streams_concatenate_to_invokes(client: P.Client, replies: list[AIMessage]) -> None:
