@@ -154,6 +154,14 @@ def test_streamed_text_never_shows_part_of_a_stop_string(stop: str) -> None:
     assert (detok.stopped_by, detok.finish_reason) == (stop, "stop")
 
 
+def test_the_longest_tail_that_may_grow_into_any_stop_string_is_held() -> None:
+    detok = make_detokenizer(SamplingParams(stop=("lo x", "o wörk", "xyz")))
+    deltas = [s.delta for s in stream(detok, make_ids()[:5])]
+    # "lo" waits for "lo x"; then "o w" for "o wörk" (with "lo x" alone: "", "hél", "lo w", ...)
+    assert deltas == ["", "hél", "l", "", "o wörld"]
+    assert detok.text == "héllo wörld"
+
+
 def test_earliest_stop_string_wins_within_one_step() -> None:
     detok = make_detokenizer(SamplingParams(stop=("ld", "örld")))  # both complete at "\xb6rld"
     assert "".join(s.delta for s in stream(detok, make_ids())) == "héllo w"

@@ -78,6 +78,8 @@ def test_params_frozen() -> None:
         ({"stop": ("ok", "")}, "stop"),
         ({"stop": [3]}, "stop"),
         ({"stop": 3}, "stop"),
+        ({"stop": [f"s{i}" for i in range(17)]}, "stop"),
+        ({"stop": ("x" * 257,)}, "stop"),
         ({"stop_token_ids": [-1]}, "stop_token_ids"),
         ({"stop_token_ids": 5}, "stop_token_ids"),
         ({"ignore_eos": 1}, "ignore_eos"),
@@ -87,6 +89,15 @@ def test_params_frozen() -> None:
 def test_params_validation_names_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=f"^{field} "):
         SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_stop_strings_are_bounded_for_the_shared_step_loop() -> None:
+    assert len(SamplingParams(stop=[f"s{i}" for i in range(16)]).stop) == 16
+    assert SamplingParams(stop="x" * 256).stop == ("x" * 256,)
+    with pytest.raises(ValueError, match=r"^stop has 17 strings, at most 16$"):
+        SamplingParams(stop=[f"s{i}" for i in range(17)])
+    with pytest.raises(ValueError, match=r"^stop strings have at most 256 chars, got one of 257$"):
+        SamplingParams(stop=("ok", "x" * 257))
 
 
 def test_params_dict_round_trip() -> None:

@@ -66,6 +66,8 @@ class IncrementalDetokenizer:
         self._stop_ids = frozenset(params.stop_token_ids)
         self._eos_ids = frozenset() if params.ignore_eos else frozenset(eos_token_ids)
         self._max_stop_len = max((len(s) for s in params.stop), default=0)
+        # every proper prefix of a stop string: a tail that is one may still grow into it
+        self._stop_prefixes = frozenset(s[:n] for s in params.stop for n in range(1, len(s)))
         self.output_token_ids: list[int] = []
         self.text = ""
         self._ids = list(prompt_token_ids[-_PROMPT_CONTEXT:])  # context tail + output ids
@@ -161,7 +163,7 @@ class IncrementalDetokenizer:
         """Length of the longest unreleased tail that is a proper prefix of some stop string."""
         tail = self.text[self._emitted :]
         for n in range(min(len(tail), self._max_stop_len - 1), 0, -1):
-            if any(s.startswith(tail[-n:]) for s in self.params.stop):
+            if tail[-n:] in self._stop_prefixes:
                 return n
         return 0
 

@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 _MAX_SEED = 2**64
+# Every generated token is checked against the stop strings on the engine's step loop, which all
+# sessions share: a request may not make that check arbitrarily long (OpenAI allows 4 strings).
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
 
 
 def _is_int(value: object) -> bool:
@@ -26,7 +30,7 @@ class SamplingParams:
     Invariants (checked in ``__post_init__``, ValueError naming the field otherwise):
     ``temperature >= 0`` (0 means greedy), ``0 < top_p <= 1``, ``top_k >= -1`` (-1 or 0 turn
     top-k off), ``max_tokens >= 0`` (0: prefill only, e.g. to pin a prefix in the KV cache),
-    ``0 <= seed < 2**64``, stop strings non-empty, stop token ids ``>= 0``.
+    ``0 <= seed < 2**64``, at most 16 stop strings of 1 to 256 chars, stop token ids ``>= 0``.
     ``stop`` and ``stop_token_ids`` are always tuples (a str or list is normalized).
     """
 
@@ -71,9 +75,15 @@ class SamplingParams:
             raise ValueError(f"seed must be None or an int in [0, 2**64), got {self.seed!r}")
 
     def _validate_stops(self) -> None:
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop has {len(self.stop)} strings, at most {MAX_STOP_STRINGS}")
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise ValueError(f"stop must contain non-empty strings, got {s!r}")
+            if len(s) > MAX_STOP_CHARS:
+                raise ValueError(
+                    f"stop strings have at most {MAX_STOP_CHARS} chars, got one of {len(s)}"
+                )
         for t in self.stop_token_ids:
             if not _is_int(t) or t < 0:
                 raise ValueError(f"stop_token_ids must contain ints >= 0, got {t!r}")
