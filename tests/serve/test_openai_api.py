@@ -229,6 +229,7 @@ async def test_unknown_model_is_404_model_not_found(client_a: httpx.AsyncClient)
         (completion_body(top_p=0), "top_p must be in (0, 1], got 0.0"),
         (completion_body(max_tokens=-1), "max_tokens must be an int >= 0, got -1"),
         (completion_body(stop=[""]), "stop must contain non-empty strings, got ''"),
+        (completion_body(stop=["x"] * 17), "stop has 17 strings, at most 16"),
         (completion_body(stop=3), "stop must be a str or a list of str, got 3"),
         (completion_body(top_k=-2), "top_k must be an int >= -1 (-1 or 0: off), got -2"),
         (completion_body(presence_penalty=0.5), "presence_penalty is not supported (only its "
