@@ -171,7 +171,8 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        """All prompts as ONE graph (one submit), unless a graph scope is already open."""
+        """All prompts as ONE graph (one submit), unless a graph scope is already open or an
+        LLM cache applies (ParrotletParams.batch_as_graph)."""
         if not self.batch_as_graph(len(inputs)):
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         with GraphScope(self.connection(), raise_on_exit=False) as private:

@@ -33,8 +33,8 @@ def run_bench(
     for name, run in zip(selected, runs, strict=True):
         started = time.perf_counter()
         try:
-            runs = [asyncio.run(run(bench, smoke)) for _ in range(repeat)]
-            report = runs[0] if repeat == 1 else Report.median(runs)
+            repeats = [asyncio.run(run(bench, smoke)) for _ in range(repeat)]
+            report = repeats[0] if repeat == 1 else Report.median(repeats)
         except Exception:
             traceback.print_exc()
             failed.append(name)
