@@ -36,3 +36,19 @@ def test_median_of_each_metric_and_ratio_keeps_every_run(tmp_path: Path) -> None
 
 def test_a_single_run_prints_no_spread() -> None:
     assert "  alone / parrotlet: 0.77x  (target >= 0.9x: missed)" in run(1.3, 5, 0.77).table()
+
+
+def test_rows_and_ratios_some_runs_lack_take_the_median_of_those_that_have_them() -> None:
+    a = Report("multi-app", "cpu", "m", {}, {"x: 2 req/s": {"ms": 3.0}, "x: 4 req/s": {"ms": 5.0}},
+               [Ratio("rate", 1.5)])  # fmt: skip
+    b = Report("multi-app", "cpu", "m", {}, {"x: 2 req/s": {"ms": 4.0}, "x: 3 req/s": {"ms": 9.0}},
+               [Ratio("rate", 1.1), Ratio("other", 2.0)])  # fmt: skip
+
+    report = Report.median([a, b])
+
+    assert report.rows == {"x: 2 req/s": {"ms": 3.5}, "x: 4 req/s": {"ms": 5.0},
+                           "x: 3 req/s": {"ms": 9.0}}  # fmt: skip
+    assert report.ratios == [
+        Ratio("rate", 1.3, None, (1.5, 1.1)),
+        Ratio("other", 2.0, None, (2.0,)),
+    ]

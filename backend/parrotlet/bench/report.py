@@ -42,17 +42,19 @@ class Report:
     @classmethod
     def median(cls, reports: list[Report]) -> Report:
         """Several runs of one workload as one report: each metric and each ratio the median of
-        its runs (a ratio is taken within a run, whose variants ran side by side), every run's
-        rows and ratio values kept."""
+        the runs that have it (a ratio is taken within a run, whose variants ran side by side;
+        a search such as multi-app's may probe other rows in each run), every run kept."""
         first = reports[0]
-        rows = {
-            row: {m: statistics.median(r.rows[row][m] for r in reports) for m in metrics}
-            for row, metrics in first.rows.items()
-        }
+        rows = {}
+        for row in dict.fromkeys(row for r in reports for row in r.rows):
+            present = [r.rows[row] for r in reports if row in r.rows]
+            metrics = dict.fromkeys(m for p in present for m in p)
+            rows[row] = {m: statistics.median(p[m] for p in present if m in p) for m in metrics}
         ratios = []
-        for i, ratio in enumerate(first.ratios):
-            values = tuple(r.ratios[i].value for r in reports)
-            ratios.append(Ratio(ratio.name, statistics.median(values), ratio.target, values))
+        for name in dict.fromkeys(x.name for r in reports for x in r.ratios):
+            found = [x for r in reports for x in r.ratios if x.name == name]
+            values = tuple(x.value for x in found)
+            ratios.append(Ratio(name, statistics.median(values), found[0].target, values))
         params = first.params | {"repeat": len(reports)}
         runs = [r.rows for r in reports]
         return cls(first.workload, first.device, first.model, params, rows, ratios, runs)
