@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 
+from parrotlet.serve.app import create_app
+from parrotlet.serve.auth import ApiKeys
 from parrotlet.serve.core import ServeCore
 
-from .helpers import error_of, make_call, make_graph, parse_sse
+from .helpers import KEY_A, error_of, make_call, make_client, make_graph, parse_sse
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -339,3 +344,32 @@ async def test_bad_requests_do_not_disturb_other_sessions(
     assert [r.status_code for r in bad] == [400, 400, 400, 404]
     assert "".join(e["delta"] for e in parse_sse(streamed.text)[:-1]) == ANSWER
     assert core.stats().engines[0].num_running == 0
+
+
+async def test_bodies_over_the_limit_are_413_and_the_server_goes_on(
+    core: ServeCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(core, "config", replace(core.config, max_request_bytes=1000))
+    small = create_app(core, ApiKeys([KEY_A]))
+    graph = make_graph([make_call("c", ["q"], "a")], {"q": "x" * 2000})
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        body = json.dumps({"graph": graph}).encode()
+        for i in range(0, len(body), 500):
+            yield body[i : i + 500]
+
+    async with make_client(small, KEY_A) as client:
+        declared = await client.post("/v1/sessions", json={"graph": graph})
+        chunked = await client.post(
+            "/v1/sessions", content=chunks(), headers={"content-type": "application/json"}
+        )
+        fine = await client.post("/v1/sessions", json={})
+
+    assert (declared.status_code, chunked.status_code, fine.status_code) == (413, 413, 201)
+    assert error_of(declared)["message"] == (
+        f"request body has {len(declared.request.content)} bytes, the limit is 1000 "
+        "(max_request_bytes)"
+    )
+    assert error_of(chunked)["message"] == (
+        "request body has at least 1500 bytes, the limit is 1000 (max_request_bytes)"
+    )

@@ -13,6 +13,7 @@ import pytest
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.serve.app import create_app
 from parrotlet.serve.auth import ApiKeys
+from parrotlet.serve.config import ServeConfig
 from parrotlet.serve.engine_wire import RegisterBody, stats_to_dict
 from parrotlet.serve.engines import EngineDiedError, ModelInfo
 from parrotlet.serve.registry import EngineRegistry
@@ -39,7 +40,7 @@ def make_registration(name: str = "w0", **changes: Any) -> dict[str, Any]:
 
 
 def make_app(registry: EngineRegistry):
-    core = SimpleNamespace(registry=registry)
+    core = SimpleNamespace(registry=registry, config=ServeConfig())
     return create_app(core, ApiKeys([KEY_A]), ApiKeys([ENGINE_KEY]))  # type: ignore[arg-type]
 
 

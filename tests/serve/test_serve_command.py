@@ -66,6 +66,7 @@ class FakeCore:
 
     def __init__(self) -> None:
         self.events: list[str] = []
+        self.config = ServeConfig()
 
     async def start(self) -> None:
         self.events.append("start")
@@ -110,7 +111,10 @@ def test_serve_warns_when_auth_is_off(
     from parrotlet import cli
 
     fake = SimpleNamespace(
-        model_name="m", max_model_len=64, stats=lambda: SimpleNamespace(engines=[])
+        model_name="m",
+        max_model_len=64,
+        stats=lambda: SimpleNamespace(engines=[]),
+        config=ServeConfig(),
     )
     monkeypatch.setattr(core_module.ServeCore, "from_config", staticmethod(lambda *a: fake))
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from parrotlet.graph.ir import Graph, PerfCriterion
 from parrotlet.serve.auth import ApiKeys, request_tenant
+from parrotlet.serve.body_limit import BodyLimit
 from parrotlet.serve.errors import AuthError, NotFoundError, ServeTimeoutError
 from parrotlet.serve.metrics import render_prometheus
 from parrotlet.serve.openai_api import router as openai_router
@@ -63,6 +64,7 @@ def create_app(core: ServeCore, api_keys: ApiKeys, engine_keys: ApiKeys | None =
     app.include_router(router)
     app.include_router(openai_router)
     app.include_router(engines_router)
+    app.add_middleware(BodyLimit, max_bytes=core.config.max_request_bytes)
     return app
 
 
