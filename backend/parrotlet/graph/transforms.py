@@ -20,6 +20,8 @@ from parrotlet.graph.ir import GraphError, Transform
 
 _MAX_PATTERN = 1000
 REGEX_TIMEOUT_S = 1.0  # a search longer than this is backtracking without end: the transform fails
+# ops that may take up to REGEX_TIMEOUT_S without holding the GIL: run them off the event loop
+OFF_LOOP_OPS = frozenset({"regex"})
 
 
 def apply_transform(t: Transform, values: Sequence[str], max_chars: int) -> str:

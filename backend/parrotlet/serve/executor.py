@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from parrotlet.graph.index import Node
 from parrotlet.graph.ir import Call, PerfCriterion, Transform
-from parrotlet.graph.transforms import apply_transform
+from parrotlet.graph.transforms import OFF_LOOP_OPS, apply_transform
 from parrotlet.serve.call_runner import CallRunner, Place
 from parrotlet.serve.config import ServeConfig
 from parrotlet.serve.objectives import CallPlan, deduce
@@ -138,8 +138,9 @@ class GraphExecutor:
 
     def _run_transform(self, session: Session, node: Transform) -> None:
         values = [session.var(v).value or "" for v in node.inputs]
-        if node.op == "regex":  # up to REGEX_TIMEOUT_S of matching: off the event loop
-            task = asyncio.get_running_loop().create_task(self._run_regex(session, node, values))
+        if node.op in OFF_LOOP_OPS:
+            run = self._run_off_loop(session, node, values)
+            task = asyncio.get_running_loop().create_task(run)
             session.tasks.add(task)
             task.add_done_callback(session.tasks.discard)
             return
@@ -150,8 +151,8 @@ class GraphExecutor:
             return
         self._transformed(session, node, result)
 
-    async def _run_regex(self, session: Session, node: Transform, values: list[str]) -> None:
-        """A regex transform in a worker thread (the regex module releases the GIL)."""
+    async def _run_off_loop(self, session: Session, node: Transform, values: list[str]) -> None:
+        """A transform that may run long (a regex, up to its time limit) in a worker thread."""
         limit = session.index.max_value_chars
         try:
             result = await asyncio.to_thread(apply_transform, node, values, limit)
