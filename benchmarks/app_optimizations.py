@@ -62,8 +62,8 @@ def map_reduce_graph(chunks: list[str]) -> Graph:
 
 async def run_graph(core: ServeCore, tenant: str, graph: Graph, sink: str) -> float:
     start = time.perf_counter()
-    sid = core.create_session(tenant)
-    core.submit(tenant, sid, graph)
+    sid = await core.create_session(tenant)
+    await core.submit(tenant, sid, graph)
     await core.get_variable(tenant, sid, sink)
     core.delete_session(tenant, sid)
     return time.perf_counter() - start
@@ -74,9 +74,9 @@ async def request_level_map_reduce(core: ServeCore, tenant: str, chunks: list[st
     start = time.perf_counter()
 
     async def one(segments: tuple, value: str) -> str:
-        sid = core.create_session(tenant)
+        sid = await core.create_session(tenant)
         graph = Graph((Variable("in", value),), (Call("c", (*segments, Output("out", MAP))),))
-        core.submit(tenant, sid, graph)
+        await core.submit(tenant, sid, graph)
         result = (await core.get_variable(tenant, sid, "out")).value
         core.delete_session(tenant, sid)
         return result
@@ -89,15 +89,15 @@ async def request_level_map_reduce(core: ServeCore, tenant: str, chunks: list[st
 
 async def mixed(core: ServeCore, tenant: str, chunks: list[str]) -> tuple[float, float]:
     """Chat latency while throughput map work is queued (fetched with 'throughput')."""
-    sid = core.create_session(tenant)
-    core.submit(tenant, sid, map_reduce_graph(chunks + chunks))
+    sid = await core.create_session(tenant)
+    await core.submit(tenant, sid, map_reduce_graph(chunks + chunks))
     bulk = asyncio.ensure_future(core.get_variable(tenant, sid, "final", criterion="throughput"))
     while core.engines[0].stats().num_waiting < 4:  # the chat arrives while maps are queued
         await asyncio.sleep(0.05)
-    chat_sid = core.create_session(tenant)
+    chat_sid = await core.create_session(tenant)
     chat = Call("chat", (Text("Say hello to a visitor."), Output("hello", MAP)))
     start = time.perf_counter()
-    core.submit(tenant, chat_sid, Graph((), (chat,)))
+    await core.submit(tenant, chat_sid, Graph((), (chat,)))
     await core.get_variable(tenant, chat_sid, "hello")
     chat_latency = time.perf_counter() - start
     await bulk

@@ -56,7 +56,7 @@ def test_a_later_increment_may_reference_earlier_variables():
         (Graph((Variable("d", "t"), Variable("d"))), "variable 'd' is already declared"),
         (Graph((), (Call("a", (Text("hi"),)),)), "call 'a' has no output"),
         (
-            Graph((), (Transform("t", "join", ("x",), "y"),)),
+            Graph((), (), (Transform("t", "join", ("x",), "y"),)),
             "'t' references unknown variable 'x'",
         ),
     ],

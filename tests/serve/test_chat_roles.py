@@ -65,8 +65,8 @@ async def test_role_call_generates_what_chat_completions_generates(
             Output("a", SamplingParams(temperature=0.0, max_tokens=12)),
         ),
     )
-    sid = core.create_session("roles")
-    core.submit("roles", sid, Graph((question,), (call,)))
+    sid = await core.create_session("roles")
+    await core.submit("roles", sid, Graph((question,), (call,)))
     info = await core.get_variable("roles", sid, "a")
     assert info.value == response["choices"][0]["message"]["content"]
     assert info.value == "The capital of Italy is Rome."

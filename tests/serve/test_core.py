@@ -45,8 +45,8 @@ def one_by_one(core, graph: Graph) -> dict[str, str]:
 async def test_chain_of_three_is_one_submit_one_get_and_equals_one_by_one(default_core):
     core = default_core
     before = core.stats()
-    sid = core.create_session("tenant-a")
-    core.submit("tenant-a", sid, make_chain())
+    sid = await core.create_session("tenant-a")
+    await core.submit("tenant-a", sid, make_chain())
     info = await core.get_variable("tenant-a", sid, "s3")
     after = core.stats()
     requests = {
@@ -64,7 +64,7 @@ async def test_chain_of_three_is_one_submit_one_get_and_equals_one_by_one(defaul
 
 async def test_map_join_reduce_runs_wholly_server_side(default_core):
     core = default_core
-    sid = core.create_session("tenant-a")
+    sid = await core.create_session("tenant-a")
     parts = ["Cats sleep a lot.", "Dogs love walks.", "Birds sing at dawn."]
     maps = tuple(
         Call(f"m{i}", (Text("One word for this: "), Input(f"p{i}"), Output(f"w{i}", GREEDY)))
@@ -76,7 +76,7 @@ async def test_map_join_reduce_runs_wholly_server_side(default_core):
         (Transform("j", "join", ("w0", "w1", "w2"), "joined", {"sep": "; "}),),
     )
     before = core.stats()
-    core.submit("tenant-a", sid, graph)
+    await core.submit("tenant-a", sid, graph)
     final = await core.get_variable("tenant-a", sid, "final")
     after = core.stats()
     assert after.calls_started - before.calls_started == 4
@@ -89,8 +89,8 @@ async def test_map_join_reduce_runs_wholly_server_side(default_core):
 
 async def test_lazy_until_fetched_and_stream_equals_value(default_core):
     core = default_core
-    sid = core.create_session("tenant-a")
-    core.submit("tenant-a", sid, make_chain())
+    sid = await core.create_session("tenant-a")
+    await core.submit("tenant-a", sid, make_chain())
     started = core.stats().calls_started
     await asyncio.sleep(0.05)
     assert core.stats().calls_started == started  # nothing runs before a fetch
@@ -102,13 +102,13 @@ async def test_lazy_until_fetched_and_stream_equals_value(default_core):
 async def test_a_graph_submitted_with_its_fetch_runs_before_the_get(default_core):
     core = default_core
     before = core.stats()
-    sid = core.create_session("tenant-a", graph=make_chain(), fetch={"s3": "latency"})
+    sid = await core.create_session("tenant-a", graph=make_chain(), fetch={"s3": "latency"})
     assert core.stats().calls_started - before.calls_started == 1  # c1, with no get yet
     info = await core.get_variable("tenant-a", sid, "s3")
     assert info.value == one_by_one(core, make_chain())["s3"]
     increment = Graph((), (Call("c4", (Text("Again: "), Input("s1"), Output("s4", GREEDY))),))
     started = core.stats().calls_started
-    core.submit("tenant-a", sid, increment, fetch={"s4": "throughput"})
+    await core.submit("tenant-a", sid, increment, fetch={"s4": "throughput"})
     assert core.stats().calls_started == started + 1
     assert (await core.get_variable("tenant-a", sid, "s4")).value
 
@@ -117,17 +117,17 @@ async def test_a_bad_fetch_refuses_the_whole_submit(default_core):
     core = default_core
     sessions = core.stats().num_sessions
     with pytest.raises(NotFoundError, match="fetched variable 'nope' is in neither the graph"):
-        core.create_session("tenant-a", graph=make_chain(), fetch={"nope": "latency"})
+        await core.create_session("tenant-a", graph=make_chain(), fetch={"nope": "latency"})
     with pytest.raises(ValueError, match="criterion 'soon' of fetched variable 's3' is not one "
                                          "of 'latency', 'throughput'"):  # fmt: skip
-        core.create_session("tenant-a", graph=make_chain(), fetch={"s3": "soon"})
+        await core.create_session("tenant-a", graph=make_chain(), fetch={"s3": "soon"})
     with pytest.raises(ValueError, match="no graph given"):
-        core.create_session("tenant-a", fetch={"s3": "latency"})
+        await core.create_session("tenant-a", fetch={"s3": "latency"})
     assert core.stats().num_sessions == sessions  # no session left behind
-    sid = core.create_session("tenant-a")
+    sid = await core.create_session("tenant-a")
     started = core.stats().calls_started
     with pytest.raises(NotFoundError, match="'s9' is in neither the graph nor session"):
-        core.submit("tenant-a", sid, make_chain(), fetch={"s3": "latency", "s9": "latency"})
+        await core.submit("tenant-a", sid, make_chain(), fetch={"s3": "latency", "s9": "latency"})
     assert "c1" not in core._session("tenant-a", sid).index.nodes  # the graph was not added
     assert core.stats().calls_started == started
     core.delete_session("tenant-a", sid)
@@ -135,21 +135,23 @@ async def test_a_bad_fetch_refuses_the_whole_submit(default_core):
 
 async def test_isolation_and_errors(default_core):
     core = default_core
-    a = core.create_session("tenant-a")
-    core.submit("tenant-a", a, Graph((Variable("secret", "x"),)))
+    a = await core.create_session("tenant-a")
+    await core.submit("tenant-a", a, Graph((Variable("secret", "x"),)))
     with pytest.raises(NotFoundError):
         await core.get_variable("tenant-b", a, "secret")
-    b = core.create_session("tenant-a")
+    b = await core.create_session("tenant-a")
     with pytest.raises(NotFoundError, match="variable 'secret' not found"):
         await core.get_variable("tenant-a", b, "secret")
-    core.submit("tenant-a", b, Graph((Variable("q"),), (Call("c", (Input("q"), Output("o"))),)))
+    await core.submit(
+        "tenant-a", b, Graph((Variable("q"),), (Call("c", (Input("q"), Output("o"))),))
+    )
     with pytest.raises(ServeTimeoutError, match=r"'o' was not set within 0\.05 s"):
         await core.get_variable("tenant-a", b, "o", timeout=0.05)
     long_text = "word " * 9000
     with pytest.raises(GraphError, match="the model's context is 8192"):
-        core.submit("tenant-a", b, Graph((), (Call("big", (Text(long_text), Output("z"))),)))
-    core.set_variable("tenant-a", b, "q", "Say hi.")
+        await core.submit("tenant-a", b, Graph((), (Call("big", (Text(long_text), Output("z"))),)))
+    await core.set_variable("tenant-a", b, "q", "Say hi.")
     assert (await core.get_variable("tenant-a", b, "o")).value
     core.delete_session("tenant-a", b)
     with pytest.raises(NotFoundError):
-        core.set_variable("tenant-a", b, "q", "again")
+        await core.set_variable("tenant-a", b, "q", "again")

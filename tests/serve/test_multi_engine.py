@@ -143,8 +143,8 @@ async def run_graph(core: ServeCore, graph: Graph, names: list[str]) -> dict[str
 
 
 async def run_graph_results(core: ServeCore, graph: Graph, names: list[str]):
-    sid = core.create_session(TENANT)
-    core.submit(TENANT, sid, graph, eager=True)
+    sid = await core.create_session(TENANT)
+    await core.submit(TENANT, sid, graph, eager=True)
     results = await asyncio.gather(*(core.get_variable(TENANT, sid, n) for n in names))
     core.delete_session(TENANT, sid)
     return results

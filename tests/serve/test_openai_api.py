@@ -242,8 +242,12 @@ async def test_unknown_model_is_404_model_not_found(client_a: httpx.AsyncClient)
         (completion_body(prompt=["ok", 3]), "prompt[1] must be a string or a list of token ids"),
         (completion_body(prompt=[1, 10**9]), "prompt has token ids outside [0, 49152): "
          "[1000000000]"),
-        (completion_body(prompt="hello " * 9000), "call 'completion': prompt has at least 9001 "
-         "tokens, the model's context is 8192"),
+        (completion_body(prompt="hello " * 9000), "the prompt has 9001 tokens, the model's "
+         "context is 8192"),
+        (completion_body(prompt=[1] * 8192), "the prompt has 8192 tokens, the model's context "
+         "is 8192"),
+        (completion_body(prompt="x" * 1_000_001), "variable 'prompt' has 1000001 chars, the "
+         "limit is 1000000"),
         (completion_body(prompt="hello " * 8000, max_tokens=200), "max_tokens is 200 but the "
          "prompt has 8001 tokens and the model's context is 8192: at most 191 fit"),
     ],

@@ -32,8 +32,8 @@ def make_graph(instruction: str) -> Graph:
 
 
 async def run_app(core, tenant: str, instruction: str) -> list[str]:
-    sid = core.create_session(tenant)
-    core.submit(tenant, sid, make_graph(instruction), eager=True)
+    sid = await core.create_session(tenant)
+    await core.submit(tenant, sid, make_graph(instruction), eager=True)
     return [(await core.get_variable(tenant, sid, f"a{i}")).value for i in range(len(QUESTIONS))]
 
 

@@ -37,8 +37,8 @@ def chain(op: str, args: dict, length: int, first: str, prefix: str = "v") -> Gr
 
 
 async def fetch(core: ServeCore, graph: Graph, sink: str) -> str:
-    session = core.create_session("a")
-    core.submit("a", session, graph, fetch={sink: "latency"})
+    session = await core.create_session("a")
+    await core.submit("a", session, graph, fetch={sink: "latency"})
     return (await core.get_variable("a", session, sink, timeout=10)).value
 
 
@@ -71,8 +71,8 @@ async def test_a_backtracking_regex_fails_while_other_sessions_go_on(
         (),
         (Transform("rx", "regex", ("text",), "match", {"pattern": "(a|aa)+$"}),),
     )
-    session = core.create_session("a")
-    core.submit("a", session, slow, fetch={"match": "latency"})
+    session = await core.create_session("a")
+    await core.submit("a", session, slow, fetch={"match": "latency"})
     started = time.perf_counter()
 
     other = await fetch(core, chain("strip", {}, 3, "  hi  "), "v3")  # while the regex runs

@@ -63,7 +63,7 @@ class LocalTransport:
     async def create_session(
         self, graph: Graph | None = None, *, eager: bool = False, fetch: Fetch | None = None
     ) -> str:
-        return self.core.create_session(self.tenant, eager=eager, graph=graph, fetch=fetch)
+        return await self.core.create_session(self.tenant, eager=eager, graph=graph, fetch=fetch)
 
     async def delete_session(self, session_id: str) -> None:
         self.core.delete_session(self.tenant, session_id)
@@ -71,10 +71,10 @@ class LocalTransport:
     async def submit(
         self, session_id: str, graph: Graph, *, eager: bool, fetch: Fetch | None = None
     ) -> dict[str, Any]:
-        return self.core.submit(self.tenant, session_id, graph, eager=eager, fetch=fetch)
+        return await self.core.submit(self.tenant, session_id, graph, eager=eager, fetch=fetch)
 
     async def set_variable(self, session_id: str, name: str, value: str) -> None:
-        self.core.set_variable(self.tenant, session_id, name, value)
+        await self.core.set_variable(self.tenant, session_id, name, value)
 
     async def get_variable(
         self, session_id: str, name: str, *, criterion: PerfCriterion, timeout: float | None

@@ -110,7 +110,7 @@ async def run_app_level(core: ServeCore, app: App, tenant: str, delay: float) ->
     trip overlaps its compute (what the Python client does on its first fetch)."""
     start = time.perf_counter()
     await asyncio.sleep(delay)
-    session = core.create_session(tenant, graph=app.graph, fetch=app.fetch)
+    session = await core.create_session(tenant, graph=app.graph, fetch=app.fetch)
     await asyncio.sleep(delay)
     results = await asyncio.gather(
         *(core.get_variable(tenant, session, var, criterion=c) for var, c in app.fetch.items())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from parrotlet.graph.ir import CHAT_ROLES, Call, Graph, GraphError, Output, Role, Transform
+from parrotlet.graph.ir import CHAT_ROLES, Call, Graph, GraphError, Output, Role, Text, Transform
 from parrotlet.graph.transforms import check_transform_args
 
 Node = Call | Transform
@@ -38,6 +38,7 @@ class GraphIndex:
                 f"graph too large: {len(self.nodes) + len(new_nodes)} calls and transforms, "
                 f"the limit is {self.max_nodes}"
             )
+        self.check_text_sizes(graph)
         producers = dict(self.producers)
         self._declare_variables(graph, producers)
         self._check_nodes(new_nodes, producers)
@@ -47,6 +48,21 @@ class GraphIndex:
             self.nodes[node.id] = node
             for var in _inputs(node):
                 self.consumers.setdefault(var, []).append(node.id)
+
+    def check_text_sizes(self, graph: Graph) -> None:
+        """GraphError where a variable's value or a call's text has more than `max_value_chars`
+        characters (ServeCore checks this before tokenizing the texts)."""
+        texts = [(f"variable {v.name!r}", v.value) for v in graph.variables if v.value is not None]
+        for call in graph.calls:
+            texts.extend(
+                (f"call {call.id!r}: segment {i}", segment.text)
+                for i, segment in enumerate(call.segments)
+                if isinstance(segment, Text)
+            )
+        for what, text in texts:
+            if len(text) > self.max_value_chars:
+                limit = self.max_value_chars
+                raise GraphError(f"{what} has {len(text)} chars, the limit is {limit}")
 
     def claim_for_client(self, var: str) -> None:
         """Record that the client sets `var`; GraphError if a call produces it or it is set."""
@@ -62,11 +78,6 @@ class GraphIndex:
         for var in graph.variables:
             if var.name in producers:
                 raise GraphError(f"variable {var.name!r} is already declared in this session")
-            if var.value is not None and len(var.value) > self.max_value_chars:
-                raise GraphError(
-                    f"variable {var.name!r} has {len(var.value)} chars, "
-                    f"the limit is {self.max_value_chars}"
-                )
             producers[var.name] = CLIENT if var.value is not None else ""
 
     def _check_nodes(self, nodes: list[Node], producers: dict[str, str]) -> None:

@@ -109,7 +109,7 @@ async def create_session(
 ) -> dict[str, str]:
     body = body or CreateSessionBody()
     graph = Graph.from_dict(body.graph) if body.graph is not None else None
-    session_id = _core(request).create_session(
+    session_id = await _core(request).create_session(
         tenant, eager=body.eager, graph=graph, fetch=body.fetch
     )
     return {"session_id": session_id}
@@ -128,7 +128,8 @@ async def submit(
     session_id: str, body: SubmitBody, request: Request, tenant: str = Depends(request_tenant)
 ) -> dict[str, Any]:
     graph = Graph.from_dict(body.graph)
-    return _core(request).submit(tenant, session_id, graph, eager=body.eager, fetch=body.fetch)
+    core = _core(request)
+    return await core.submit(tenant, session_id, graph, eager=body.eager, fetch=body.fetch)
 
 
 @router.put("/v1/sessions/{session_id}/variables/{name}", status_code=204)
@@ -139,7 +140,7 @@ async def set_variable(
     request: Request,
     tenant: str = Depends(request_tenant),
 ) -> Response:
-    _core(request).set_variable(tenant, session_id, name, body.value)
+    await _core(request).set_variable(tenant, session_id, name, body.value)
     return Response(status_code=204)
 
 

@@ -25,6 +25,7 @@ from parrotlet.serve.prompt import PromptAssembler
 from parrotlet.serve.registry import EngineRegistry, load_model_info
 from parrotlet.serve.results import CompletionChunk, ServeStats, VariableResult
 from parrotlet.serve.session import Session, VarState
+from parrotlet.serve.token_cache import TokenIds
 
 if TYPE_CHECKING:
     from parrotlet.engine.config import EngineConfig
@@ -107,7 +108,7 @@ class ServeCore:
         return ServeCore(self.engines, self.tokenizer, self.model, config, owns_engines=False)
 
     # ---- sessions ------------------------------------------------------------------------
-    def create_session(
+    async def create_session(
         self,
         tenant: str,
         *,
@@ -123,7 +124,7 @@ class ServeCore:
         session = self._create_session(tenant, eager)
         if graph is not None:
             try:
-                self.submit(tenant, session.id, graph, fetch=fetch)
+                await self.submit(tenant, session.id, graph, fetch=fetch)
             except Exception:
                 self._drop(session)
                 raise
@@ -144,7 +145,7 @@ class ServeCore:
         self._drop(self._session(tenant, session_id))
 
     # ---- graphs and variables ------------------------------------------------------------
-    def submit(
+    async def submit(
         self,
         tenant: str,
         session_id: str,
@@ -157,12 +158,16 @@ class ServeCore:
 
         `fetch` names the variables the client is about to get, with their criteria: they are
         demanded with the graph, so what they need starts a network round trip before the gets
-        arrive (a lazy session otherwise waits for them).
+        arrive (a lazy session otherwise waits for them). Long texts are tokenized in a worker
+        thread first; the increment is then validated and added at once.
         """
         self._requests["submit"] += 1
         session = self._session(tenant, session_id)
+        session.index.check_text_sizes(graph)
+        ids = await self.assembler.encode_all(_prompt_texts(session, graph))
+        session = self._session(tenant, session_id)  # deleted meanwhile: NotFoundError
         demands = _fetch_criteria(session, graph, fetch or {})
-        self._submit(session, graph, eager)
+        self._submit(session, graph, eager, ids)
         for name, criterion in demands.items():
             self._demand(session, name, criterion)
         return {
@@ -170,9 +175,13 @@ class ServeCore:
             "variables": [v.name for v in graph.variables],
         }
 
-    def _submit(self, session: Session, graph: Graph, eager: bool = False) -> None:
+    def _submit(
+        self, session: Session, graph: Graph, eager: bool, ids: Mapping[str, TokenIds]
+    ) -> None:
+        """Add `graph` to `session`; `ids` holds the tokenized texts of its calls' prompts."""
+        known = _known_values(session, graph)
         for call in graph.calls:
-            self._check_prompt_fits(session, graph, call)
+            self._check_prompt_fits(call, known, ids)
         session.index.add(graph)
         for var in graph.variables:
             state = session.var(var.name)
@@ -180,14 +189,16 @@ class ServeCore:
                 state.set(var.value)
         self.executor.submitted(session, [*graph.calls, *graph.transforms], eager)
 
-    def set_variable(self, tenant: str, session_id: str, name: str, value: str) -> None:
+    async def set_variable(self, tenant: str, session_id: str, name: str, value: str) -> None:
+        """Set a variable the client produces (tokenized first: its consumers find it cached)."""
         self._requests["set"] += 1
-        session = self._session(tenant, session_id)
-        self._known(session, name)
+        self._known(self._session(tenant, session_id), name)
         if len(value) > self.config.max_variable_chars:
             raise GraphError(
                 f"variable {name!r} has {len(value)} chars, limit {self.config.max_variable_chars}"
             )
+        await self.assembler.encode_all([value])
+        session = self._session(tenant, session_id)
         session.index.claim_for_client(name)
         session.var(name).set(value)
         self.executor.value_set(session, name, by_server=False)
@@ -240,11 +251,9 @@ class ServeCore:
         and OpenAI; with `clip_to_context` max_tokens is only a bound, clipped to what is left.
         """
         self._requests["complete"] += 1
-        if not clip_to_context:
-            self._check_max_tokens_fit(prompt, params.max_tokens)
         session = self._create_session(tenant)
         try:
-            self._submit_completion(session, prompt, params)
+            await self._submit_completion(session, prompt, params, clip_to_context)
             state = self._demand(session, "completion", PerfCriterion.LATENCY)
             async for delta in _stream(state):
                 yield CompletionChunk(delta, None, state.prompt_tokens, state.completion_tokens)
@@ -287,39 +296,54 @@ class ServeCore:
         self.executor.demand(session, name, PerfCriterion(criterion))
         return session.var(name)
 
-    def _submit_completion(
-        self, session: Session, prompt: str | list[int], params: SamplingParams
+    async def _submit_completion(
+        self,
+        session: Session,
+        prompt: str | list[int],
+        params: SamplingParams,
+        clip_to_context: bool,
     ) -> None:
         call = Call("completion", (Input("prompt"), Output("completion", params)), chat=False)
-        if isinstance(prompt, str):
-            self._submit(session, Graph((Variable("prompt", prompt),), (call,)))
-            return
-        self._submit(session, Graph((Variable("prompt"),), (call,)))
-        session.index.claim_for_client("prompt")
-        session.var("prompt").set(self.tokenizer.decode(prompt), list(prompt))
-        self.executor.value_set(session, "prompt", by_server=False)
+        given = isinstance(prompt, str)
+        graph = Graph((Variable("prompt", prompt if given else None),), (call,))
+        session.index.check_text_sizes(graph)
+        ids = await self.assembler.encode_all(_prompt_texts(session, graph))
+        num = len(ids[prompt] if given else prompt)
+        self._check_completion_fits(num, None if clip_to_context else params.max_tokens)
+        self._submit(session, graph, False, ids)
+        if not given:
+            session.index.claim_for_client("prompt")
+            session.var("prompt").set(self.tokenizer.decode(prompt), list(prompt))
+            self.executor.value_set(session, "prompt", by_server=False)
 
-    def _check_max_tokens_fit(self, prompt: str | list[int], max_tokens: int) -> None:
-        num = len(prompt) if isinstance(prompt, list) else len(self.assembler.encode(prompt))
-        if num < self.max_model_len < num + max_tokens:
+    def _check_completion_fits(self, num: int, max_tokens: int | None) -> None:
+        """ValueError where a prompt of `num` tokens fills the context, or leaves no room for
+        `max_tokens` (None: only a bound, clipped to the room left)."""
+        if num >= self.max_model_len:
+            raise ValueError(
+                f"the prompt has {num} tokens, the model's context is {self.max_model_len}"
+            )
+        if max_tokens is not None and num + max_tokens > self.max_model_len:
             raise ValueError(
                 f"max_tokens is {max_tokens} but the prompt has {num} tokens and the model's "
                 f"context is {self.max_model_len}: at most {self.max_model_len - num} fit"
             )
 
-    def _check_prompt_fits(self, session: Session, graph: Graph, call: Call) -> None:
+    def _check_prompt_fits(
+        self, call: Call, known: Mapping[str, str], ids: Mapping[str, TokenIds]
+    ) -> None:
         """Reject at submit a malformed call, or one whose known text alone exceeds the model's
-        context (or whose role sequence the chat template rejects)."""
+        context (or whose role sequence the chat template rejects); `known` holds the values
+        known now, `ids` the tokenized texts."""
         check_call(call)
-        known = {v.name: v.value for v in graph.variables if v.value is not None}
-        for name, state in session.variables.items():
-            if state.value is not None:
-                known[name] = state.value
+
+        def encode(text: str) -> TokenIds:  # a value set since `ids` was made: tokenized here
+            return ids[text] if text in ids else self.assembler.encode(text)
 
         def segment_ids(seg: Text | Input) -> Sequence[int]:
             if isinstance(seg, Text):
-                return self.assembler.encode(seg.text)
-            return self.assembler.encode(known[seg.var] or "") if seg.var in known else ()
+                return encode(seg.text)
+            return encode(known[seg.var]) if seg.var in known else ()
 
         num = len(self.assembler.prefix_ids(call, segment_ids))  # GraphError: template rejects
         seen_output = False
@@ -365,6 +389,29 @@ def _fetch_criteria(
             raise ValueError(f"criterion {criterion!r} of fetched variable {name!r} is not "
                              f"one of {choices}") from None  # fmt: skip
     return demands
+
+
+def _known_values(session: Session, graph: Graph) -> dict[str, str]:
+    """Values known at submit: the graph's given values and the session's set variables."""
+    known = {v.name: v.value for v in graph.variables if v.value is not None}
+    for name, state in session.variables.items():
+        if state.value is not None:
+            known[name] = state.value
+    return known
+
+
+def _prompt_texts(session: Session, graph: Graph) -> list[str]:
+    """The texts that `_check_prompt_fits` tokenizes: the calls' text segments and the known
+    values of their inputs."""
+    known = _known_values(session, graph)
+    texts = []
+    for call in graph.calls:
+        for segment in call.segments:
+            if isinstance(segment, Text):
+                texts.append(segment.text)
+            elif isinstance(segment, Input) and segment.var in known:
+                texts.append(known[segment.var])
+    return texts
 
 
 def _info(state: VarState) -> VariableResult:

@@ -12,7 +12,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from parrotlet.graph.index import Node
 from parrotlet.graph.ir import Call, PerfCriterion, Transform
@@ -21,7 +23,7 @@ from parrotlet.serve.call_runner import CallRunner, Place
 from parrotlet.serve.config import ServeConfig
 from parrotlet.serve.objectives import CallPlan, deduce
 from parrotlet.serve.prefix_sharing import SharedPrefix, find_shares
-from parrotlet.serve.prompt import PromptAssembler
+from parrotlet.serve.prompt import OFF_LOOP_CHARS, PromptAssembler
 from parrotlet.serve.session import Session
 
 logger = logging.getLogger(__name__)
@@ -131,18 +133,12 @@ class GraphExecutor:
                 shares.update((member, share) for member in share.members)
         for session, call, _ in ready:
             key = (session.id, call.id)
-            run = self._run_call(session, call, prefixes[key], shares.get(key))
-            task = asyncio.get_running_loop().create_task(run)
-            session.tasks.add(task)
-            task.add_done_callback(session.tasks.discard)
+            _spawn(session, self._run_call(session, call, prefixes[key], shares.get(key)))
 
     def _run_transform(self, session: Session, node: Transform) -> None:
         values = [session.var(v).value or "" for v in node.inputs]
         if node.op in OFF_LOOP_OPS:
-            run = self._run_off_loop(session, node, values)
-            task = asyncio.get_running_loop().create_task(run)
-            session.tasks.add(task)
-            task.add_done_callback(session.tasks.discard)
+            _spawn(session, self._run_off_loop(session, node, values))
             return
         try:
             result = apply_transform(node, values, session.index.max_value_chars)
@@ -162,8 +158,23 @@ class GraphExecutor:
         self._transformed(session, node, result)
 
     def _transformed(self, session: Session, node: Transform, result: str) -> None:
+        if len(result) > OFF_LOOP_CHARS and self._feeds_a_call(session, node.output):
+            _spawn(session, self._tokenize_then_set(session, node.output, result))
+            return
         session.var(node.output).set(result)
         self.value_set(session, node.output, by_server=True)
+
+    async def _tokenize_then_set(self, session: Session, var: str, result: str) -> None:
+        """A long output that calls read is tokenized off the loop first: their prompts are then
+        assembled from the cache."""
+        await self.runner.assembler.encode_all([result])
+        session.var(var).set(result)
+        self.value_set(session, var, by_server=True)
+
+    @staticmethod
+    def _feeds_a_call(session: Session, var: str) -> bool:
+        nodes = session.index.nodes
+        return any(isinstance(nodes[n], Call) for n in session.index.consumers.get(var, ()))
 
     def _fail(self, session: Session, node: Node, error: str, cause: str | None = None) -> None:
         outputs = node.outputs if isinstance(node, Call) else (node.output,)
@@ -195,6 +206,13 @@ class GraphExecutor:
         count_seconds = self.counters.latency.setdefault(plan.objective.value, [0, 0.0])
         count_seconds[0] += 1
         count_seconds[1] += time.perf_counter() - started
+
+
+def _spawn(session: Session, work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` as a task of `session` (deleting the session cancels it)."""
+    task = asyncio.get_running_loop().create_task(work)
+    session.tasks.add(task)
+    task.add_done_callback(session.tasks.discard)
 
 
 async def _leave(share: SharedPrefix) -> None:

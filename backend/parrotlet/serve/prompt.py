@@ -4,19 +4,26 @@ Generated variables are spliced as the token ids they were generated as; text is
 per distinct string. With `chat`, the messages before the first output (graph/ir.py
 `Call.messages`) are wrapped in the model's chat template: the template's "glue" around the
 message contents is rendered once per role sequence (with marker contents, split at the markers)
-and tokenized once, so a prompt is glue ids and content ids interleaved.
+and tokenized once, so a prompt is glue ids and content ids interleaved. Submits tokenize their
+texts with `encode_all`, off the event loop where they are long.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 
 from parrotlet.graph.ir import Call, GraphError, Input, Output, Text
+from parrotlet.serve.token_cache import TokenCache, TokenIds
 
 _MARK = "\x00parrotlet-content-{}\x00"
 
 SegmentIds = Callable[[Text | Input], Sequence[int]]
+
+# Texts of more characters than this in all are tokenized in a worker thread (about 1 us a
+# character: 1M characters held the event loop, which every session shares, 0.9 s).
+OFF_LOOP_CHARS = 8192
 
 
 class PromptAssembler:
@@ -25,11 +32,39 @@ class PromptAssembler:
     def __init__(self, tokenizer, stop_token_ids: Sequence[int] = ()) -> None:
         self.tokenizer = tokenizer
         self.stop_token_ids = set(stop_token_ids)
-        self.encode = lru_cache(maxsize=4096)(self._encode)
+        self.cache = TokenCache()
         self.chat_glue = lru_cache(maxsize=256)(self._chat_glue)
         self.chat_head, self.chat_tail = self.chat_glue(("user",))
 
-    def _encode(self, text: str) -> tuple[int, ...]:
+    def encode(self, text: str) -> TokenIds:
+        """The ids of `text` (cached), tokenized on the calling thread."""
+        ids = self.cache.get(text)
+        if ids is None:
+            ids = self._encode(text)
+            self.cache.put(text, ids)
+        return ids
+
+    async def encode_all(self, texts: Iterable[str]) -> dict[str, TokenIds]:
+        """The ids of each of `texts` (cached); those not cached are tokenized in a worker thread
+        when they are long, so the event loop keeps serving other sessions meanwhile."""
+        ids: dict[str, TokenIds] = {}
+        missing: list[str] = []
+        for text in dict.fromkeys(texts):
+            found = self.cache.get(text)
+            if found is None:
+                missing.append(text)
+            else:
+                ids[text] = found
+        if sum(map(len, missing)) > OFF_LOOP_CHARS:
+            encoded = await asyncio.to_thread(lambda: [self._encode(text) for text in missing])
+        else:
+            encoded = [self._encode(text) for text in missing]
+        for text, text_ids in zip(missing, encoded, strict=True):
+            ids[text] = text_ids
+            self.cache.put(text, text_ids)
+        return ids
+
+    def _encode(self, text: str) -> TokenIds:
         return tuple(self.tokenizer.encode(text, add_special_tokens=False))
 
     def prefix_ids(self, call: Call, segment_ids: SegmentIds) -> list[int]:
