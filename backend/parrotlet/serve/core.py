@@ -164,9 +164,9 @@ class ServeCore:
         self._requests["submit"] += 1
         session = self._session(tenant, session_id)
         session.index.check_text_sizes(graph)
+        demands = _fetch_criteria(session, graph, fetch or {})
         ids = await self.assembler.encode_all(_prompt_texts(session, graph))
         session = self._session(tenant, session_id)  # deleted meanwhile: NotFoundError
-        demands = _fetch_criteria(session, graph, fetch or {})
         self._submit(session, graph, eager, ids)
         for name, criterion in demands.items():
             self._demand(session, name, criterion)
