@@ -1,6 +1,7 @@
 """AsyncEngine: drives an LLMEngine from asyncio and streams each request's outputs.
 
-The step runs in a worker thread (torch releases the GIL) while the event loop keeps serving.
+The step runs in the engine's own thread (torch releases the GIL) while the event loop keeps
+serving; not in the loop's shared pool, where tenants' regexes and tokenizing could queue it.
 Adds and aborts are queued and applied by the loop between steps, so the engine needs no locks.
 Engines of one process that share a CUDA device take turns step by step (a CUDA graph capture
 forbids other threads' work on the device, and concurrent steps would gain nothing on one GPU).
@@ -14,6 +15,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from parrotlet.engine.engine import LLMEngine, PrefixPin
@@ -35,6 +37,7 @@ class AsyncEngine:
         self._closing = False
         device = engine.device
         self._device_lock = _DEVICE_LOCKS[str(device)] if device.type == "cuda" else None
+        self._stepper = ThreadPoolExecutor(1, thread_name_prefix="parrotlet-engine-step")
 
     async def generate(
         self, prompt: Any, params: Any = None, **kwargs: Any
@@ -105,6 +108,7 @@ class AsyncEngine:
         self._wakeup.set()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        self._stepper.shutdown(wait=False)
         self._fail_all(RuntimeError("engine closed"))
         for _, future in self._pending:
             if future is not None and not future.done():
@@ -133,7 +137,8 @@ class AsyncEngine:
                     await self._wakeup.wait()
                 continue
             try:
-                outputs = await asyncio.to_thread(self._step)
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self._stepper, self._step)
             except Exception as exc:  # a failed step fails its requests, not the server
                 logger.exception("engine step failed; failing its %d requests", len(self._streams))
                 self._fail_all(exc)
