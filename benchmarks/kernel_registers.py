@@ -83,7 +83,6 @@ def configs() -> list[Config]:
     paged.append(paged_config(64, 16, 4, pipelined=True))
     tiles = [tiles_config(*c) for c in ((64, 4), (64, 8), (128, 8))]
     standalone = [shared_prefix_config(block_m, warps) for block_m, warps in ((64, 4), (128, 8))]
-    standalone += [shared_prefix_config(*c, pipelined=True) for c in ((128, 8), (256, 16))]
     return paged + tiles + standalone + linear_configs()
 
 
@@ -103,11 +102,11 @@ def tiles_config(block_m: int, warps: int) -> Config:
     return Config(name, prefix_tiles_kernel, constexprs, ATTENTION_POINTERS, num_warps=warps)
 
 
-def shared_prefix_config(block_m: int, warps: int, pipelined: bool = False) -> Config:
+def shared_prefix_config(block_m: int, warps: int) -> Config:
     """The standalone shared-prefix kernel's prefix programs (suffixes apart)."""
     constexprs = dict(HEADS, BLOCK_G=16, BLOCK_M=block_m, BLOCK_N=64, SUFFIX_BLOCK_N=64,
-                      FUSE_SUFFIX=False, PIPELINED=pipelined)  # fmt: skip
-    name = f"shared_prefix {block_m} rows" + (", pipelined" * pipelined)
+                      FUSE_SUFFIX=False)  # fmt: skip
+    name = f"shared_prefix {block_m} rows"
     return Config(name, prefix_kernel, constexprs, ATTENTION_POINTERS, num_warps=warps)
 
 

@@ -263,33 +263,20 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
 
 # (block_m, block_n, num_warps, num_stages) of the prefix kernel tried by --sweep
 SWEEP_TILES = [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2)]
-# the cp.async pipelined loop (SharedPrefixLaunch.pipelined), suffixes in their own kernel as
-# plan_launch has them from 256 rows: 256-row programs of 16 warps hold all of a KV head's query
-# rows at batch 64 (one read of each KV block for four warpgroups; 128 registers, no spills,
-# kernel_registers.py), against the 128-row pipelined and register-prefetch programs
-SWEEP_PIPELINED = [(256, 64, 16, 3), (256, 64, 16, 2), (128, 64, 8, 3)]
 
 
 def sweep_launches(shape: Shape, batch: int, prefix: int) -> list[dict]:
     """The Triton kernel at one point under other tiles, splits, suffix placements, partials."""
     problem = make_problem(shape, batch, prefix, torch.device("cuda"))
-    launches = (
-        [_launch_for(prefix, splits, *tile) for tile in SWEEP_TILES for splits in (4, 8, 16)]
-        + [
-            dataclasses.replace(
-                _launch_for(prefix, 8, *SWEEP_TILES[0]), fuse_suffix=fuse, partial_dtype=dtype
-            )
-            for fuse in (False, True)
-            for dtype in (torch.float32, torch.bfloat16)
-        ]
-        + [
-            dataclasses.replace(
-                _launch_for(prefix, splits, *tile), fuse_suffix=False, pipelined=True
-            )
-            for tile in SWEEP_PIPELINED
-            for splits in (8, 16, 32)
-        ]
-    )
+    launches = [
+        _launch_for(prefix, splits, *tile) for tile in SWEEP_TILES for splits in (4, 8, 16)
+    ] + [
+        dataclasses.replace(
+            _launch_for(prefix, 8, *SWEEP_TILES[0]), fuse_suffix=fuse, partial_dtype=dtype
+        )
+        for fuse in (False, True)
+        for dtype in (torch.float32, torch.bfloat16)
+    ]
     planned = triton_kernel(problem)(0).float()
     rows = []
     for launch in launches:

@@ -30,12 +30,7 @@ class SharedPrefixLaunch:
     The prefix kernel's grid is (ceil(batch * group / block_m), num_kv_heads, num_splits); each
     program streams its chunk in KV blocks of `block_n` tokens. `fits(prefix_len)` must hold:
     the splits cover the prefix and none is empty (an empty split would merge 0/0). Without
-    `fuse_suffix` a third kernel, between prefix and merge, attends the suffixes. With
-    `pipelined` the prefix loop loads each block through Triton's cp.async pipeline instead of
-    holding the next one in registers: fewer registers a thread (Triton 3.6, sm_90a: 170
-    instead of 205 at 128 rows and 8 warps), which lets 256-row programs of 16 warps (four
-    warpgroups on one copy of each KV block) fit 128 registers without spilling; only the sweep
-    (benchmarks/kernel_shared_prefix.py) launches it so far.
+    `fuse_suffix` a third kernel, between prefix and merge, attends the suffixes.
     """
 
     block_m: int
@@ -46,7 +41,6 @@ class SharedPrefixLaunch:
     num_stages: int = 3
     fuse_suffix: bool = True  # suffixes attended inside the prefix kernel, not by their own
     partial_dtype: torch.dtype = torch.float32  # of the per-slot normalized outputs
-    pipelined: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -85,6 +79,8 @@ def plan_launch(
     get their own kernel: on the H100 that was faster at every point timed (64 x 8K: 51.7 vs
     55.0 us on 2026-12-07, 50.3 vs 54.2 on 2026-12-05; 128 x 8K 86.2 vs 94.8; 64 x 4K 36.4 vs
     39.0; benchmarks/results/kernel_shared_prefix_notes.md); smaller batches are unmeasured.
+    Row tiles stay at 128: 256-row programs of 16 warps, which fit 128 registers only with a
+    cp.async pipelined loop, took 57.2 us at 64 x 8K against 51.8 (revive from 7d266fd).
     """
     if prefix_len < 1:
         raise ValueError(f"prefix_len must be >= 1, got {prefix_len}")
@@ -259,7 +255,7 @@ def _launch(
         q, kv_cache, prefix_pages, suffix_pages, suffix_lens, o_part, lse_part,
         batch, num_heads, slots, prefix_len, launch.chunk_len, *common, **heads,
         PAGE_SIZE=page_size, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
-        SUFFIX_BLOCK_N=_SUFFIX_BLOCK_N, FUSE_SUFFIX=launch.fuse_suffix, PIPELINED=launch.pipelined,
+        SUFFIX_BLOCK_N=_SUFFIX_BLOCK_N, FUSE_SUFFIX=launch.fuse_suffix,
         num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
     if not launch.fuse_suffix:

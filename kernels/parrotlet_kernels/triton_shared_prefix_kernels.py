@@ -161,17 +161,14 @@ def prefix_kernel(
     BLOCK_N: tl.constexpr,
     SUFFIX_BLOCK_N: tl.constexpr,
     FUSE_SUFFIX: tl.constexpr,
-    PIPELINED: tl.constexpr = False,
 ):
     """Program (row tile, kv head, split): BLOCK_M query rows of one KV head against one chunk.
 
     Row r of KV head h is query head h * GROUP + r % GROUP of sequence r // GROUP, so the whole
     GQA group of every sequence attends the chunk in one matrix product per KV block; block
-    i + 1's loads are issued before block i's math (held in registers, or with PIPELINED
-    through Triton's cp.async pipeline of the launch's num_stages). With FUSE_SUFFIX the
-    program first attends the suffixes of the tile's sequences number split, split +
-    num_splits, ... (those whose first row is in the tile), while its first prefix block is
-    loading.
+    i + 1's loads are issued before block i's math. With FUSE_SUFFIX the program first attends
+    the suffixes of the tile's sequences number split, split + num_splits, ... (those whose
+    first row is in the tile), while its first prefix block is loading.
     """
     row_tile, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = row_tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -184,10 +181,9 @@ def prefix_kernel(
     start = split * chunk_len
     end = tl.minimum(start + chunk_len, prefix_len)
     kv_ptr = cache_ptr + kv_head * stride_head
-    if not PIPELINED:  # the first block loads while the suffixes are attended
-        tok = start + tl.arange(0, BLOCK_N)
-        k, v = _load_kv(kv_ptr, prefix_pages_ptr, tok, tok < end,
-                        stride_page, stride_kv, stride_slot, HEAD_DIM, PAGE_SIZE)  # fmt: skip
+    tok = start + tl.arange(0, BLOCK_N)
+    k, v = _load_kv(kv_ptr, prefix_pages_ptr, tok, tok < end,
+                    stride_page, stride_kv, stride_slot, HEAD_DIM, PAGE_SIZE)  # fmt: skip
     if FUSE_SUFFIX:
         first = tl.cdiv(row_tile * BLOCK_M, GROUP)
         last = tl.minimum(tl.cdiv(row_tile * BLOCK_M + BLOCK_M, GROUP), batch)
@@ -201,21 +197,14 @@ def prefix_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    if PIPELINED:
-        for n0 in range(start, end, BLOCK_N):
-            tok = n0 + tl.arange(0, BLOCK_N)
-            k, v = _load_kv(kv_ptr, prefix_pages_ptr, tok, tok < end,
-                            stride_page, stride_kv, stride_slot, HEAD_DIM, PAGE_SIZE)  # fmt: skip
-            m_i, l_i, acc = _softmax_step(q, k, v, tok < end, scale_log2, m_i, l_i, acc)
-    else:
-        for n0 in range(start, end, BLOCK_N):
-            nxt = n0 + BLOCK_N + tl.arange(0, BLOCK_N)
-            k_next, v_next = _load_kv(kv_ptr, prefix_pages_ptr, nxt, nxt < end,
-                                      stride_page, stride_kv, stride_slot,
-                                      HEAD_DIM, PAGE_SIZE)  # fmt: skip
-            tok = n0 + tl.arange(0, BLOCK_N)
-            m_i, l_i, acc = _softmax_step(q, k, v, tok < end, scale_log2, m_i, l_i, acc)
-            k, v = k_next, v_next
+    for n0 in range(start, end, BLOCK_N):
+        nxt = n0 + BLOCK_N + tl.arange(0, BLOCK_N)
+        k_next, v_next = _load_kv(kv_ptr, prefix_pages_ptr, nxt, nxt < end,
+                                  stride_page, stride_kv, stride_slot,
+                                  HEAD_DIM, PAGE_SIZE)  # fmt: skip
+        tok = n0 + tl.arange(0, BLOCK_N)
+        m_i, l_i, acc = _softmax_step(q, k, v, tok < end, scale_log2, m_i, l_i, acc)
+        k, v = k_next, v_next
     _store_partial(o_part_ptr, lse_part_ptr, seq * num_heads + head, row_ok, split, num_slots,
                    m_i, l_i, acc, HEAD_DIM)  # fmt: skip
 

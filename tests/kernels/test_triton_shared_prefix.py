@@ -213,16 +213,16 @@ def test_reference_is_plain_attention():
 
 # ---- CPU: the kernel under Triton's interpreter -------------------------------------------------
 def interpreter_check() -> None:
-    """The kernels with suffixes fused or in their own kernel, both prefix loops (register
-    prefetch, pipelined), on CPU tensors (float16: the interpreter's numpy has no bfloat16)."""
+    """The kernels with suffixes fused or in their own kernel, on CPU tensors (float16: the
+    interpreter's numpy has no bfloat16)."""
     from parrotlet_kernels.triton_shared_prefix import _launch
 
     for case, heads in (("tiny", (8, 2)), ("ragged", (4, 4))):
         inputs = make_inputs(case, heads, head_dim=16, dtype=torch.float16)
         prefix_len = inputs.prefix_len
         chunk = -(-prefix_len // 32) * 16  # two splits of whole 16-token blocks, the last partial
-        for fuse, pipelined in ((True, False), (False, False), (True, True)):
-            launch = SharedPrefixLaunch(16, 16, chunk, 2, fuse_suffix=fuse, pipelined=pipelined)
+        for fuse in (True, False):
+            launch = SharedPrefixLaunch(16, 16, chunk, 2, fuse_suffix=fuse)
             assert launch.fits(prefix_len)
             out = _launch(*inputs.args(), scale=16**-0.5, launch=launch)
             torch.testing.assert_close(out.float(), reference(inputs), atol=2e-3, rtol=2e-3)
@@ -273,19 +273,6 @@ def test_kernel_suffix_placement_and_partials(case, heads, fuse_suffix, partial_
     batch, prefix_len, _ = CASES[case]
     launch = plan_launch(batch, heads[0] // heads[1], heads[1], prefix_len, 132)
     launch = dataclasses.replace(launch, fuse_suffix=fuse_suffix, partial_dtype=partial_dtype)
-    gpu_check(case, heads, 128, 16, launch=launch)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", ["tiny", "ragged", "batch64"])
-@pytest.mark.parametrize("heads", HEADS)
-@pytest.mark.parametrize(("block_m", "num_warps"), [(128, 8), (256, 16)])
-def test_kernel_pipelined_prefix_loop(case, heads, block_m, num_warps):
-    batch, prefix_len, _ = CASES[case]
-    launch = plan_launch(batch, heads[0] // heads[1], heads[1], prefix_len, 132)
-    launch = dataclasses.replace(
-        launch, block_m=block_m, num_warps=num_warps, fuse_suffix=False, pipelined=True
-    )
     gpu_check(case, heads, 128, 16, launch=launch)
 
 
