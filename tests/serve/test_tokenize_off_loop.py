@@ -11,7 +11,6 @@ import pytest
 
 from parrotlet.engine.tokenizer import load_tokenizer
 from parrotlet.graph.ir import Call, Graph, GraphError, Input, Output, Text, Transform, Variable
-from parrotlet.serve.config import ServeConfig
 from parrotlet.serve.core import ServeCore
 from parrotlet.serve.engines import ModelInfo
 
@@ -26,7 +25,7 @@ LONG = "hello " * 160_000  # 960K chars, 160001 tokens: about a second of tokeni
 def core(default_model_dir: Path) -> ServeCore:
     """A 64-token context: every long prompt is refused at submit, after tokenizing it."""
     tokenizer = load_tokenizer(default_model_dir)
-    return ServeCore([FakeEngine("e")], tokenizer, ModelInfo("m", 64, ()), ServeConfig())
+    return ServeCore([FakeEngine("e")], tokenizer, ModelInfo("m", 64, ()))
 
 
 def long_prompt_call(text: str = LONG) -> Graph:
@@ -39,6 +38,7 @@ class LoopWatch:
 
     def __init__(self) -> None:
         self.longest = 0.0
+        self._last: float | None = None
         self._ticking = asyncio.create_task(self._tick())
 
     @classmethod
@@ -54,7 +54,8 @@ class LoopWatch:
 
     def _turn(self) -> None:
         now = time.perf_counter()
-        self.longest = max(self.longest, now - getattr(self, "_last", now))
+        if self._last is not None:
+            self.longest = max(self.longest, now - self._last)
         self._last = now
 
     def stop(self) -> float:
