@@ -163,9 +163,8 @@ class ServeCore:
         """
         self._requests["submit"] += 1
         session = self._session(tenant, session_id)
-        session.index.check_text_sizes(graph)
         demands = _fetch_criteria(session, graph, fetch or {})
-        ids = await self.assembler.encode_all(_prompt_texts(session, graph))
+        ids = await self._tokenize(session, graph)
         session = self._session(tenant, session_id)  # deleted meanwhile: NotFoundError
         self._submit(session, graph, eager, ids)
         for name, criterion in demands.items():
@@ -174,6 +173,12 @@ class ServeCore:
             "calls": [c.id for c in graph.calls],
             "variables": [v.name for v in graph.variables],
         }
+
+    async def _tokenize(self, session: Session, graph: Graph) -> dict[str, TokenIds]:
+        """The ids of the texts `_check_prompt_fits` reads, tokenized off the event loop where
+        long; texts past the session's size limit are refused first, untokenized."""
+        session.index.check_text_sizes(graph)
+        return await self.assembler.encode_all(_prompt_texts(session, graph))
 
     def _submit(
         self, session: Session, graph: Graph, eager: bool, ids: Mapping[str, TokenIds]
@@ -306,8 +311,7 @@ class ServeCore:
         call = Call("completion", (Input("prompt"), Output("completion", params)), chat=False)
         given = isinstance(prompt, str)
         graph = Graph((Variable("prompt", prompt if given else None),), (call,))
-        session.index.check_text_sizes(graph)
-        ids = await self.assembler.encode_all(_prompt_texts(session, graph))
+        ids = await self._tokenize(session, graph)
         num = len(ids[prompt] if given else prompt)
         self._check_completion_fits(num, None if clip_to_context else params.max_tokens)
         self._submit(session, graph, False, ids)
