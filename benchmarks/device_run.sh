@@ -12,7 +12,8 @@
 # launch-overhead (launch_overhead.py: host time per launch of an eager step's kernels),
 # eager-step (profile_eager_step.py: mixed steps' wall vs launch vs kernel time),
 # attention (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick;
-# shared-prefix-sweep adds its launch sweep and kernel profile at the target point), apps-a
+# shared-prefix-sweep adds its launch sweep and kernel profile at the target point,
+# shared-prefix-launches runs the launch sweep alone), apps-a
 # (chain-summary, map-reduce, shared-prompt, mixed), apps-b (multi-agent, multi-app),
 # app:WORKLOAD (one of them), and for a before/after in one call profile@REV / decode@REV /
 # shared-prefix@REV (profile_decode_step.py --batches 1 32 --attention triton /
@@ -65,6 +66,7 @@ run_step() {
     eager-step) python3 benchmarks/profile_eager_step.py ;;
     shared-prefix) python3 benchmarks/kernel_shared_prefix.py --quick ;;
     shared-prefix-sweep) python3 benchmarks/kernel_shared_prefix.py --quick --sweep ;;
+    shared-prefix-launches) python3 benchmarks/kernel_shared_prefix.py --only-sweep ;;
     profile@* | decode@* | shared-prefix@* | app:*@*) run_on_revision "${1%@*}" "${1#*@}" ;;
     apps-a | apps-b | app:*)
       local workloads=(chain-summary map-reduce shared-prompt mixed)  # ~6 min on the H100

@@ -268,15 +268,25 @@ SWEEP_TILES = [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3),
 def sweep_launches(shape: Shape, batch: int, prefix: int) -> list[dict]:
     """The Triton kernel at one point under other tiles, splits, suffix placements, partials."""
     problem = make_problem(shape, batch, prefix, torch.device("cuda"))
-    launches = [
-        _launch_for(prefix, splits, *tile) for tile in SWEEP_TILES for splits in (4, 8, 16)
-    ] + [
-        dataclasses.replace(
-            _launch_for(prefix, 8, *SWEEP_TILES[0]), fuse_suffix=fuse, partial_dtype=dtype
-        )
-        for fuse in (False, True)
-        for dtype in (torch.float32, torch.bfloat16)
-    ]
+    launches = (
+        [_launch_for(prefix, splits, *tile) for tile in SWEEP_TILES for splits in (4, 8, 16)]
+        + [
+            dataclasses.replace(
+                _launch_for(prefix, 8, *SWEEP_TILES[0]), fuse_suffix=fuse, partial_dtype=dtype
+            )
+            for fuse in (False, True)
+            for dtype in (torch.float32, torch.bfloat16)
+        ]
+        + [
+            dataclasses.replace(
+                _launch_for(prefix, splits, 128, 64, 4, stages),
+                fuse_suffix=False,
+                warp_specialized=True,
+            )
+            for stages in (2, 3, 4)
+            for splits in (4, 8, 16)
+        ]
+    )
     planned = triton_kernel(problem)(0).float()
     rows = []
     for launch in launches:
@@ -374,6 +384,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only the points {QUICK}")
     parser.add_argument("--sweep", action="store_true", help=f"also sweep launches at {TARGET}")
+    parser.add_argument("--only-sweep", action="store_true", help="the sweep without the grid")
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 128, 256])
     parser.add_argument("--prefixes", type=int, nargs="+", default=[1024, 4096, 8192, 16384])
     return parser.parse_args()
@@ -397,6 +408,7 @@ def main() -> None:
     bandwidth = copy_bandwidth(device)
     print(f"{name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write)", flush=True)
     points = QUICK if args.quick else [(b, p) for b in args.batches for p in args.prefixes]
+    points = [] if args.only_sweep else points
     workspaces = [torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device) for _ in "ab"]
     result: dict = dict(
         device=name, copy_bandwidth_bytes_per_s=bandwidth, summary="",
@@ -408,8 +420,9 @@ def main() -> None:
         result["rows"].append(measure(shape, b, p, bandwidth, workspaces))
         print(format_row(result["rows"][-1]), flush=True)
         write_results(result)
-    if args.sweep:
+    if args.sweep and not args.only_sweep:
         result["profile_us"] = _optional(lambda: profile_kernels(shape, *TARGET, workspaces), {})
+    if args.sweep or args.only_sweep:
         result["sweep"] = sweep_launches(shape, *TARGET)
     result["summary"] = summary(result["rows"], name)
     print(result["summary"])

@@ -41,6 +41,7 @@ class SharedPrefixLaunch:
     num_stages: int = 3
     fuse_suffix: bool = True  # suffixes attended inside the prefix kernel, not by their own
     partial_dtype: torch.dtype = torch.float32  # of the per-slot normalized outputs
+    warp_specialized: bool = False  # the Gluon prefix kernel (Hopper): loader + 2 consumers
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -52,6 +53,8 @@ class SharedPrefixLaunch:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.partial_dtype not in (torch.float32, *_DTYPES):
             raise ValueError(f"partial_dtype must be a float type, got {self.partial_dtype}")
+        if self.warp_specialized and (self.block_m != 128 or self.fuse_suffix):
+            raise ValueError("a warp_specialized launch has block_m 128 and unfused suffixes")
 
     def fits(self, prefix_len: int) -> bool:
         """Whether the splits cover `prefix_len` tokens with at least one token each."""
@@ -251,13 +254,23 @@ def _launch(
     )  # fmt: skip
     heads = dict(GROUP=group, BLOCK_G=max(16, _next_power_of_2(group)), HEAD_DIM=head_dim)
     grid = (-(-batch * group // launch.block_m), num_kv_heads, launch.num_splits)
-    kernels.prefix_kernel[grid](
-        q, kv_cache, prefix_pages, suffix_pages, suffix_lens, o_part, lse_part,
-        batch, num_heads, slots, prefix_len, launch.chunk_len, *common, **heads,
-        PAGE_SIZE=page_size, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
-        SUFFIX_BLOCK_N=_SUFFIX_BLOCK_N, FUSE_SUFFIX=launch.fuse_suffix,
-        num_warps=launch.num_warps, num_stages=launch.num_stages,
-    )  # fmt: skip
+    if launch.warp_specialized:
+        from parrotlet_kernels import gluon_shared_prefix_kernels as gluon_kernels
+
+        gluon_kernels.ws_prefix_kernel[grid](
+            q, kv_cache, prefix_pages, o_part, lse_part, batch, num_heads, slots, prefix_len,
+            launch.chunk_len, *common[:6], common[7], GROUP=group, HEAD_DIM=head_dim,
+            PAGE_SIZE=page_size, BLOCK_N=launch.block_n, STAGES=launch.num_stages,
+            num_warps=4, maxnreg=168,
+        )  # fmt: skip
+    else:
+        kernels.prefix_kernel[grid](
+            q, kv_cache, prefix_pages, suffix_pages, suffix_lens, o_part, lse_part,
+            batch, num_heads, slots, prefix_len, launch.chunk_len, *common, **heads,
+            PAGE_SIZE=page_size, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
+            SUFFIX_BLOCK_N=_SUFFIX_BLOCK_N, FUSE_SUFFIX=launch.fuse_suffix,
+            num_warps=launch.num_warps, num_stages=launch.num_stages,
+        )  # fmt: skip
     if not launch.fuse_suffix:
         kernels.suffix_kernel[(batch, num_kv_heads)](
             q, kv_cache, suffix_pages, suffix_lens, o_part, lse_part, num_heads, slots,

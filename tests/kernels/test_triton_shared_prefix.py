@@ -149,6 +149,10 @@ def test_launch_config_validation():
         SharedPrefixLaunch(64, 64, 128, 0)
     with pytest.raises(ValueError, match=r"partial_dtype must be a float type, got torch\.int32"):
         SharedPrefixLaunch(64, 64, 128, 1, partial_dtype=torch.int32)
+    with pytest.raises(ValueError, match="warp_specialized launch has block_m 128 and unfused"):
+        SharedPrefixLaunch(64, 64, 128, 1, fuse_suffix=False, warp_specialized=True)
+    with pytest.raises(ValueError, match="warp_specialized launch has block_m 128 and unfused"):
+        SharedPrefixLaunch(128, 64, 128, 1, warp_specialized=True)
     assert not SharedPrefixLaunch(64, 64, 128, 2).fits(128)  # second split empty
     assert not SharedPrefixLaunch(64, 64, 128, 2).fits(257)  # not covered
     assert SharedPrefixLaunch(64, 64, 128, 2).fits(129)
@@ -290,6 +294,53 @@ def test_kernel_row_tiles_that_split_a_group(block_m):
 def test_kernel_replays_in_a_cuda_graph(fuse_suffix):
     inputs = make_inputs("batch64", (32, 8), 128, 16, device="cuda")
     launch = dataclasses.replace(plan_launch(64, 4, 8, 4100, 132), fuse_suffix=fuse_suffix)
+    expected = shared_prefix_decode(*inputs.args(), launch=launch)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = shared_prefix_decode(*inputs.args(), launch=launch)
+    inputs.q.copy_(torch.randn_like(inputs.q))
+    graph.replay()
+    torch.testing.assert_close(out.float(), reference(inputs), **BF16_TOL)
+    assert not torch.equal(out, expected)
+
+
+def warp_specialized(batch, heads, prefix_len, stages=3, splits=None) -> SharedPrefixLaunch:
+    """plan_launch's split of the prefix, run by the Gluon kernel (128 rows, own suffix kernel)."""
+    launch = plan_launch(batch, heads[0] // heads[1], heads[1], prefix_len, 132, splits)
+    return dataclasses.replace(launch, block_m=128, num_warps=4, num_stages=stages,
+                               fuse_suffix=False, warp_specialized=True)  # fmt: skip
+
+
+def require_hopper() -> None:
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the warp-specialized kernel needs wgmma (compute capability 9)")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("stages", [2, 4])
+def test_warp_specialized_kernel_matches_reference(case, heads, head_dim, stages):
+    require_hopper()
+    batch, prefix_len, _ = CASES[case]
+    launch = warp_specialized(batch, heads, prefix_len, stages)
+    gpu_check(case, heads, head_dim, 16, launch=launch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("splits", [1, 3, 16])
+def test_warp_specialized_kernel_pages_of_32_any_split(splits):
+    require_hopper()
+    launch = warp_specialized(64, (32, 8), 4100, splits=splits)
+    gpu_check("batch64", (32, 8), 128, 32, launch=launch)
+
+
+@pytest.mark.gpu
+def test_warp_specialized_kernel_replays_in_a_cuda_graph():
+    require_hopper()
+    inputs = make_inputs("batch64", (32, 8), 128, 16, device="cuda")
+    launch = warp_specialized(64, (32, 8), 4100)
     expected = shared_prefix_decode(*inputs.args(), launch=launch)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

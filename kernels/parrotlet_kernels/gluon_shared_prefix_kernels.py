@@ -1,0 +1,216 @@
+"""The warp-specialized prefix kernel of shared-prefix decode (Gluon, Hopper); launched only by
+triton_shared_prefix.py when its launch asks for `warp_specialized`.
+
+It computes what `prefix_kernel` in triton_shared_prefix_kernels.py computes without fused
+suffixes: the partial state of 128 query rows of one KV head over one chunk of the prefix, into
+the chunk's slot of `o_part` / `lse_part` (same buffers, same base-2 LSE). The Triton kernel
+runs its loads, matrix products and softmax in one instruction stream of 8 warps, and reaches
+about a quarter of the tensor cores' rate (benchmarks/results/kernel_shared_prefix_notes.md).
+Here each program is three partitions that the warp schedulers interleave:
+
+- a loader warpgroup streams the chunk's KV blocks through `STAGES` shared-memory slots with
+  `cp.async` (pages are gathered, so no TMA); each thread's copies arrive on the slot's barrier
+  as they land;
+- two consumer warpgroups, 64 query rows each, wait for a slot, run `wgmma` for Q·Kᵀ, the
+  online softmax, and `wgmma` for P·V, then free the slot. While one warpgroup is in its
+  softmax, the other's matrix products keep the tensor cores busy.
+
+Importing this module needs Triton with Gluon (3.6 on the GPU machine); nothing imports it on CPU.
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+ROWS_PER_CONSUMER = gl.constexpr(64)  # one warpgroup's wgmma tile
+BLOCK_M = gl.constexpr(128)  # query rows of a program: two consumers
+
+
+@gluon.jit
+def _chunk(dims, BLOCK_N: gl.constexpr):
+    """This program's prefix chunk: its first token, its end, and its number of KV blocks."""
+    prefix_len, chunk_len = dims[3], dims[4]
+    start = gl.program_id(2) * chunk_len
+    end = gl.minimum(start + chunk_len, prefix_len)
+    return start, end, gl.cdiv(end - start, BLOCK_N)
+
+
+@gluon.jit
+def _load_partition(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
+                    HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
+                    STAGES: gl.constexpr):  # fmt: skip
+    """Four warps: gather each KV block of the chunk into its slot once both consumers freed it."""
+    k_bufs, v_bufs, ready, empty = smem
+    stride_page, stride_kv, stride_slot = strides[2], strides[3], strides[4]
+    row_threads: gl.constexpr = HEAD_DIM // 8  # 16 bytes a thread, a row's threads side by side
+    layout: gl.constexpr = gl.BlockedLayout(
+        [1, 8], [32 // row_threads, row_threads], [4, 1], [1, 0]
+    )
+    start, end, num_blocks = _chunk(dims, BLOCK_N)
+    kv_ptr = ptrs[1] + gl.program_id(1) * strides[5]
+    d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
+    for j in range(num_blocks):
+        slot = j % STAGES
+        mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1)
+        tok = start + j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
+        ok = tok < end
+        page = gl.load(ptrs[2] + tok // PAGE_SIZE, mask=ok, other=0).to(gl.int64)
+        rows = kv_ptr + page * stride_page + (tok % PAGE_SIZE) * stride_slot
+        k_ptrs = rows[:, None] + d[None, :]
+        async_copy.async_copy_global_to_shared(k_bufs.index(slot), k_ptrs, mask=ok[:, None])
+        v_ptrs = k_ptrs + stride_kv
+        async_copy.async_copy_global_to_shared(v_bufs.index(slot), v_ptrs, mask=ok[:, None])
+        async_copy.mbarrier_arrive(ready.index(slot), increment_count=False)
+
+
+@gluon.jit
+def _consume(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
+             BLOCK_N: gl.constexpr, STAGES: gl.constexpr, WARPGROUP: gl.constexpr):  # fmt: skip
+    """One warpgroup: its 64 query rows against every KV block of the chunk, then the partial."""
+    k_bufs, v_bufs, ready, empty = smem
+    ROWS: gl.constexpr = ROWS_PER_CONSUMER
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout([3, 0], [4, 1], [16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout([3, 0], [4, 1], [16, HEAD_DIM, 16])
+    q_operand: gl.constexpr = gl.DotOperandLayout(0, s_layout, 2)
+    p_operand: gl.constexpr = gl.DotOperandLayout(0, o_layout, 2)
+    first_row = gl.program_id(0) * BLOCK_M + WARPGROUP * ROWS
+    q = gl.convert_layout(_load_q(ptrs[0], first_row, dims, strides, GROUP, HEAD_DIM), q_operand)
+    start, end, num_blocks = _chunk(dims, BLOCK_N)
+    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
+    m_i = gl.full([ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
+    acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
+    for j in range(num_blocks):
+        slot = j % STAGES
+        mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
+        fence_async_shared()  # the loader's cp.async wrote the slot; wgmma reads it async
+        s = warpgroup_mma(q, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
+                          is_async=True)  # fmt: skip
+        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+        s = gl.where((start + j * BLOCK_N + cols < end)[None, :], s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, 1) * scale_log2)
+        alpha = gl.exp2(m_i - m_new)
+        p = gl.exp2(s * scale_log2 - m_new[:, None])
+        l_i = l_i * alpha + gl.sum(p, 1)
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+        p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
+        acc = warpgroup_mma(p, v_bufs.index(slot), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(empty.index(slot), count=1)
+        m_i = m_new
+    _store_partial(ptrs, dims, first_row, m_i, l_i, acc, GROUP, HEAD_DIM)
+
+
+@gluon.jit
+def _load_q(q_ptr, first_row, dims, strides, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr):
+    """The warpgroup's query rows: row r is query head kv_head * GROUP + r % GROUP of sequence
+    r // GROUP (zeros past the batch)."""
+    row_threads: gl.constexpr = HEAD_DIM // 8  # 16 bytes a thread, a row's threads side by side
+    layout: gl.constexpr = gl.BlockedLayout(
+        [1, 8], [32 // row_threads, row_threads], [4, 1], [1, 0]
+    )
+    rows = first_row + gl.arange(0, ROWS_PER_CONSUMER, layout=gl.SliceLayout(1, layout))
+    d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
+    head = gl.program_id(1) * GROUP + rows % GROUP
+    offsets = (rows // GROUP) * strides[0] + head * strides[1]
+    return gl.load(q_ptr + offsets[:, None] + d[None, :], mask=(rows < dims[0] * GROUP)[:, None])
+
+
+@gluon.jit
+def _store_partial(ptrs, dims, first_row, m_i, l_i, acc, GROUP: gl.constexpr,
+                   HEAD_DIM: gl.constexpr):  # fmt: skip
+    """Write the rows' normalized output and base-2 LSE into this split's slot."""
+    o_part_ptr, lse_part_ptr = ptrs[3], ptrs[4]
+    batch, num_heads, num_slots = dims[0], dims[1], dims[2]
+    kv_head, split = gl.program_id(1), gl.program_id(2)
+    o_rows: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
+    rows = first_row + gl.arange(0, ROWS_PER_CONSUMER, layout=o_rows)
+    row = (rows // GROUP) * num_heads + kv_head * GROUP + rows % GROUP
+    d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, acc.type.layout))
+    out = acc / gl.convert_layout(l_i, o_rows)[:, None]
+    o_ptrs = o_part_ptr + (row[:, None] * num_slots + split) * HEAD_DIM + d[None, :]
+    gl.store(o_ptrs, out.to(o_part_ptr.dtype.element_ty), mask=(rows < batch * GROUP)[:, None])
+    lse = gl.convert_layout(m_i + gl.log2(l_i), o_rows)
+    gl.store(lse_part_ptr + row * num_slots + split, lse, mask=rows < batch * GROUP)
+
+
+@gluon.jit
+def _consume_first(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
+                   HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
+                   STAGES: gl.constexpr):  # fmt: skip
+    _consume(smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, BLOCK_N, STAGES, 0)
+
+
+@gluon.jit
+def _consume_second(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
+                    HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
+                    STAGES: gl.constexpr):  # fmt: skip
+    _consume(smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, BLOCK_N, STAGES, 1)
+
+
+@gluon.jit(do_not_specialize=["batch", "prefix_len"])
+def ws_prefix_kernel(
+    q_ptr,  # [batch, num_heads, HEAD_DIM]
+    cache_ptr,  # [num_blocks, 2, PAGE_SIZE, num_kv_heads, HEAD_DIM]
+    prefix_pages_ptr,  # [>= ceil(prefix_len / PAGE_SIZE)] int32
+    o_part_ptr,  # [batch, num_heads, num_slots, HEAD_DIM]
+    lse_part_ptr,  # [batch, num_heads, num_slots] float32
+    batch,
+    num_heads,
+    num_slots,
+    prefix_len,
+    chunk_len,  # prefix tokens per split, a multiple of BLOCK_N
+    stride_qb,
+    stride_qh,
+    stride_page,
+    stride_kv,
+    stride_slot,
+    stride_head,
+    scale_log2,
+    GROUP: gl.constexpr,
+    HEAD_DIM: gl.constexpr,
+    PAGE_SIZE: gl.constexpr,
+    BLOCK_N: gl.constexpr,
+    STAGES: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr = 232,  # registers a thread of the second consumer
+    LOADER_REGS: gl.constexpr = 40,
+):
+    """Program (row tile of BLOCK_M rows, kv head, split), launched with num_warps=4 and
+    maxnreg=168: the first consumer is the default partition; the workers are the second
+    consumer and the loader, 4 warps each. The first consumer gets the registers the workers
+    leave: 3 * 168 - CONSUMER_REGS - LOADER_REGS a thread."""
+    layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16)
+    dtype: gl.constexpr = cache_ptr.dtype.element_ty
+    k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=4 * 32)  # every loader thread's copies landed
+        mbarrier.init(empty.index(i), count=2)  # both consumers are done with the slot
+    smem = (k_bufs, v_bufs, ready, empty)
+    ptrs = (q_ptr, cache_ptr, prefix_pages_ptr, o_part_ptr, lse_part_ptr)
+    dims = (batch, num_heads, num_slots, prefix_len, chunk_len)
+    strides = (stride_qb, stride_qh, stride_page, stride_kv, stride_slot, stride_head)
+    # constexprs keep their kind only when written in each partition's argument tuple
+    gl.warp_specialize(
+        [
+            (_consume_first, (smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, PAGE_SIZE,
+                              BLOCK_N, STAGES)),
+            (_consume_second, (smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, PAGE_SIZE,
+                               BLOCK_N, STAGES)),
+            (_load_partition, (smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, PAGE_SIZE,
+                               BLOCK_N, STAGES)),
+        ],
+        [4, 4],
+        [CONSUMER_REGS, LOADER_REGS],
+    )  # fmt: skip
