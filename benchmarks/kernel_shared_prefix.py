@@ -282,7 +282,9 @@ def sweep_launches(shape: Shape, batch: int, prefix: int) -> list[dict]:
                 _launch_for(prefix, splits, 128, 64, 4, stages),
                 fuse_suffix=False,
                 warp_specialized=True,
+                overlap_softmax=overlap,
             )
+            for overlap in (False, True)
             for stages in (2, 3, 4)
             for splits in (4, 8, 16)
         ]

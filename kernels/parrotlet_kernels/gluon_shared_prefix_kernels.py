@@ -46,7 +46,7 @@ def _chunk(dims, BLOCK_N: gl.constexpr):
 @gluon.jit
 def _load_partition(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
                     HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
-                    STAGES: gl.constexpr):  # fmt: skip
+                    STAGES: gl.constexpr, OVERLAP: gl.constexpr):  # fmt: skip
     """Four warps: gather each KV block of the chunk into its slot once both consumers freed it."""
     k_bufs, v_bufs, ready, empty = smem
     stride_page, stride_kv, stride_slot = strides[2], strides[3], strides[4]
@@ -73,9 +73,10 @@ def _load_partition(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
 
 @gluon.jit
 def _consume(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
-             BLOCK_N: gl.constexpr, STAGES: gl.constexpr, WARPGROUP: gl.constexpr):  # fmt: skip
+             BLOCK_N: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
+             WARPGROUP: gl.constexpr):  # fmt: skip
     """One warpgroup: its 64 query rows against every KV block of the chunk, then the partial."""
-    k_bufs, v_bufs, ready, empty = smem
+    k_bufs, v_bufs, empty = smem[0], smem[1], smem[3]
     ROWS: gl.constexpr = ROWS_PER_CONSUMER
     s_layout: gl.constexpr = gl.NVMMADistributedLayout([3, 0], [4, 1], [16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout([3, 0], [4, 1], [16, HEAD_DIM, 16])
@@ -89,25 +90,54 @@ def _consume(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr, HEAD_DI
     m_i = gl.full([ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
-    for j in range(num_blocks):
-        slot = j % STAGES
-        mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
-        fence_async_shared()  # the loader's cp.async wrote the slot; wgmma reads it async
-        s = warpgroup_mma(q, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False,
-                          is_async=True)  # fmt: skip
-        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-        s = gl.where((start + j * BLOCK_N + cols < end)[None, :], s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, 1) * scale_log2)
-        alpha = gl.exp2(m_i - m_new)
-        p = gl.exp2(s * scale_log2 - m_new[:, None])
-        l_i = l_i * alpha + gl.sum(p, 1)
-        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+    if OVERLAP:
+        # block j's scores and softmax run while block j - 1's P·V is in flight (FA3's order)
+        s = warpgroup_mma_wait(0, deps=(_issue_scores(q, zero_s, smem, 0, STAGES),))
+        m_i, alpha, p, l_i = _online_softmax(s, 0, start, end, cols, scale_log2, m_i, l_i)
         p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
-        acc = warpgroup_mma(p, v_bufs.index(slot), acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(empty.index(slot), count=1)
-        m_i = m_new
+        for j in range(1, num_blocks):
+            s = _issue_scores(q, zero_s, smem, j, STAGES)
+            acc = warpgroup_mma(p, v_bufs.index((j - 1) % STAGES), acc, is_async=True)
+            s = warpgroup_mma_wait(1, deps=(s,))
+            m_i, alpha, p, l_i = _online_softmax(s, j, start, end, cols, scale_log2, m_i, l_i)
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+            mbarrier.arrive(empty.index((j - 1) % STAGES), count=1)
+            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+            p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
+        last = (num_blocks - 1) % STAGES
+        acc = warpgroup_mma(p, v_bufs.index(last), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+        mbarrier.arrive(empty.index(last), count=1)
+    else:
+        for j in range(num_blocks):
+            s = warpgroup_mma_wait(0, deps=(_issue_scores(q, zero_s, smem, j, STAGES),))
+            m_i, alpha, p, l_i = _online_softmax(s, j, start, end, cols, scale_log2, m_i, l_i)
+            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+            p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
+            acc = warpgroup_mma(p, v_bufs.index(j % STAGES), acc, is_async=True)
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+            mbarrier.arrive(empty.index(j % STAGES), count=1)
     _store_partial(ptrs, dims, first_row, m_i, l_i, acc, GROUP, HEAD_DIM)
+
+
+@gluon.jit
+def _issue_scores(q, zero_s, smem, j, STAGES: gl.constexpr):
+    """Wait for block j's slot and start its Q·Kᵀ (asynchronous: wait on the returned token)."""
+    k_bufs, ready = smem[0], smem[2]
+    mbarrier.wait(ready.index(j % STAGES), (j // STAGES) & 1)
+    fence_async_shared()  # the loader's cp.async wrote the slot; wgmma reads it async
+    k_t = k_bufs.index(j % STAGES).permute((1, 0))
+    return warpgroup_mma(q, k_t, zero_s, use_acc=False, is_async=True)
+
+
+@gluon.jit
+def _online_softmax(s, j, start, end, cols, scale_log2, m_i, l_i):
+    """Block j's scores into weights: returns the new max, the old state's rescale, P and sum."""
+    s = gl.where((start + j * s.shape[1] + cols < end)[None, :], s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, 1) * scale_log2)
+    alpha = gl.exp2(m_i - m_new)
+    p = gl.exp2(s * scale_log2 - m_new[:, None])
+    return m_new, alpha, p, l_i * alpha + gl.sum(p, 1)
 
 
 @gluon.jit
@@ -146,15 +176,15 @@ def _store_partial(ptrs, dims, first_row, m_i, l_i, acc, GROUP: gl.constexpr,
 @gluon.jit
 def _consume_first(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
                    HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
-                   STAGES: gl.constexpr):  # fmt: skip
-    _consume(smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, BLOCK_N, STAGES, 0)
+                   STAGES: gl.constexpr, OVERLAP: gl.constexpr):  # fmt: skip
+    _consume(smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, BLOCK_N, STAGES, OVERLAP, 0)
 
 
 @gluon.jit
 def _consume_second(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
                     HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
-                    STAGES: gl.constexpr):  # fmt: skip
-    _consume(smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, BLOCK_N, STAGES, 1)
+                    STAGES: gl.constexpr, OVERLAP: gl.constexpr):  # fmt: skip
+    _consume(smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, BLOCK_N, STAGES, OVERLAP, 1)
 
 
 @gluon.jit(do_not_specialize=["batch", "prefix_len"])
@@ -181,6 +211,7 @@ def ws_prefix_kernel(
     PAGE_SIZE: gl.constexpr,
     BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr,
+    OVERLAP: gl.constexpr,  # a block's softmax overlaps the previous block's P·V
     CONSUMER_REGS: gl.constexpr = 232,  # registers a thread of the second consumer
     LOADER_REGS: gl.constexpr = 40,
 ):
@@ -205,11 +236,11 @@ def ws_prefix_kernel(
     gl.warp_specialize(
         [
             (_consume_first, (smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, PAGE_SIZE,
-                              BLOCK_N, STAGES)),
+                              BLOCK_N, STAGES, OVERLAP)),
             (_consume_second, (smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, PAGE_SIZE,
-                               BLOCK_N, STAGES)),
+                               BLOCK_N, STAGES, OVERLAP)),
             (_load_partition, (smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, PAGE_SIZE,
-                               BLOCK_N, STAGES)),
+                               BLOCK_N, STAGES, OVERLAP)),
         ],
         [4, 4],
         [CONSUMER_REGS, LOADER_REGS],

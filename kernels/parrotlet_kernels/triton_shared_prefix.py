@@ -42,6 +42,7 @@ class SharedPrefixLaunch:
     fuse_suffix: bool = True  # suffixes attended inside the prefix kernel, not by their own
     partial_dtype: torch.dtype = torch.float32  # of the per-slot normalized outputs
     warp_specialized: bool = False  # the Gluon prefix kernel (Hopper): loader + 2 consumers
+    overlap_softmax: bool = False  # (warp_specialized) block j's softmax beside block j-1's P·V
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -261,7 +262,7 @@ def _launch(
             q, kv_cache, prefix_pages, o_part, lse_part, batch, num_heads, slots, prefix_len,
             launch.chunk_len, *common[:6], common[7], GROUP=group, HEAD_DIM=head_dim,
             PAGE_SIZE=page_size, BLOCK_N=launch.block_n, STAGES=launch.num_stages,
-            num_warps=4, maxnreg=168,
+            OVERLAP=launch.overlap_softmax, num_warps=4, maxnreg=168,
         )  # fmt: skip
     else:
         kernels.prefix_kernel[grid](

@@ -304,11 +304,12 @@ def test_kernel_replays_in_a_cuda_graph(fuse_suffix):
     assert not torch.equal(out, expected)
 
 
-def warp_specialized(batch, heads, prefix_len, stages=3, splits=None) -> SharedPrefixLaunch:
+def warp_specialized(batch, heads, prefix_len, stages=3, splits=None, overlap=True):
     """plan_launch's split of the prefix, run by the Gluon kernel (128 rows, own suffix kernel)."""
     launch = plan_launch(batch, heads[0] // heads[1], heads[1], prefix_len, 132, splits)
     return dataclasses.replace(launch, block_m=128, num_warps=4, num_stages=stages,
-                               fuse_suffix=False, warp_specialized=True)  # fmt: skip
+                               fuse_suffix=False, warp_specialized=True,
+                               overlap_softmax=overlap)  # fmt: skip
 
 
 def require_hopper() -> None:
@@ -320,11 +321,11 @@ def require_hopper() -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("heads", HEADS)
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("stages", [2, 4])
-def test_warp_specialized_kernel_matches_reference(case, heads, head_dim, stages):
+@pytest.mark.parametrize(("stages", "overlap"), [(2, False), (2, True), (4, True)])
+def test_warp_specialized_kernel_matches_reference(case, heads, head_dim, stages, overlap):
     require_hopper()
     batch, prefix_len, _ = CASES[case]
-    launch = warp_specialized(batch, heads, prefix_len, stages)
+    launch = warp_specialized(batch, heads, prefix_len, stages, overlap=overlap)
     gpu_check(case, heads, head_dim, 16, launch=launch)
 
 
