@@ -152,7 +152,8 @@ def _load_q(q_ptr, first_row, dims, strides, GROUP: gl.constexpr, HEAD_DIM: gl.c
     d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
     head = gl.program_id(1) * GROUP + rows % GROUP
     offsets = (rows // GROUP) * strides[0] + head * strides[1]
-    return gl.load(q_ptr + offsets[:, None] + d[None, :], mask=(rows < dims[0] * GROUP)[:, None])
+    rows_ok = (rows < dims[0] * GROUP)[:, None]
+    return gl.load(q_ptr + offsets[:, None] + d[None, :], mask=rows_ok, other=0.0)
 
 
 @gluon.jit
