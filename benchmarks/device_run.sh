@@ -13,7 +13,7 @@
 # eager-step (profile_eager_step.py: mixed steps' wall vs launch vs kernel time),
 # attention (kernel_decode_attention.py), shared-prefix (kernel_shared_prefix.py --quick;
 # shared-prefix-sweep adds its launch sweep and kernel profile at the target point,
-# shared-prefix-launches runs the launch sweep alone), apps-a
+# shared-prefix-ws times the warp-specialized kernel's launches at the --quick points), apps-a
 # (chain-summary, map-reduce, shared-prompt, mixed), apps-b (multi-agent, multi-app),
 # app:WORKLOAD (one of them), and for a before/after in one call profile@REV / decode@REV /
 # shared-prefix@REV (profile_decode_step.py --batches 1 32 --attention triton /
@@ -66,7 +66,7 @@ run_step() {
     eager-step) python3 benchmarks/profile_eager_step.py ;;
     shared-prefix) python3 benchmarks/kernel_shared_prefix.py --quick ;;
     shared-prefix-sweep) python3 benchmarks/kernel_shared_prefix.py --quick --sweep ;;
-    shared-prefix-launches) python3 benchmarks/kernel_shared_prefix.py --only-sweep ;;
+    shared-prefix-ws) python3 benchmarks/kernel_shared_prefix.py --quick --ws-sweep ;;
     profile@* | decode@* | shared-prefix@* | app:*@*) run_on_revision "${1%@*}" "${1#*@}" ;;
     apps-a | apps-b | app:*)
       local workloads=(chain-summary map-reduce shared-prompt mixed)  # ~6 min on the H100

@@ -275,42 +275,52 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
 SWEEP_TILES = [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2)]
 
 
-def sweep_launches(shape: Shape, batch: int, prefix: int) -> list[dict]:
-    """The Triton kernel at one point under other tiles, splits, suffix placements, partials."""
+def triton_launches(prefix: int) -> list[SharedPrefixLaunch]:
+    """The Triton kernel's launches --sweep times: tiles, splits, suffix placement, partials."""
+    return [
+        _launch_for(prefix, splits, *tile) for tile in SWEEP_TILES for splits in (4, 8, 16)
+    ] + [
+        dataclasses.replace(
+            _launch_for(prefix, 8, *SWEEP_TILES[0]), fuse_suffix=fuse, partial_dtype=dtype
+        )
+        for fuse in (False, True)
+        for dtype in (torch.float32, torch.bfloat16)
+    ]  # fmt: skip
+
+
+def ws_launches(prefix: int) -> list[SharedPrefixLaunch]:
+    """The warp-specialized (Gluon) kernel's launches: KV slots, split counts, softmax order."""
+    return [
+        dataclasses.replace(
+            _launch_for(prefix, splits, 128, 64, 4, stages),
+            fuse_suffix=False,
+            warp_specialized=True,
+            overlap_softmax=overlap,
+        )
+        for overlap in (False, True)
+        for stages in (2, 3, 4)
+        for splits in (4, 8, 16)
+    ]
+
+
+def sweep_launches(
+    shape: Shape, batch: int, prefix: int, launches: list[SharedPrefixLaunch]
+) -> list[dict]:
+    """The shared-prefix kernel at one point under `launches`, each output checked against
+    plan_launch's (Triton) launch."""
     problem = make_problem(shape, batch, prefix, torch.device("cuda"))
-    launches = (
-        [_launch_for(prefix, splits, *tile) for tile in SWEEP_TILES for splits in (4, 8, 16)]
-        + [
-            dataclasses.replace(
-                _launch_for(prefix, 8, *SWEEP_TILES[0]), fuse_suffix=fuse, partial_dtype=dtype
-            )
-            for fuse in (False, True)
-            for dtype in (torch.float32, torch.bfloat16)
-        ]
-        + [
-            dataclasses.replace(
-                _launch_for(prefix, splits, 128, 64, 4, stages),
-                fuse_suffix=False,
-                warp_specialized=True,
-                overlap_softmax=overlap,
-            )
-            for overlap in (False, True)
-            for stages in (2, 3, 4)
-            for splits in (4, 8, 16)
-        ]
-    )
     planned = triton_kernel(problem)(0).float()
     rows = []
     for launch in launches:
         try:
             fn = triton_kernel(problem, launch)
-            err = (fn(0).float() - planned).abs().max().item()  # against the planned launch
+            err = (fn(0).float() - planned).abs().max().item()
             us, _ = time_us(fn, len(problem.caches))
         except Exception as exc:  # a config that does not compile is reported, not fatal
             us, err = f"{type(exc).__name__}: {str(exc)[:80]}", float("nan")
         row = {k: str(v) for k, v in dataclasses.asdict(launch).items()}
-        rows.append(row | {"us": us, "max_err": err})
-        print("sweep", _short(launch), us, f"max_err {err:.4f}", flush=True)
+        rows.append(row | {"batch": batch, "prefix": prefix, "us": us, "max_err": err})
+        print(f"sweep {batch} x {prefix}", _short(launch), us, f"max_err {err:.4f}", flush=True)
     return rows
 
 
@@ -401,7 +411,11 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only the points {QUICK}")
     parser.add_argument("--sweep", action="store_true", help=f"also sweep launches at {TARGET}")
-    parser.add_argument("--only-sweep", action="store_true", help="the sweep without the grid")
+    parser.add_argument(
+        "--ws-sweep",
+        action="store_true",
+        help="only the warp-specialized kernel's launches, beside the planned one, at the points",
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 128, 256])
     parser.add_argument("--prefixes", type=int, nargs="+", default=[1024, 4096, 8192, 16384])
     return parser.parse_args()
@@ -425,22 +439,29 @@ def main() -> None:
     bandwidth = copy_bandwidth(device)
     print(f"{name}: copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write)", flush=True)
     points = QUICK if args.quick else [(b, p) for b in args.batches for p in args.prefixes]
-    points = [] if args.only_sweep else points
     workspaces = [torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device) for _ in "ab"]
     result: dict = dict(
         device=name, copy_bandwidth_bytes_per_s=bandwidth, summary="",
         shape={k: str(v) for k, v in dataclasses.asdict(shape).items()}, rows=[], sweep=[],
         profile_us={},
     )  # fmt: skip
+    if args.ws_sweep:
+        for b, p in points:
+            group = shape.num_heads // shape.num_kv_heads
+            sms = triton_paged_decode.num_sms(device)
+            planned = plan_launch(b, group, shape.num_kv_heads, p, sms)
+            result["sweep"] += sweep_launches(shape, b, p, [planned, *ws_launches(p)])
+            write_results(result)
+        return
     print(HEADER, flush=True)
     for b, p in points:
         result["rows"].append(measure(shape, b, p, bandwidth, workspaces))
         print(format_row(result["rows"][-1]), flush=True)
         write_results(result)
-    if args.sweep and not args.only_sweep:
+    if args.sweep:
         result["profile_us"] = _optional(lambda: profile_kernels(shape, *TARGET, workspaces), {})
-    if args.sweep or args.only_sweep:
-        result["sweep"] = sweep_launches(shape, *TARGET)
+        launches = triton_launches(TARGET[1]) + ws_launches(TARGET[1])
+        result["sweep"] = sweep_launches(shape, *TARGET, launches)
     result["summary"] = summary(result["rows"], name)
     print(result["summary"])
     write_results(result)
