@@ -97,16 +97,17 @@ def _consume(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr, HEAD_DI
         p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
         for j in range(1, num_blocks):
             s = _issue_scores(q, zero_s, smem, j, STAGES)
-            acc = warpgroup_mma(p, v_bufs.index((j - 1) % STAGES), acc, is_async=True)
+            issued = p  # a register operand: kept alive until its wgmma is waited for
+            acc = warpgroup_mma(issued, v_bufs.index((j - 1) % STAGES), acc, is_async=True)
             s = warpgroup_mma_wait(1, deps=(s,))
             m_i, alpha, p, l_i = _online_softmax(s, j, start, end, cols, scale_log2, m_i, l_i)
-            acc = warpgroup_mma_wait(0, deps=(acc,))
+            acc, issued = warpgroup_mma_wait(0, deps=(acc, issued))
             mbarrier.arrive(empty.index((j - 1) % STAGES), count=1)
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
             p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
         last = (num_blocks - 1) % STAGES
         acc = warpgroup_mma(p, v_bufs.index(last), acc, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=(acc,))
+        acc, p = warpgroup_mma_wait(0, deps=(acc, p))
         mbarrier.arrive(empty.index(last), count=1)
     else:
         for j in range(num_blocks):
@@ -115,7 +116,7 @@ def _consume(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr, HEAD_DI
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
             p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
             acc = warpgroup_mma(p, v_bufs.index(j % STAGES), acc, is_async=True)
-            acc = warpgroup_mma_wait(0, deps=(acc,))
+            acc, p = warpgroup_mma_wait(0, deps=(acc, p))
             mbarrier.arrive(empty.index(j % STAGES), count=1)
     _store_partial(ptrs, dims, first_row, m_i, l_i, acc, GROUP, HEAD_DIM)
 
