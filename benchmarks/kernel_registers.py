@@ -45,6 +45,7 @@ class Config:
     constexprs: dict
     pointers: dict  # argument -> Triton pointer type; other runtime arguments are i32
     num_warps: int
+    maxnreg: int | None = None  # ptxas's register cap (a warp-specialized kernel's budget)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def configs() -> list[Config]:
     paged.append(paged_config(64, 16, 4, pipelined=True))
     tiles = [tiles_config(*c) for c in ((64, 4), (64, 8), (128, 8))]
     standalone = [shared_prefix_config(block_m, warps) for block_m, warps in ((64, 4), (128, 8))]
-    return paged + tiles + standalone + linear_configs()
+    ws = [ws_prefix_config(stages, overlap) for stages in (2, 3, 4) for overlap in (False, True)]
+    return paged + tiles + standalone + ws + linear_configs()
 
 
 def paged_config(block_n: int, splits: int, warps: int, pipelined: bool = False) -> Config:
@@ -108,6 +110,17 @@ def shared_prefix_config(block_m: int, warps: int) -> Config:
                       FUSE_SUFFIX=False)  # fmt: skip
     name = f"shared_prefix {block_m} rows"
     return Config(name, prefix_kernel, constexprs, ATTENTION_POINTERS, num_warps=warps)
+
+
+def ws_prefix_config(stages: int, overlap: bool) -> Config:
+    """The standalone kernel's warp-specialized (Gluon) prefix programs: 128 rows, a loader and
+    two consumer warpgroups, registers split 232 / 232 / 40 under a cap of 168 a thread."""
+    from parrotlet_kernels.gluon_shared_prefix_kernels import ws_prefix_kernel
+
+    constexprs = dict(GROUP=4, HEAD_DIM=128, PAGE_SIZE=16, BLOCK_N=64, STAGES=stages,
+                      OVERLAP=overlap)  # fmt: skip
+    name = f"shared_prefix ws, {stages} stages" + (", overlap" * overlap)
+    return Config(name, ws_prefix_kernel, constexprs, ATTENTION_POINTERS, 4, maxnreg=168)
 
 
 def linear_configs() -> list[Config]:
@@ -143,8 +156,11 @@ def compile_ptx(config: Config) -> tuple[str, int]:
         signature[arg] = config.pointers.get(arg, "fp32" if arg in FLOAT_ARGS else "i32")
         if arg in ALIGNED_INTS or signature[arg] in ("*bf16", "*fp32"):
             attrs[(i,)] = [["tt.divisibility", 16]]
-    options = dict(num_warps=config.num_warps)
-    source = ASTSource(fn, signature, constexprs, attrs)
+    options = dict(num_warps=config.num_warps, maxnreg=config.maxnreg)
+    source_class = ASTSource
+    if getattr(fn, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource as source_class
+    source = source_class(fn, signature, constexprs, attrs)
     compiled = triton.compile(source, target=TARGET, options=options)
     return compiled.asm["ptx"], compiled.metadata.shared
 

@@ -32,6 +32,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 ROWS_PER_CONSUMER = gl.constexpr(64)  # one warpgroup's wgmma tile
 BLOCK_M = gl.constexpr(128)  # query rows of a program: two consumers
+# Registers a thread of the worker partitions (the second consumer, the loader) under the launch's
+# maxnreg of 168; the first consumer gets the rest: 3 warpgroups * 168 - 232 - 40 = 232.
+# Offline (Triton 3.6, sm_90a) 208 / 64 also compiled without spills; the loader spilled at 40
+# when it was a single warp holding 32 rows of addresses.
+CONSUMER_REGS = gl.constexpr(232)
+LOADER_REGS = gl.constexpr(40)
 
 
 @gluon.jit
@@ -214,13 +220,10 @@ def ws_prefix_kernel(
     BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr,
     OVERLAP: gl.constexpr,  # a block's softmax overlaps the previous block's P·V
-    CONSUMER_REGS: gl.constexpr = 232,  # registers a thread of the second consumer
-    LOADER_REGS: gl.constexpr = 40,
 ):
     """Program (row tile of BLOCK_M rows, kv head, split), launched with num_warps=4 and
     maxnreg=168: the first consumer is the default partition; the workers are the second
-    consumer and the loader, 4 warps each. The first consumer gets the registers the workers
-    leave: 3 * 168 - CONSUMER_REGS - LOADER_REGS a thread."""
+    consumer and the loader, 4 warps each."""
     layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16)
     dtype: gl.constexpr = cache_ptr.dtype.element_ty
     k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], layout)
