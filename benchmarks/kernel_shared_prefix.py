@@ -30,11 +30,7 @@ import torch
 from parrotlet_kernels import triton_paged_decode
 from parrotlet_kernels.interface import PrefixGroup
 from parrotlet_kernels.triton_prefix_tiles import PrefixTiles, tile_prefixes, tile_shape
-from parrotlet_kernels.triton_shared_prefix import (
-    SharedPrefixLaunch,
-    plan_launch,
-    shared_prefix_decode,
-)
+from parrotlet_kernels.triton_shared_prefix import SharedPrefixLaunch, shared_prefix_decode
 
 ROTATE_BYTES = 256 << 20  # KV cycled through per timed pass, several times an H100's 50 MB L2
 WORKSPACE_BYTES = 128 << 20
@@ -235,12 +231,8 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
     """
     problem = make_problem(shape, batch, prefix, torch.device("cuda"))
     layers = len(problem.caches)
-    sms = triton_paged_decode.num_sms(problem.q.device)
-    group = shape.num_heads // shape.num_kv_heads
-    ws = plan_launch(batch, group, shape.num_kv_heads, prefix, sms, warp_specialized=True)
     builders = {
         "triton": lambda: triton_kernel(problem),
-        "ws": lambda: triton_kernel(problem, ws),
         "tiles": lambda: prefix_tiles(problem, shape),
         # tile_shape takes 128-row tiles from 256 query rows a KV head, 64 below; 128 at all:
         "tiles128": lambda: prefix_tiles(problem, shape, block_m=128),
@@ -263,8 +255,6 @@ def measure(shape: Shape, batch: int, prefix: int, bandwidth: float, workspaces)
     row["triton_over_floor"] = row["triton_us"] / row["floor_us"]
     row["paged_over_tiles"] = row["paged_us"] / row["tiles_us"]
     row["tiles_over_floor"] = row["tiles_us"] / row["floor_us"]
-    row["paged_over_ws"] = row["paged_us"] / row["ws_us"]
-    row["ws_over_floor"] = row["ws_us"] / row["floor_us"]
     for name in (n for n in builders if n != "paged"):
         if name in outs and "paged" in outs:
             row[f"max_err_{name}"] = (outs[name] - outs["paged"]).abs().max().item()
@@ -358,25 +348,22 @@ def profile_kernels(shape: Shape, batch: int, prefix: int, workspaces) -> dict[s
 
 
 HEADER = (
-    f"{'batch':>5} {'prefix':>6} | {'triton':>8} {'ws':>8} {'tiles':>8} {'tiles128':>8} "
-    f"{'paged':>8} {'cascade':>8} "
+    f"{'batch':>5} {'prefix':>6} | {'triton':>8} {'tiles':>8} {'tiles128':>8} {'paged':>8} "
+    f"{'cascade':>8} "
     f"{'floor':>7} us | {'paged/tri':>9} {'casc/tri':>8} "
-    f"{'tri/floor':>9} {'paged/ws':>9} {'ws/floor':>9} {'paged/til':>9} {'til/floor':>9} "
-    "| err tri, ws, til"
+    f"{'tri/floor':>9} {'paged/til':>9} {'til/floor':>9} | err tri, til"
 )
 
 
 def format_row(r: dict) -> str:
     nan = float("nan")
     return (
-        f"{r['batch']:>5} {r['prefix']:>6} | {r['triton_us']:>8.1f} {r['ws_us']:>8.1f} "
-        f"{r['tiles_us']:>8.1f} "
+        f"{r['batch']:>5} {r['prefix']:>6} | {r['triton_us']:>8.1f} {r['tiles_us']:>8.1f} "
         f"{r['tiles128_us']:>8.1f} {r['paged_us']:>8.1f} {r['cascade_us']:>8.1f} "
         f"{r['floor_us']:>7.1f}    | "
         f"{r['paged_over_triton']:>9.2f} {r['cascade_over_triton']:>8.2f} "
-        f"{r['triton_over_floor']:>9.2f} {r['paged_over_ws']:>9.2f} {r['ws_over_floor']:>9.2f} "
-        f"{r['paged_over_tiles']:>9.2f} {r['tiles_over_floor']:>9.2f} | "
-        f"{r.get('max_err_triton', nan):.3f}, {r.get('max_err_ws', nan):.3f}, "
+        f"{r['triton_over_floor']:>9.2f} {r['paged_over_tiles']:>9.2f} "
+        f"{r['tiles_over_floor']:>9.2f} | {r.get('max_err_triton', nan):.3f}, "
         f"{r.get('max_err_tiles', nan):.3f}"
     )
 
@@ -390,9 +377,7 @@ def summary(rows: list[dict], device: str) -> str:
         f"{device}, batch {r['batch']} / prefix {r['prefix']}: Triton shared-prefix kernel "
         f"{r['paged_over_triton']:.1f}x faster than paged decode (target >= 10x), "
         f"{r['cascade_over_triton']:.1f}x faster than flashinfer's cascade, "
-        f"{r['triton_over_floor']:.2f}x the bytes floor (target <= 1.3x); warp-specialized "
-        f"(Gluon) {r['paged_over_ws']:.1f}x paged decode, {r['ws_over_floor']:.2f}x the floor; "
-        f"the engine's graph "
+        f"{r['triton_over_floor']:.2f}x the bytes floor (target <= 1.3x); the engine's graph "
         f"kernel with prefix tiles {r['paged_over_tiles']:.1f}x paged decode, "
         f"{r['tiles_over_floor']:.2f}x the floor"
     )

@@ -21,8 +21,6 @@ _DTYPES = (torch.float16, torch.bfloat16)
 _MIN_CHUNK = 128  # fewest prefix tokens one split covers by default
 _SUFFIX_BLOCK_N = 64  # suffix tokens per KV block
 _UNFUSED_FROM_ROWS = 256  # query rows a KV head from which the suffixes get their own kernel
-_WS_STAGES = 3  # KV slots of the warp-specialized kernel
-_WS_OVERLAP = True
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,6 @@ def plan_launch(
     prefix_len: int,
     num_sms: int,
     num_splits: int | None = None,
-    warp_specialized: bool = False,
 ) -> SharedPrefixLaunch:
     """Pick the row tile and the split of the prefix so the prefix grid fills the device.
 
@@ -92,7 +89,7 @@ def plan_launch(
     if prefix_len < 1:
         raise ValueError(f"prefix_len must be >= 1, got {prefix_len}")
     rows = batch * group
-    block_m, block_n = (64, 64) if rows <= 64 and not warp_specialized else (128, 64)
+    block_m, block_n = (64, 64) if rows <= 64 else (128, 64)
     row_tiles = -(-rows // block_m)
     if num_splits is None:
         one_wave = num_sms // (row_tiles * num_kv_heads)
@@ -101,13 +98,8 @@ def plan_launch(
         raise ValueError(f"num_splits must be >= 1, got {num_splits}")
     chunk_len = -(-prefix_len // num_splits)
     chunk_len = -(-chunk_len // block_n) * block_n
-    splits = -(-prefix_len // chunk_len)
-    if warp_specialized:
-        return SharedPrefixLaunch(
-            block_m, block_n, chunk_len, splits, 4, _WS_STAGES, fuse_suffix=False,
-            warp_specialized=True, overlap_softmax=_WS_OVERLAP,
-        )  # fmt: skip
     num_warps = 8 if block_m > 64 else 4
+    splits = -(-prefix_len // chunk_len)
     return SharedPrefixLaunch(
         block_m, block_n, chunk_len, splits, num_warps, fuse_suffix=rows < _UNFUSED_FROM_ROWS
     )
