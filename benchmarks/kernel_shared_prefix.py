@@ -30,7 +30,11 @@ import torch
 from parrotlet_kernels import triton_paged_decode
 from parrotlet_kernels.interface import PrefixGroup
 from parrotlet_kernels.triton_prefix_tiles import PrefixTiles, tile_prefixes, tile_shape
-from parrotlet_kernels.triton_shared_prefix import SharedPrefixLaunch, shared_prefix_decode
+from parrotlet_kernels.triton_shared_prefix import (
+    SharedPrefixLaunch,
+    plan_launch,
+    shared_prefix_decode,
+)
 
 ROTATE_BYTES = 256 << 20  # KV cycled through per timed pass, several times an H100's 50 MB L2
 WORKSPACE_BYTES = 128 << 20
