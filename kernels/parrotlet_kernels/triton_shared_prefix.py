@@ -30,7 +30,10 @@ class SharedPrefixLaunch:
     The prefix kernel's grid is (ceil(batch * group / block_m), num_kv_heads, num_splits); each
     program streams its chunk in KV blocks of `block_n` tokens. `fits(prefix_len)` must hold:
     the splits cover the prefix and none is empty (an empty split would merge 0/0). Without
-    `fuse_suffix` a third kernel, between prefix and merge, attends the suffixes.
+    `fuse_suffix` a third kernel, between prefix and merge, attends the suffixes. A
+    `warp_specialized` launch runs the prefix programs as the Gluon kernel of
+    gluon_shared_prefix_kernels.py (Hopper only; `num_stages` KV slots; `num_warps` unused):
+    compiled offline, not yet run on a GPU (see benchmarks/results/kernel_shared_prefix_notes.md).
     """
 
     block_m: int
@@ -131,8 +134,14 @@ def shared_prefix_decode(
         ValueError: a shape, dtype or device does not fit the description above.
     """
     check_inputs(q, kv_cache, prefix_pages, prefix_len, suffix_pages, suffix_lens)
+    if launch is not None and launch.warp_specialized and q.shape[2] not in (64, 128):
+        raise ValueError(f"a warp_specialized launch needs head_dim 64 or 128, got {q.shape[2]}")
     if q.device.type != "cuda":
         raise ValueError(f"shared_prefix_decode needs CUDA tensors, got {q.device}")
+    if launch is not None and launch.warp_specialized:
+        capability = torch.cuda.get_device_capability(q.device)
+        if capability[0] != 9:
+            raise ValueError(f"a warp_specialized launch needs Hopper (sm_90), got {capability}")
     batch, num_heads, head_dim = q.shape
     num_kv_heads = kv_cache.shape[3]
     if launch is None:

@@ -193,6 +193,13 @@ def test_head_dim_must_be_a_power_of_two():
         check_inputs(*inputs.args())
 
 
+def test_a_warp_specialized_launch_needs_head_dim_64_or_128():
+    inputs = make_inputs()  # head_dim 16
+    launch = SharedPrefixLaunch(128, 64, 64, 1, fuse_suffix=False, warp_specialized=True)
+    with pytest.raises(ValueError, match="needs head_dim 64 or 128, got 16"):
+        shared_prefix_decode(*inputs.args(), launch=launch)
+
+
 def test_cpu_tensors_are_rejected_before_triton_loads():
     sys.modules.pop(KERNELS, None)
     with pytest.raises(ValueError, match="shared_prefix_decode needs CUDA tensors, got cpu"):
