@@ -16,6 +16,8 @@ Here each program is three partitions that the warp schedulers interleave:
   softmax, the other's matrix products keep the tensor cores busy.
 
 Importing this module needs Triton with Gluon (3.6 on the GPU machine); nothing imports it on CPU.
+Status (2026-12-08): compiled offline for sm_90a without spills, not yet run on a GPU
+(benchmarks/results/kernel_shared_prefix_notes.md says what to run).
 """
 
 from __future__ import annotations
