@@ -435,9 +435,8 @@ def main() -> None:
         profile_us={},
     )  # fmt: skip
     if args.ws_sweep:
+        group, sms = shape.num_heads // shape.num_kv_heads, triton_paged_decode.num_sms(device)
         for b, p in points:
-            group = shape.num_heads // shape.num_kv_heads
-            sms = triton_paged_decode.num_sms(device)
             planned = plan_launch(b, group, shape.num_kv_heads, p, sms)
             result["sweep"] += sweep_launches(shape, b, p, [planned, *ws_launches(p)])
             write_results(result)

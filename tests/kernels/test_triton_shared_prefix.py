@@ -320,8 +320,8 @@ def warp_specialized(batch, heads, prefix_len, stages=3, splits=None, overlap=Tr
 
 
 def require_hopper() -> None:
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("the warp-specialized kernel needs wgmma (compute capability 9)")
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the warp-specialized kernel needs wgmma (Hopper, compute capability 9)")
 
 
 @pytest.mark.gpu
