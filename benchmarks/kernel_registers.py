@@ -114,7 +114,7 @@ def shared_prefix_config(block_m: int, warps: int) -> Config:
 
 def ws_prefix_config(stages: int, overlap: bool) -> Config:
     """The standalone kernel's warp-specialized (Gluon) prefix programs: 128 rows, a loader and
-    two consumer warpgroups, registers split 232 / 232 / 40 under a cap of 168 a thread."""
+    two consumer warpgroups, registers split 224 / 224 / 56 under a cap of 168 a thread."""
     from parrotlet_kernels.gluon_shared_prefix_kernels import ws_prefix_kernel
 
     constexprs = dict(GROUP=4, HEAD_DIM=128, PAGE_SIZE=16, BLOCK_N=64, STAGES=stages,

@@ -35,11 +35,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 ROWS_PER_CONSUMER = gl.constexpr(64)  # one warpgroup's wgmma tile
 BLOCK_M = gl.constexpr(128)  # query rows of a program: two consumers
 # Registers a thread of the worker partitions (the second consumer, the loader) under the launch's
-# maxnreg of 168; the first consumer gets the rest: 3 warpgroups * 168 - 232 - 40 = 232.
-# Offline (Triton 3.6, sm_90a) 208 / 64 also compiled without spills; the loader spilled at 40
-# when it was a single warp holding 32 rows of addresses.
-CONSUMER_REGS = gl.constexpr(232)
-LOADER_REGS = gl.constexpr(40)
+# maxnreg of 168; the first consumer gets the rest: 3 warpgroups * 168 - 224 - 56 = 224. Offline
+# (Triton 3.6, sm_90a) 232 / 40 spilled up to 24 bytes once the loader prefetched page ids.
+CONSUMER_REGS = gl.constexpr(224)
+LOADER_REGS = gl.constexpr(56)
 
 
 @gluon.jit
@@ -65,18 +64,23 @@ def _load_partition(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
     start, end, num_blocks = _chunk(dims, BLOCK_N)
     kv_ptr = ptrs[1] + gl.program_id(1) * strides[5]
     d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
+    tok = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
+    next_page = gl.load(ptrs[2] + tok // PAGE_SIZE, mask=tok < end, other=0)
     for j in range(num_blocks):
+        # block j + 1's page ids load while this block waits for its slot and issues its copies
+        page = next_page.to(gl.int64)
+        next_tok = tok + BLOCK_N
+        next_page = gl.load(ptrs[2] + next_tok // PAGE_SIZE, mask=next_tok < end, other=0)
         slot = j % STAGES
         mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1)
-        tok = start + j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
         ok = tok < end
-        page = gl.load(ptrs[2] + tok // PAGE_SIZE, mask=ok, other=0).to(gl.int64)
         rows = kv_ptr + page * stride_page + (tok % PAGE_SIZE) * stride_slot
         k_ptrs = rows[:, None] + d[None, :]
         async_copy.async_copy_global_to_shared(k_bufs.index(slot), k_ptrs, mask=ok[:, None])
         v_ptrs = k_ptrs + stride_kv
         async_copy.async_copy_global_to_shared(v_bufs.index(slot), v_ptrs, mask=ok[:, None])
         async_copy.mbarrier_arrive(ready.index(slot), increment_count=False)
+        tok = next_tok
 
 
 @gluon.jit
