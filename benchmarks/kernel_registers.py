@@ -84,7 +84,7 @@ def configs() -> list[Config]:
     paged.append(paged_config(64, 16, 4, pipelined=True))
     tiles = [tiles_config(*c) for c in ((64, 4), (64, 8), (128, 8))]
     standalone = [shared_prefix_config(block_m, warps) for block_m, warps in ((64, 4), (128, 8))]
-    ws = [ws_prefix_config(stages, overlap) for stages in (2, 3, 4) for overlap in (False, True)]
+    ws = [ws_prefix_config(stages, schedule) for stages in (2, 3, 4) for schedule in range(3)]
     return paged + tiles + standalone + ws + linear_configs()
 
 
@@ -112,14 +112,15 @@ def shared_prefix_config(block_m: int, warps: int) -> Config:
     return Config(name, prefix_kernel, constexprs, ATTENTION_POINTERS, num_warps=warps)
 
 
-def ws_prefix_config(stages: int, overlap: bool) -> Config:
+def ws_prefix_config(stages: int, schedule: int) -> Config:
     """The standalone kernel's warp-specialized (Gluon) prefix programs: 128 rows, a loader and
-    two consumer warpgroups, registers split 224 / 224 / 56 under a cap of 168 a thread."""
+    two consumer warpgroups, registers split 224 / 224 / 56 under a cap of 168 a thread;
+    `schedule` indexes triton_shared_prefix.CONSUMER_ORDERS."""
     from parrotlet_kernels.gluon_shared_prefix_kernels import ws_prefix_kernel
 
     constexprs = dict(GROUP=4, HEAD_DIM=128, PAGE_SIZE=16, BLOCK_N=64, STAGES=stages,
-                      OVERLAP=overlap)  # fmt: skip
-    name = f"shared_prefix ws, {stages} stages" + (", overlap" * overlap)
+                      SCHEDULE=schedule)  # fmt: skip
+    name = f"shared_prefix ws, {stages} stages, " + ("serial", "overlap", "pingpong")[schedule]
     return Config(name, ws_prefix_kernel, constexprs, ATTENTION_POINTERS, 4, maxnreg=168)
 
 

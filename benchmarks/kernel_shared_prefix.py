@@ -31,6 +31,7 @@ from parrotlet_kernels import triton_paged_decode
 from parrotlet_kernels.interface import PrefixGroup
 from parrotlet_kernels.triton_prefix_tiles import PrefixTiles, tile_prefixes, tile_shape
 from parrotlet_kernels.triton_shared_prefix import (
+    CONSUMER_ORDERS,
     SharedPrefixLaunch,
     plan_launch,
     shared_prefix_decode,
@@ -283,15 +284,15 @@ def triton_launches(prefix: int) -> list[SharedPrefixLaunch]:
 
 
 def ws_launches(prefix: int) -> list[SharedPrefixLaunch]:
-    """The warp-specialized (Gluon) kernel's launches: KV slots, split counts, softmax order."""
+    """The warp-specialized (Gluon) kernel's launches: KV slots, split counts, consumer order."""
     return [
         dataclasses.replace(
             _launch_for(prefix, splits, 128, 64, 4, stages),
             fuse_suffix=False,
             warp_specialized=True,
-            overlap_softmax=overlap,
+            consumer_order=order,
         )
-        for overlap in (False, True)
+        for order in CONSUMER_ORDERS
         for stages in (2, 3, 4)
         for splits in (4, 8, 16)
     ]

@@ -33,6 +33,13 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 ROWS_PER_CONSUMER = gl.constexpr(64)  # one warpgroup's wgmma tile
+# The consumers' order (the kernel's SCHEDULE): each block's Q·Kᵀ, softmax and P·V in turn;
+# FA3's order, block j's Q·Kᵀ and softmax while block j - 1's P·V runs; and that order with the
+# two consumers taking turns to issue each step's matrix products, so that one's softmax runs
+# while the other's products do.
+SERIAL = gl.constexpr(0)
+OVERLAP = gl.constexpr(1)
+PINGPONG = gl.constexpr(2)
 BLOCK_M = gl.constexpr(128)  # query rows of a program: two consumers
 # Registers a thread of the worker partitions (the second consumer, the loader) under the launch's
 # maxnreg of 168; the first consumer gets the rest: 3 warpgroups * 168 - 224 - 56 = 224. Offline
@@ -53,9 +60,9 @@ def _chunk(dims, BLOCK_N: gl.constexpr):
 @gluon.jit
 def _load_partition(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
                     HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
-                    STAGES: gl.constexpr, OVERLAP: gl.constexpr):  # fmt: skip
+                    STAGES: gl.constexpr, SCHEDULE: gl.constexpr):  # fmt: skip
     """Four warps: gather each KV block of the chunk into its slot once both consumers freed it."""
-    k_bufs, v_bufs, ready, empty = smem
+    k_bufs, v_bufs, ready, empty = smem[0], smem[1], smem[2], smem[3]
     stride_page, stride_kv, stride_slot = strides[2], strides[3], strides[4]
     row_threads: gl.constexpr = HEAD_DIM // 8  # 16 bytes a thread, a row's threads side by side
     layout: gl.constexpr = gl.BlockedLayout(
@@ -85,7 +92,7 @@ def _load_partition(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
 
 @gluon.jit
 def _consume(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
-             BLOCK_N: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
+             BLOCK_N: gl.constexpr, STAGES: gl.constexpr, SCHEDULE: gl.constexpr,
              WARPGROUP: gl.constexpr):  # fmt: skip
     """One warpgroup: its 64 query rows against every KV block of the chunk, then the partial."""
     k_bufs, v_bufs, empty = smem[0], smem[1], smem[3]
@@ -102,15 +109,20 @@ def _consume(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr, HEAD_DI
     m_i = gl.full([ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
-    if OVERLAP:
-        # block j's scores and softmax run while block j - 1's P·V is in flight (FA3's order)
-        s = warpgroup_mma_wait(0, deps=(_issue_scores(q, zero_s, smem, 0, STAGES),))
+    if SCHEDULE >= OVERLAP:
+        # block j's scores and softmax run while block j - 1's P·V is in flight (FA3's order);
+        # with PINGPONG the two consumers also take turns issuing each step's matrix products
+        pingpong: gl.constexpr = SCHEDULE == PINGPONG
+        s = _issue_scores(q, zero_s, smem, 0, STAGES, WARPGROUP, pingpong)
+        _pass_turn(smem, WARPGROUP, pingpong)
+        s = warpgroup_mma_wait(0, deps=(s,))
         m_i, alpha, p, l_i = _online_softmax(s, 0, start, end, cols, scale_log2, m_i, l_i)
         p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
         for j in range(1, num_blocks):
-            s = _issue_scores(q, zero_s, smem, j, STAGES)
+            s = _issue_scores(q, zero_s, smem, j, STAGES, WARPGROUP, pingpong)
             issued = p  # a register operand: kept alive until its wgmma is waited for
             acc = warpgroup_mma(issued, v_bufs.index((j - 1) % STAGES), acc, is_async=True)
+            _pass_turn(smem, WARPGROUP, pingpong)
             s = warpgroup_mma_wait(1, deps=(s,))
             m_i, alpha, p, l_i = _online_softmax(s, j, start, end, cols, scale_log2, m_i, l_i)
             acc, issued = warpgroup_mma_wait(0, deps=(acc, issued))
@@ -118,12 +130,15 @@ def _consume(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr, HEAD_DI
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
             p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
         last = (num_blocks - 1) % STAGES
+        _take_turn(smem, num_blocks, WARPGROUP, pingpong)
         acc = warpgroup_mma(p, v_bufs.index(last), acc, is_async=True)
+        _pass_turn(smem, WARPGROUP, pingpong)
         acc, p = warpgroup_mma_wait(0, deps=(acc, p))
         mbarrier.arrive(empty.index(last), count=1)
     else:
         for j in range(num_blocks):
-            s = warpgroup_mma_wait(0, deps=(_issue_scores(q, zero_s, smem, j, STAGES),))
+            s = _issue_scores(q, zero_s, smem, j, STAGES, WARPGROUP, False)
+            s = warpgroup_mma_wait(0, deps=(s,))
             m_i, alpha, p, l_i = _online_softmax(s, j, start, end, cols, scale_log2, m_i, l_i)
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
             p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
@@ -134,13 +149,31 @@ def _consume(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr, HEAD_DI
 
 
 @gluon.jit
-def _issue_scores(q, zero_s, smem, j, STAGES: gl.constexpr):
-    """Wait for block j's slot and start its Q·Kᵀ (asynchronous: wait on the returned token)."""
+def _issue_scores(q, zero_s, smem, j, STAGES: gl.constexpr, WARPGROUP: gl.constexpr,
+                  PINGPONG: gl.constexpr):  # fmt: skip
+    """Wait for block j's slot (and with PINGPONG for turn j) and start its Q·Kᵀ
+    (asynchronous: wait on the returned token)."""
     k_bufs, ready = smem[0], smem[2]
     mbarrier.wait(ready.index(j % STAGES), (j // STAGES) & 1)
     fence_async_shared()  # the loader's cp.async wrote the slot; wgmma reads it async
+    _take_turn(smem, j, WARPGROUP, PINGPONG)
     k_t = k_bufs.index(j % STAGES).permute((1, 0))
     return warpgroup_mma(q, k_t, zero_s, use_acc=False, is_async=True)
+
+
+@gluon.jit
+def _take_turn(smem, turn, WARPGROUP: gl.constexpr, PINGPONG: gl.constexpr):
+    """With PINGPONG, wait until the other consumer has issued its products of turn `turn`
+    (the first consumer goes first: a fresh barrier's parity-1 wait passes at once)."""
+    if PINGPONG:
+        mbarrier.wait(smem[4].index(WARPGROUP), (turn & 1) ^ (1 - WARPGROUP))
+
+
+@gluon.jit
+def _pass_turn(smem, WARPGROUP: gl.constexpr, PINGPONG: gl.constexpr):
+    """With PINGPONG, let the other consumer issue its products of this turn."""
+    if PINGPONG:
+        mbarrier.arrive(smem[4].index(1 - WARPGROUP), count=1)
 
 
 @gluon.jit
@@ -190,15 +223,15 @@ def _store_partial(ptrs, dims, first_row, m_i, l_i, acc, GROUP: gl.constexpr,
 @gluon.jit
 def _consume_first(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
                    HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
-                   STAGES: gl.constexpr, OVERLAP: gl.constexpr):  # fmt: skip
-    _consume(smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, BLOCK_N, STAGES, OVERLAP, 0)
+                   STAGES: gl.constexpr, SCHEDULE: gl.constexpr):  # fmt: skip
+    _consume(smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, BLOCK_N, STAGES, SCHEDULE, 0)
 
 
 @gluon.jit
 def _consume_second(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
                     HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
-                    STAGES: gl.constexpr, OVERLAP: gl.constexpr):  # fmt: skip
-    _consume(smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, BLOCK_N, STAGES, OVERLAP, 1)
+                    STAGES: gl.constexpr, SCHEDULE: gl.constexpr):  # fmt: skip
+    _consume(smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, BLOCK_N, STAGES, SCHEDULE, 1)
 
 
 @gluon.jit(do_not_specialize=["batch", "prefix_len"])
@@ -225,7 +258,7 @@ def ws_prefix_kernel(
     PAGE_SIZE: gl.constexpr,
     BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr,
-    OVERLAP: gl.constexpr,  # a block's softmax overlaps the previous block's P·V
+    SCHEDULE: gl.constexpr,  # the consumers' order: SERIAL, OVERLAP or PINGPONG
 ):
     """Program (row tile of BLOCK_M rows, kv head, split), launched with num_warps=4 and
     maxnreg=168: the first consumer is the default partition; the workers are the second
@@ -236,10 +269,13 @@ def ws_prefix_kernel(
     v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(turns.index(i), count=1)  # consumer i may issue its next products
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=4 * 32)  # every loader thread's copies landed
         mbarrier.init(empty.index(i), count=2)  # both consumers are done with the slot
-    smem = (k_bufs, v_bufs, ready, empty)
+    smem = (k_bufs, v_bufs, ready, empty, turns)
     ptrs = (q_ptr, cache_ptr, prefix_pages_ptr, o_part_ptr, lse_part_ptr)
     dims = (batch, num_heads, num_slots, prefix_len, chunk_len)
     strides = (stride_qb, stride_qh, stride_page, stride_kv, stride_slot, stride_head)
@@ -247,11 +283,11 @@ def ws_prefix_kernel(
     gl.warp_specialize(
         [
             (_consume_first, (smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, PAGE_SIZE,
-                              BLOCK_N, STAGES, OVERLAP)),
+                              BLOCK_N, STAGES, SCHEDULE)),
             (_consume_second, (smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, PAGE_SIZE,
-                               BLOCK_N, STAGES, OVERLAP)),
+                               BLOCK_N, STAGES, SCHEDULE)),
             (_load_partition, (smem, ptrs, dims, strides, scale_log2, GROUP, HEAD_DIM, PAGE_SIZE,
-                               BLOCK_N, STAGES, OVERLAP)),
+                               BLOCK_N, STAGES, SCHEDULE)),
         ],
         [4, 4],
         [CONSUMER_REGS, LOADER_REGS],

@@ -21,6 +21,10 @@ _DTYPES = (torch.float16, torch.bfloat16)
 _MIN_CHUNK = 128  # fewest prefix tokens one split covers by default
 _SUFFIX_BLOCK_N = 64  # suffix tokens per KV block
 _UNFUSED_FROM_ROWS = 256  # query rows a KV head from which the suffixes get their own kernel
+# How the warp-specialized kernel's two consumer warpgroups order their work (its SCHEDULE):
+# each block in turn; FA3's order (block j's softmax while block j - 1's P·V runs); and that
+# order with the consumers taking turns to issue their matrix products.
+CONSUMER_ORDERS = ("serial", "overlap", "pingpong")
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class SharedPrefixLaunch:
     fuse_suffix: bool = True  # suffixes attended inside the prefix kernel, not by their own
     partial_dtype: torch.dtype = torch.float32  # of the per-slot normalized outputs
     warp_specialized: bool = False  # the Gluon prefix kernel (Hopper): loader + 2 consumers
-    overlap_softmax: bool = False  # (warp_specialized) block j's softmax beside block j-1's P·V
+    consumer_order: str = "overlap"  # (warp_specialized) one of CONSUMER_ORDERS
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -59,6 +63,10 @@ class SharedPrefixLaunch:
             raise ValueError(f"partial_dtype must be a float type, got {self.partial_dtype}")
         if self.warp_specialized and (self.block_m != 128 or self.fuse_suffix):
             raise ValueError("a warp_specialized launch has block_m 128 and unfused suffixes")
+        if self.consumer_order not in CONSUMER_ORDERS:
+            raise ValueError(
+                f"consumer_order must be one of {CONSUMER_ORDERS}, got {self.consumer_order!r}"
+            )
 
     def fits(self, prefix_len: int) -> bool:
         """Whether the splits cover `prefix_len` tokens with at least one token each."""
@@ -271,7 +279,7 @@ def _launch(
             q, kv_cache, prefix_pages, o_part, lse_part, batch, num_heads, slots, prefix_len,
             launch.chunk_len, *common[:6], common[7], GROUP=group, HEAD_DIM=head_dim,
             PAGE_SIZE=page_size, BLOCK_N=launch.block_n, STAGES=launch.num_stages,
-            OVERLAP=launch.overlap_softmax, num_warps=4, maxnreg=168,
+            SCHEDULE=CONSUMER_ORDERS.index(launch.consumer_order), num_warps=4, maxnreg=168,
         )  # fmt: skip
     else:
         kernels.prefix_kernel[grid](

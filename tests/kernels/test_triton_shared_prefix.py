@@ -153,6 +153,8 @@ def test_launch_config_validation():
         SharedPrefixLaunch(64, 64, 128, 1, fuse_suffix=False, warp_specialized=True)
     with pytest.raises(ValueError, match="warp_specialized launch has block_m 128 and unfused"):
         SharedPrefixLaunch(128, 64, 128, 1, warp_specialized=True)
+    with pytest.raises(ValueError, match=r"consumer_order must be one of \('serial', 'overlap'"):
+        SharedPrefixLaunch(128, 64, 128, 1, consumer_order="fifo")
     assert not SharedPrefixLaunch(64, 64, 128, 2).fits(128)  # second split empty
     assert not SharedPrefixLaunch(64, 64, 128, 2).fits(257)  # not covered
     assert SharedPrefixLaunch(64, 64, 128, 2).fits(129)
@@ -311,12 +313,12 @@ def test_kernel_replays_in_a_cuda_graph(fuse_suffix):
     assert not torch.equal(out, expected)
 
 
-def warp_specialized(batch, heads, prefix_len, stages=3, splits=None, overlap=True):
+def warp_specialized(batch, heads, prefix_len, stages=3, splits=None, order="pingpong"):
     """plan_launch's split of the prefix, run by the Gluon kernel (128 rows, own suffix kernel)."""
     launch = plan_launch(batch, heads[0] // heads[1], heads[1], prefix_len, 132, splits)
     return dataclasses.replace(launch, block_m=128, num_warps=4, num_stages=stages,
                                fuse_suffix=False, warp_specialized=True,
-                               overlap_softmax=overlap)  # fmt: skip
+                               consumer_order=order)  # fmt: skip
 
 
 def require_hopper() -> None:
@@ -327,12 +329,15 @@ def require_hopper() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("heads", HEADS)
-@pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize(("stages", "overlap"), [(2, False), (2, True), (4, True)])
-def test_warp_specialized_kernel_matches_reference(case, heads, head_dim, stages, overlap):
+@pytest.mark.parametrize(
+    ("head_dim", "stages", "order"),
+    [(128, 2, "serial"), (128, 2, "overlap"), (128, 2, "pingpong"), (128, 4, "pingpong"),
+     (64, 3, "pingpong")],
+)  # fmt: skip
+def test_warp_specialized_kernel_matches_reference(case, heads, head_dim, stages, order):
     require_hopper()
     batch, prefix_len, _ = CASES[case]
-    launch = warp_specialized(batch, heads, prefix_len, stages, overlap=overlap)
+    launch = warp_specialized(batch, heads, prefix_len, stages, order=order)
     gpu_check(case, heads, head_dim, 16, launch=launch)
 
 
