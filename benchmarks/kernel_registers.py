@@ -28,6 +28,7 @@ from triton.compiler import ASTSource
 from parrotlet_kernels.triton_linear import plan_linear
 from parrotlet_kernels.triton_linear_kernels import small_batch_linear_kernel
 from parrotlet_kernels.triton_paged_decode_kernels import paged_decode_kernel, prefix_tiles_kernel
+from parrotlet_kernels.triton_shared_prefix import CONSUMER_ORDERS
 from parrotlet_kernels.triton_shared_prefix_kernels import prefix_kernel
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -84,7 +85,8 @@ def configs() -> list[Config]:
     paged.append(paged_config(64, 16, 4, pipelined=True))
     tiles = [tiles_config(*c) for c in ((64, 4), (64, 8), (128, 8))]
     standalone = [shared_prefix_config(block_m, warps) for block_m, warps in ((64, 4), (128, 8))]
-    ws = [ws_prefix_config(stages, schedule) for stages in (2, 3, 4) for schedule in range(3)]
+    orders = range(len(CONSUMER_ORDERS))
+    ws = [ws_prefix_config(stages, schedule) for stages in (2, 3, 4) for schedule in orders]
     return paged + tiles + standalone + ws + linear_configs()
 
 
@@ -120,7 +122,7 @@ def ws_prefix_config(stages: int, schedule: int) -> Config:
 
     constexprs = dict(GROUP=4, HEAD_DIM=128, PAGE_SIZE=16, BLOCK_N=64, STAGES=stages,
                       SCHEDULE=schedule)  # fmt: skip
-    name = f"shared_prefix ws, {stages} stages, " + ("serial", "overlap", "pingpong")[schedule]
+    name = f"shared_prefix ws, {stages} stages, {CONSUMER_ORDERS[schedule]}"
     return Config(name, ws_prefix_kernel, constexprs, ATTENTION_POINTERS, 4, maxnreg=168)
 
 

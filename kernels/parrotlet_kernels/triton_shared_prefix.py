@@ -142,14 +142,10 @@ def shared_prefix_decode(
         ValueError: a shape, dtype or device does not fit the description above.
     """
     check_inputs(q, kv_cache, prefix_pages, prefix_len, suffix_pages, suffix_lens)
-    if launch is not None and launch.warp_specialized and q.shape[2] not in (64, 128):
-        raise ValueError(f"a warp_specialized launch needs head_dim 64 or 128, got {q.shape[2]}")
+    if launch is not None and launch.warp_specialized:
+        _check_warp_specialized(q)
     if q.device.type != "cuda":
         raise ValueError(f"shared_prefix_decode needs CUDA tensors, got {q.device}")
-    if launch is not None and launch.warp_specialized:
-        capability = torch.cuda.get_device_capability(q.device)
-        if capability[0] != 9:
-            raise ValueError(f"a warp_specialized launch needs Hopper (sm_90), got {capability}")
     batch, num_heads, head_dim = q.shape
     num_kv_heads = kv_cache.shape[3]
     if launch is None:
@@ -180,6 +176,15 @@ def check_inputs(
     _check_heads(q, kv_cache)
     _check_dtypes_and_layout(q, kv_cache)
     _check_pages(q, kv_cache, prefix_pages, prefix_len, suffix_pages, suffix_lens)
+
+
+def _check_warp_specialized(q: torch.Tensor) -> None:
+    """The Gluon kernel's limits: head dim 64 or 128 (its layouts), and Hopper's wgmma."""
+    if q.shape[2] not in (64, 128):
+        raise ValueError(f"a warp_specialized launch needs head_dim 64 or 128, got {q.shape[2]}")
+    capability = torch.cuda.get_device_capability(q.device) if q.is_cuda else None
+    if capability is not None and capability[0] != 9:
+        raise ValueError(f"a warp_specialized launch needs Hopper (sm_90), got {capability}")
 
 
 def _check_heads(q: torch.Tensor, kv_cache: torch.Tensor) -> None:
