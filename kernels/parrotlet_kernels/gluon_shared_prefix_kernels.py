@@ -10,7 +10,7 @@ Here each program is three partitions that the warp schedulers interleave:
 
 - a loader warpgroup streams the chunk's KV blocks through `STAGES` shared-memory slots with
   `cp.async` (pages are gathered, so no TMA); each thread's copies arrive on the slot's barrier
-  as they land;
+  as they land, and the next block's page ids load while it waits for a free slot;
 - two consumer warpgroups, 64 query rows each, wait for a slot, run `wgmma` for Q·Kᵀ, the
   online softmax, and `wgmma` for P·V, then free the slot. While one warpgroup is in its
   softmax, the other's matrix products keep the tensor cores busy.
@@ -61,7 +61,8 @@ def _chunk(dims, BLOCK_N: gl.constexpr):
 def _load_partition(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr,
                     HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
                     STAGES: gl.constexpr, SCHEDULE: gl.constexpr):  # fmt: skip
-    """Four warps: gather each KV block of the chunk into its slot once both consumers freed it."""
+    """Four warps: gather each KV block of the chunk into its slot once both consumers freed it.
+    (Worker partitions share one signature, so it takes arguments only the consumers read.)"""
     k_bufs, v_bufs, ready, empty = smem[0], smem[1], smem[2], smem[3]
     stride_page, stride_kv, stride_slot = strides[2], strides[3], strides[4]
     row_threads: gl.constexpr = HEAD_DIM // 8  # 16 bytes a thread, a row's threads side by side
@@ -95,7 +96,6 @@ def _consume(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr, HEAD_DI
              BLOCK_N: gl.constexpr, STAGES: gl.constexpr, SCHEDULE: gl.constexpr,
              WARPGROUP: gl.constexpr):  # fmt: skip
     """One warpgroup: its 64 query rows against every KV block of the chunk, then the partial."""
-    k_bufs, v_bufs, empty = smem[0], smem[1], smem[3]
     ROWS: gl.constexpr = ROWS_PER_CONSUMER
     s_layout: gl.constexpr = gl.NVMMADistributedLayout([3, 0], [4, 1], [16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout([3, 0], [4, 1], [16, HEAD_DIM, 16])
@@ -109,43 +109,73 @@ def _consume(smem, ptrs, dims, strides, scale_log2, GROUP: gl.constexpr, HEAD_DI
     m_i = gl.full([ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
+    state = (m_i, l_i, acc)
+    blocks = (start, end, num_blocks, cols, scale_log2)
     if SCHEDULE >= OVERLAP:
-        # block j's scores and softmax run while block j - 1's P·V is in flight (FA3's order);
-        # with PINGPONG the two consumers also take turns issuing each step's matrix products
-        pingpong: gl.constexpr = SCHEDULE == PINGPONG
-        s = _issue_scores(q, zero_s, smem, 0, STAGES, WARPGROUP, pingpong)
-        _pass_turn(smem, WARPGROUP, pingpong)
-        s = warpgroup_mma_wait(0, deps=(s,))
-        m_i, alpha, p, l_i = _online_softmax(s, 0, start, end, cols, scale_log2, m_i, l_i)
-        p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
-        for j in range(1, num_blocks):
-            s = _issue_scores(q, zero_s, smem, j, STAGES, WARPGROUP, pingpong)
-            issued = p  # a register operand: kept alive until its wgmma is waited for
-            acc = warpgroup_mma(issued, v_bufs.index((j - 1) % STAGES), acc, is_async=True)
-            _pass_turn(smem, WARPGROUP, pingpong)
-            s = warpgroup_mma_wait(1, deps=(s,))
-            m_i, alpha, p, l_i = _online_softmax(s, j, start, end, cols, scale_log2, m_i, l_i)
-            acc, issued = warpgroup_mma_wait(0, deps=(acc, issued))
-            mbarrier.arrive(empty.index((j - 1) % STAGES), count=1)
-            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-            p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
-        last = (num_blocks - 1) % STAGES
-        _take_turn(smem, num_blocks, WARPGROUP, pingpong)
-        acc = warpgroup_mma(p, v_bufs.index(last), acc, is_async=True)
-        _pass_turn(smem, WARPGROUP, pingpong)
-        acc, p = warpgroup_mma_wait(0, deps=(acc, p))
-        mbarrier.arrive(empty.index(last), count=1)
+        m_i, l_i, acc = _attend_overlapped(q, zero_s, smem, blocks, state, p_operand, STAGES,
+                                           WARPGROUP, SCHEDULE == PINGPONG)  # fmt: skip
     else:
-        for j in range(num_blocks):
-            s = _issue_scores(q, zero_s, smem, j, STAGES, WARPGROUP, False)
-            s = warpgroup_mma_wait(0, deps=(s,))
-            m_i, alpha, p, l_i = _online_softmax(s, j, start, end, cols, scale_log2, m_i, l_i)
-            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-            p = gl.convert_layout(p.to(k_bufs.dtype), p_operand)
-            acc = warpgroup_mma(p, v_bufs.index(j % STAGES), acc, is_async=True)
-            acc, p = warpgroup_mma_wait(0, deps=(acc, p))
-            mbarrier.arrive(empty.index(j % STAGES), count=1)
+        m_i, l_i, acc = _attend_serial(q, zero_s, smem, blocks, state, p_operand, STAGES)
     _store_partial(ptrs, dims, first_row, m_i, l_i, acc, GROUP, HEAD_DIM)
+
+
+@gluon.jit
+def _attend_serial(q, zero_s, smem, blocks, state, p_operand: gl.constexpr,
+                   STAGES: gl.constexpr):  # fmt: skip
+    """Each block's Q·Kᵀ, softmax and P·V in turn; returns the final (m_i, l_i, acc)."""
+    v_bufs, empty = smem[1], smem[3]
+    start, end, num_blocks, cols, scale_log2 = blocks
+    m_i, l_i, acc = state
+    for j in range(num_blocks):
+        s = _issue_scores(q, zero_s, smem, j, STAGES, 0, False)
+        s = warpgroup_mma_wait(0, deps=(s,))
+        m_i, alpha, p, l_i = _online_softmax(s, j, start, end, cols, scale_log2, m_i, l_i)
+        acc = _rescale(acc, alpha)
+        p = gl.convert_layout(p.to(v_bufs.dtype), p_operand)
+        acc = warpgroup_mma(p, v_bufs.index(j % STAGES), acc, is_async=True)
+        acc, p = warpgroup_mma_wait(0, deps=(acc, p))
+        mbarrier.arrive(empty.index(j % STAGES), count=1)
+    return m_i, l_i, acc
+
+
+@gluon.jit
+def _attend_overlapped(q, zero_s, smem, blocks, state, p_operand: gl.constexpr,
+                       STAGES: gl.constexpr, WARPGROUP: gl.constexpr,
+                       PINGPONG: gl.constexpr):  # fmt: skip
+    """FA3's order: block j's Q·Kᵀ and softmax while block j - 1's P·V is in flight; with
+    PINGPONG the two consumers also take turns issuing each step's matrix products."""
+    v_bufs, empty = smem[1], smem[3]
+    start, end, num_blocks, cols, scale_log2 = blocks
+    m_i, l_i, acc = state
+    s = _issue_scores(q, zero_s, smem, 0, STAGES, WARPGROUP, PINGPONG)
+    _pass_turn(smem, WARPGROUP, PINGPONG)
+    s = warpgroup_mma_wait(0, deps=(s,))
+    m_i, alpha, p, l_i = _online_softmax(s, 0, start, end, cols, scale_log2, m_i, l_i)
+    p = gl.convert_layout(p.to(v_bufs.dtype), p_operand)
+    for j in range(1, num_blocks):
+        s = _issue_scores(q, zero_s, smem, j, STAGES, WARPGROUP, PINGPONG)
+        issued = p  # a register operand: kept alive until its wgmma is waited for
+        acc = warpgroup_mma(issued, v_bufs.index((j - 1) % STAGES), acc, is_async=True)
+        _pass_turn(smem, WARPGROUP, PINGPONG)
+        s = warpgroup_mma_wait(1, deps=(s,))
+        m_i, alpha, p, l_i = _online_softmax(s, j, start, end, cols, scale_log2, m_i, l_i)
+        acc, issued = warpgroup_mma_wait(0, deps=(acc, issued))
+        mbarrier.arrive(empty.index((j - 1) % STAGES), count=1)
+        acc = _rescale(acc, alpha)
+        p = gl.convert_layout(p.to(v_bufs.dtype), p_operand)
+    last = (num_blocks - 1) % STAGES
+    _take_turn(smem, num_blocks, WARPGROUP, PINGPONG)
+    acc = warpgroup_mma(p, v_bufs.index(last), acc, is_async=True)
+    _pass_turn(smem, WARPGROUP, PINGPONG)
+    acc, p = warpgroup_mma_wait(0, deps=(acc, p))
+    mbarrier.arrive(empty.index(last), count=1)
+    return m_i, l_i, acc
+
+
+@gluon.jit
+def _rescale(acc, alpha):
+    """The running output scaled by the old state's factor (alpha in the scores' row layout)."""
+    return acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
 
 
 @gluon.jit
