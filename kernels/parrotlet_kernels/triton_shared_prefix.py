@@ -271,10 +271,9 @@ def _launch(
     group, slots = num_heads // num_kv_heads, launch.num_splits + 1
     o_part = q.new_empty((batch, num_heads, slots, head_dim), dtype=launch.partial_dtype)
     lse_part = q.new_empty((batch, num_heads, slots), dtype=torch.float32)
-    common = (
-        q.stride(0), q.stride(1), *kv_cache.stride()[:4], suffix_pages.stride(0),
-        scale * math.log2(math.e),
-    )  # fmt: skip
+    strides = (q.stride(0), q.stride(1), *kv_cache.stride()[:4])
+    scale_log2 = scale * math.log2(math.e)
+    common = (*strides, suffix_pages.stride(0), scale_log2)
     heads = dict(GROUP=group, BLOCK_G=max(16, _next_power_of_2(group)), HEAD_DIM=head_dim)
     grid = (-(-batch * group // launch.block_m), num_kv_heads, launch.num_splits)
     if launch.warp_specialized:
@@ -282,7 +281,7 @@ def _launch(
 
         gluon_kernels.ws_prefix_kernel[grid](
             q, kv_cache, prefix_pages, o_part, lse_part, batch, num_heads, slots, prefix_len,
-            launch.chunk_len, *common[:6], common[7], GROUP=group, HEAD_DIM=head_dim,
+            launch.chunk_len, *strides, scale_log2, GROUP=group, HEAD_DIM=head_dim,
             PAGE_SIZE=page_size, BLOCK_N=launch.block_n, STAGES=launch.num_stages,
             SCHEDULE=CONSUMER_ORDERS.index(launch.consumer_order), num_warps=4, maxnreg=168,
         )  # fmt: skip
