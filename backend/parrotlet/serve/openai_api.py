@@ -19,6 +19,16 @@ from pydantic import BaseModel, ConfigDict
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.serve.auth import request_tenant
 from parrotlet.serve.errors import NotFoundError
+from parrotlet.serve.tool_calls import (
+    FALLBACK,
+    ToolCallReader,
+    ToolRequest,
+    fallback_messages,
+    message_calls,
+    reply_opening,
+    template_format,
+    tool_request,
+)
 from parrotlet.serve.wire import sse_response
 
 if TYPE_CHECKING:
@@ -28,6 +38,7 @@ if TYPE_CHECKING:
 router = APIRouter()
 _STARTED = int(time.time())
 _ROLES = ("system", "developer", "user", "assistant", "tool")
+_ROLE_FIELDS = {"assistant": {"tool_calls"}, "tool": {"tool_call_id"}}  # besides role, content
 # Known OpenAI parameters accepted only at their default (values that change nothing).
 _ONLY_DEFAULT: dict[str, tuple[Any, ...]] = {
     "presence_penalty": (None, 0),
@@ -88,6 +99,9 @@ class ChatRequest(_CommonRequest):
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    tools: Any = None  # checked by tool_calls.tool_request (clearer errors)
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
 
 
 # ---- routes --------------------------------------------------------------------------------
@@ -108,13 +122,14 @@ async def chat_completions(
 ) -> Any:
     core = _core(request)
     _check_common(core, body)
-    prompt = _chat_prompt(core.tokenizer, body.messages)
+    tools = tool_request(body.tools, body.tool_choice, body.parallel_tool_calls)
+    prompt, opening = _chat_prompt(core.tokenizer, body.messages, tools)
     max_tokens = body.max_completion_tokens
     if max_tokens is None:
         max_tokens = body.max_tokens
     to_the_end = max_tokens is None  # OpenAI: up to the context, clipped to what is left
     params = _sampling(body, core.max_model_len if to_the_end else max_tokens)
-    out = _Responder(core.model_name, True, body)
+    out = _Responder(core.model_name, True, body, tools, opening)
     return await _respond(core, tenant, [prompt], params, out, clip_to_context=to_the_end)
 
 
@@ -179,34 +194,52 @@ def _all_ints(items: list[Any]) -> bool:
     return bool(items) and all(isinstance(t, int) and not isinstance(t, bool) for t in items)
 
 
-def _chat_prompt(tokenizer: Any, messages: list[Any]) -> str:
-    """The prompt text of `messages` under the model's chat template, ready for the reply."""
+def _chat_prompt(tokenizer: Any, messages: list[Any], tools: ToolRequest | None) -> tuple[str, str]:
+    """The prompt text of `messages` (and `tools`) under the model's chat template, ready for
+    the reply, and the call opening it ends with when a tool call is required (else "")."""
     if not messages:
         raise ValueError("messages must be a non-empty list")
     clean = [_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("this model has no chat template; use /v1/completions")
+    fmt, extra = template_format(tokenizer.chat_template), {}
+    if fmt is None:  # the template knows no tools: parrotlet's instruction and call format
+        fmt, clean = FALLBACK, fallback_messages(clean, tools)
+    elif tools is not None:
+        extra["tools"] = list(tools.tools)
     try:
-        return tokenizer.apply_chat_template(clean, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            clean, add_generation_prompt=True, tokenize=False, **extra
+        )
     except Exception as exc:  # a Jinja template error: the messages do not fit the template
         raise ValueError(f"messages: the model's chat template rejected them: {exc}") from None
+    opening = reply_opening(tools, fmt)
+    return text + opening, opening
 
 
-def _message(message: Any, where: str) -> dict[str, str]:
+def _message(message: Any, where: str) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ValueError(f"{where} must be an object with 'role' and 'content'")
-    unknown = sorted(set(message) - {"role", "content", "name"})
-    if unknown:
-        raise ValueError(f"{where} has unsupported fields {unknown}")
     role = message.get("role")
     if role not in _ROLES:
         raise ValueError(f"{where}.role must be one of {list(_ROLES)}, got {role!r}")
+    allowed = {"role", "content", "name"} | _ROLE_FIELDS.get(role, set())
+    unknown = sorted(set(message) - allowed)
+    if unknown:
+        raise ValueError(f"{where} has unsupported fields {unknown}")
     content = message.get("content")
+    if content is None and message.get("tool_calls"):
+        content = ""  # an assistant message of tool calls only
     if isinstance(content, list):
         content = "".join(_text_part(p, f"{where}.content[{j}]") for j, p in enumerate(content))
     if not isinstance(content, str):
         raise ValueError(f"{where}.content must be a string or a list of text parts")
-    return {"role": "system" if role == "developer" else role, "content": content}
+    clean: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": content}
+    if message.get("tool_calls"):
+        clean["tool_calls"] = message_calls(message, where)
+    if role == "tool" and isinstance(message.get("tool_call_id"), str):
+        clean["tool_call_id"] = message["tool_call_id"]
+    return clean
 
 
 def _text_part(part: Any, where: str) -> str:
@@ -223,17 +256,26 @@ def _text_part(part: Any, where: str) -> str:
 class _Responder:
     """Builds OpenAI-shaped bodies and chunks for one request (one id, one `created`)."""
 
-    def __init__(self, model: str, chat: bool, body: _CommonRequest) -> None:
+    def __init__(
+        self,
+        model: str,
+        chat: bool,
+        body: _CommonRequest,
+        tools: ToolRequest | None = None,
+        opening: str = "",  # the call opening the prompt ended with (tool_calls.reply_opening)
+    ) -> None:
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.model, self.chat, self.stream = model, chat, body.stream
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        self.tools, self.opening = tools, opening
+        self._readers: dict[int, ToolCallReader] = {}  # a streamed choice's tool calls
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "choices": choices}  # fmt: skip
 
-    def chunk(self, index: int, delta: dict[str, str] | str, finish: str | None) -> dict[str, Any]:
+    def chunk(self, index: int, delta: dict[str, Any] | str, finish: str | None) -> dict[str, Any]:
         key = "delta" if self.chat else "text"
         choice = {"index": index, key: delta, "logprobs": None, "finish_reason": finish}
         body = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
@@ -248,12 +290,51 @@ class _Responder:
     def response(self, results: Sequence[tuple[str, CompletionChunk]]) -> dict[str, Any]:
         choices = []
         for i, (text, final) in enumerate(results):
-            content = {"message": {"role": "assistant", "content": text}} if self.chat else {
-                "text": text}  # fmt: skip
-            choices.append({"index": i, **content, "logprobs": None,
-                            "finish_reason": final.finish_reason})  # fmt: skip
+            if self.chat:
+                message, finish = self._message(text, final.finish_reason)
+                content: dict[str, Any] = {"message": message}
+            else:
+                content, finish = {"text": text}, final.finish_reason
+            choices.append({"index": i, **content, "logprobs": None, "finish_reason": finish})
         body = self._envelope("chat.completion" if self.chat else "text_completion", choices)
         return {**body, "usage": _usage([final for _, final in results])}
+
+    def _message(self, text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:
+        """A whole reply as the assistant message (its tool calls parsed) and finish reason."""
+        if self.tools is None:
+            return {"role": "assistant", "content": text}, finish
+        reader = ToolCallReader(self.tools, self.opening)
+        content = reader.feed(text)
+        rest, calls = reader.finish()
+        if not calls:
+            return {"role": "assistant", "content": content + rest}, finish
+        message = {"role": "assistant", "content": content + rest or None,
+                   "tool_calls": [call.as_openai() for call in calls]}  # fmt: skip
+        return message, _calls_finish(finish)
+
+    def chat_deltas(self, index: int, chunk: CompletionChunk) -> list[tuple[dict, str | None]]:
+        """The (delta, finish reason) stream chunks of one engine chunk of choice `index`:
+        text as it comes, except what may be a tool call, whose calls come with the finish."""
+        if self.tools is None:
+            if not chunk.text and chunk.finish_reason is None:
+                return []
+            return [({"content": chunk.text} if chunk.text else {}, chunk.finish_reason)]
+        reader = self._readers.setdefault(index, ToolCallReader(self.tools, self.opening))
+        text = reader.feed(chunk.text)
+        if chunk.finish_reason is None:
+            return [({"content": text}, None)] if text else []
+        rest, calls = reader.finish()
+        text += rest
+        out: list[tuple[dict, str | None]] = [({"content": text}, None)] if text else []
+        if not calls:
+            return [*out, ({}, chunk.finish_reason)]
+        deltas = [call.as_openai(k) for k, call in enumerate(calls)]
+        return [*out, ({"tool_calls": deltas}, _calls_finish(chunk.finish_reason))]
+
+
+def _calls_finish(finish: str | None) -> str | None:
+    """OpenAI's finish reason of a reply that called tools (a cut-off one stays "length")."""
+    return "tool_calls" if finish == "stop" else finish
 
 
 def _usage(finals: Sequence[CompletionChunk]) -> dict[str, int]:
@@ -324,9 +405,11 @@ async def _stream_events(
         for i in range(len(streams)):
             yield out.chunk(i, {"role": "assistant", "content": ""}, None)
     async for i, chunk in _merge(streams):
-        if chunk.text or chunk.finish_reason is not None:
-            delta = ({"content": chunk.text} if chunk.text else {}) if out.chat else chunk.text
-            yield out.chunk(i, delta, chunk.finish_reason)
+        if out.chat:
+            for delta, finish in out.chat_deltas(i, chunk):
+                yield out.chunk(i, delta, finish)
+        elif chunk.text or chunk.finish_reason is not None:
+            yield out.chunk(i, chunk.text, chunk.finish_reason)
         if chunk.finish_reason is not None:
             finals.append(chunk)
     if out.include_usage:
