@@ -7,17 +7,22 @@ whose reply is a SemanticText future.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
 )
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import InvalidToolCall, ToolCall, tool_call_chunk
+from langchain_core.output_parsers.openai_tools import make_invalid_tool_call, parse_tool_call
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from langchain_parrotlet import routes
 from langchain_parrotlet.futures import SemanticText, parts_of
@@ -64,8 +69,9 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
     - text messages of roles system / human / ai (e.g. a system prompt and a question): a graph
       call with `chat=True` (Role segments per message) inside a graph scope or a batch, else
       one `/v1/chat/completions` request; both render the same chat template on the server;
-    - tool messages, tool calls or non-text blocks: `/v1/chat/completions`, one request per
-      prompt, with references resolved first.
+    - tool messages, tool calls or non-text blocks, and calls with tools bound
+      (`bind_tools`): `/v1/chat/completions`, one request per prompt, with references resolved
+      first.
     """
 
     @property
@@ -87,14 +93,15 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        tools = _pop_tool_options(kwargs)
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
-        scope = self.graph_scope()
+        scope = None if tools else self.graph_scope()  # tool calls are read in Python: eager
         future = _graph_call(scope, messages, sampling)
         if future is not None:
             return ChatResult(generations=[ChatGeneration(message=SemanticAIMessage.of(future))])
         dicts = routes.message_dicts(messages)
-        body = routes.chat_request(dicts, self.openai_body(sampling, kwargs))
+        body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **tools})
         return _chat_result(routes.complete(connection, routes.CHAT, body), self.model_name)
 
     async def _agenerate(
@@ -104,14 +111,15 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        tools = _pop_tool_options(kwargs)
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
-        scope = self.graph_scope()
+        scope = None if tools else self.graph_scope()
         future = _graph_call(scope, messages, sampling)
         if future is not None:
             return ChatResult(generations=[ChatGeneration(message=SemanticAIMessage.of(future))])
         dicts = await routes.amessage_dicts(messages)
-        body = routes.chat_request(dicts, self.openai_body(sampling, kwargs))
+        body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **tools})
         return _chat_result(await routes.acomplete(connection, routes.CHAT, body), self.model_name)
 
     def _stream(
@@ -121,16 +129,17 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        tools = _pop_tool_options(kwargs)
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
-        scope = self.graph_scope()
+        scope = None if tools else self.graph_scope()
         future = _graph_call(scope, messages, sampling)
         if scope is not None and future is not None:
             (ref,) = future.parts
             deltas: Iterator[routes.Delta] = routes.graph_stream(scope, ref.var)  # type: ignore[union-attr]
         else:
             dicts = routes.message_dicts(messages)
-            body = routes.chat_request(dicts, self.openai_body(sampling, kwargs))
+            body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **tools})
             deltas = routes.stream(connection, routes.CHAT, body)
         for delta in deltas:
             chunk = _chunk(delta)
@@ -145,22 +154,51 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        tools = _pop_tool_options(kwargs)
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
-        scope = self.graph_scope()
+        scope = None if tools else self.graph_scope()
         future = _graph_call(scope, messages, sampling)
         if scope is not None and future is not None:
             (ref,) = future.parts
             deltas: AsyncIterator[routes.Delta] = routes.agraph_stream(scope, ref.var)  # type: ignore[union-attr]
         else:
             dicts = await routes.amessage_dicts(messages)
-            body = routes.chat_request(dicts, self.openai_body(sampling, kwargs))
+            body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **tools})
             deltas = routes.astream(connection, routes.CHAT, body)
         async for delta in deltas:
             chunk = _chunk(delta)
             if run_manager is not None and delta.text:
                 await run_manager.on_llm_new_token(delta.text, chunk=chunk)
             yield chunk
+
+    # ---- tools ---------------------------------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: dict[str, Any] | str | bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """The model with `tools` (anything `convert_to_openai_tool` takes) sent along with each
+        call; replies carry `tool_calls` (and `invalid_tool_calls` for arguments that are not a
+        JSON object). Such calls run eagerly, also inside a graph scope: Python reads the calls.
+
+        Args:
+            tools: the tools the model may call.
+            tool_choice: "auto" (the default), "none", "required" or "any" (some tool), a tool's
+                name or True (the only tool): the reply calls it.
+            parallel_tool_calls: False keeps one call a reply.
+            **kwargs: bound as well (call options such as `temperature`).
+        """
+        bound: dict[str, Any] = {"tools": [convert_to_openai_tool(t) for t in tools]}
+        choice = _tool_choice(tool_choice, bound["tools"])
+        if choice is not None:
+            bound["tool_choice"] = choice
+        if parallel_tool_calls is not None:
+            bound["parallel_tool_calls"] = parallel_tool_calls
+        return super().bind(**bound, **kwargs)
 
     # ---- batches: one graph --------------------------------------------------------------
     def batch(
@@ -214,6 +252,31 @@ def _graph_call(
     return scope.add_chat_call([(role, parts_of(text)) for role, text in texts], sampling)
 
 
+_TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls")
+
+
+def _pop_tool_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The tool fields of a call's options (bind_tools'), taken out of `kwargs`."""
+    return {name: kwargs.pop(name) for name in _TOOL_OPTIONS if name in kwargs}
+
+
+def _tool_choice(choice: dict[str, Any] | str | bool | None, tools: list[dict[str, Any]]) -> Any:
+    """LangChain's tool_choice as OpenAI's: None, "auto", "none", "required", or a function."""
+    if choice is None or choice is False:
+        return None
+    if choice == "any":
+        return "required"
+    if choice in ("auto", "none", "required") or isinstance(choice, dict):
+        return choice
+    if choice is True:
+        if len(tools) != 1:
+            raise ValueError(f"tool_choice=True needs exactly one tool, got {len(tools)}")
+        choice = tools[0]["function"]["name"]
+    if not isinstance(choice, str):
+        raise ValueError(f"tool_choice must be a string, a dict or a bool, got {choice!r}")
+    return {"type": "function", "function": {"name": choice}}
+
+
 def _chat_texts(messages: Sequence[BaseMessage]) -> list[tuple[str, str]] | None:
     """(role, text) of each message, or None where one is not a plain text message of a chat
     role (tool messages and calls, non-text blocks, other roles)."""
@@ -254,11 +317,28 @@ def _settled(output: Any, scope: GraphScope, model_name: str | None, keep_errors
 
 
 def _message(delta: routes.Delta, model_name: str | None) -> AIMessage:
+    calls, invalid = _tool_calls(delta.tool_calls)
     return AIMessage(
         content=delta.text,
+        tool_calls=calls,
+        invalid_tool_calls=invalid,
         response_metadata={"finish_reason": delta.finish_reason, "model_name": model_name},
         usage_metadata=usage_of(delta.prompt_tokens, delta.completion_tokens),  # type: ignore[arg-type]
     )
+
+
+def _tool_calls(raw: Sequence[dict[str, Any]]) -> tuple[list[ToolCall], list[InvalidToolCall]]:
+    """A reply's OpenAI tool calls as LangChain's: parsed, or invalid with the parse error."""
+    calls, invalid = [], []
+    for call in raw:
+        try:
+            parsed = parse_tool_call(call, return_id=True)
+        except OutputParserException as exc:
+            invalid.append(make_invalid_tool_call(call, str(exc)))
+        else:
+            if parsed is not None:
+                calls.append(parsed)
+    return calls, invalid  # type: ignore[return-value]
 
 
 def _chat_result(delta: routes.Delta, model_name: str | None) -> ChatResult:
@@ -271,7 +351,13 @@ def _chat_result(delta: routes.Delta, model_name: str | None) -> ChatResult:
 
 def _chunk(delta: routes.Delta) -> ChatGenerationChunk:
     if delta.finish_reason is None and not delta.completion_tokens:
-        return ChatGenerationChunk(message=AIMessageChunk(content=delta.text))
+        calls = [
+            tool_call_chunk(name=c["function"].get("name"), args=c["function"].get("arguments"),
+                            id=c.get("id"), index=c.get("index"))
+            for c in delta.tool_calls
+        ]  # fmt: skip
+        return ChatGenerationChunk(message=AIMessageChunk(content=delta.text,
+                                                          tool_call_chunks=calls))  # fmt: skip
     message = AIMessageChunk(
         content=delta.text,
         response_metadata={"finish_reason": delta.finish_reason},

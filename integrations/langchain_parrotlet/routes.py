@@ -5,11 +5,12 @@ stream of a graph output. Both yield `Delta`s.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, ToolMessage
 
 from langchain_parrotlet.connection import Connection
 from langchain_parrotlet.futures import aresolve_text, resolve_text
@@ -30,6 +31,7 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    tool_calls: tuple[dict[str, Any], ...] = ()  # OpenAI's, as the server sent them
 
 
 def prompt_request(prompt: str, chat: bool, sampling: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -43,13 +45,28 @@ def chat_request(messages: Sequence[dict[str, str]], sampling: dict[str, Any]) -
     return {"messages": list(messages), **sampling}
 
 
-def message_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """OpenAI chat messages for LangChain messages (text only; references resolved)."""
-    return [{"role": _role(m), "content": resolve_text(message_text(m))} for m in messages]
+def message_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """OpenAI chat messages for LangChain messages (text, tool calls and tool results;
+    references resolved)."""
+    return [_openai_message(m, resolve_text(message_text(m))) for m in messages]
 
 
-async def amessage_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    return [{"role": _role(m), "content": await aresolve_text(message_text(m))} for m in messages]
+async def amessage_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    return [_openai_message(m, await aresolve_text(message_text(m))) for m in messages]
+
+
+def _openai_message(message: BaseMessage, text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": _role(message), "content": text}
+    calls = getattr(message, "tool_calls", None)
+    if calls:
+        out["tool_calls"] = [
+            {"id": call.get("id") or f"call_{i}", "type": "function",
+             "function": {"name": call["name"], "arguments": json.dumps(call["args"])}}
+            for i, call in enumerate(calls)
+        ]  # fmt: skip
+    if isinstance(message, ToolMessage):
+        out["tool_call_id"] = message.tool_call_id
+    return out
 
 
 def _role(message: BaseMessage) -> str:
@@ -118,22 +135,25 @@ def _event(
     if usage:
         return Delta("", finish, usage["prompt_tokens"], usage["completion_tokens"]), finish
     for choice in event.get("choices", []):
-        text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+        delta = choice.get("delta") or {}
+        text = delta.get("content") if chat else choice.get("text")
         finish = choice.get("finish_reason") or finish
-        if text:
-            return Delta(text), finish
+        calls = tuple(delta.get("tool_calls") or ()) if chat else ()
+        if text or calls:
+            return Delta(text or "", tool_calls=calls), finish
     return None, finish
 
 
 def _parse(data: dict[str, Any], chat: bool) -> Delta:
     choice = data["choices"][0]
-    text = choice["message"]["content"] if chat else choice["text"]
+    text = (choice["message"]["content"] or "") if chat else choice["text"]
     usage = data.get("usage") or {}
     return Delta(
         text,
         choice.get("finish_reason"),
         usage.get("prompt_tokens", 0),
         usage.get("completion_tokens", 0),
+        tuple(choice["message"].get("tool_calls") or ()) if chat else (),
     )
 
 

@@ -1,0 +1,167 @@
+"""ChatParrotlet.bind_tools on the real default model (greedy): tools go to the server's chat
+route, its tool calls come back as LangChain's (the 135M model writes arguments that are not
+JSON, so forced calls come back as invalid_tool_calls), tool results go back as tool messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from pydantic import BaseModel
+
+import parrotlet as P
+from langchain_parrotlet import ChatParrotlet, parrotlet_graph, routes
+from langchain_parrotlet.chat_models import _message, _tool_choice
+
+from .conftest import Requests
+
+pytestmark = pytest.mark.slow
+QUESTION = "What is 2 plus 3?"
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+ADD = {"type": "function", "function": {"name": "add", "description": "Add two integers.",
+       "parameters": {"properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                      "required": ["a", "b"], "type": "object"}}}  # fmt: skip
+
+
+def make_chat(client: P.Client) -> ChatParrotlet:
+    return ChatParrotlet(client=client, temperature=0, max_tokens=24)
+
+
+def server_reply(chat: ChatParrotlet, messages: list[dict[str, Any]], **tools: Any) -> dict:
+    """The server's own answer to the body ChatParrotlet should send."""
+    body = {"messages": messages, "max_tokens": 24, "temperature": 0.0, "top_p": 1.0,
+            "top_k": -1, "stop": [], **tools}  # fmt: skip
+    return chat.connection().openai.post(routes.CHAT, body)["choices"][0]
+
+
+def test_a_forced_call_comes_back_as_the_servers_tool_call(client: P.Client) -> None:
+    chat = make_chat(client)
+    requests = Requests(client)
+
+    reply = chat.bind_tools([add], tool_choice="add").invoke(QUESTION)
+
+    assert requests.delta() == {"complete": 1}
+    named = {"type": "function", "function": {"name": "add"}}
+    expected = server_reply(chat, [{"role": "user", "content": QUESTION}], tools=[ADD],
+                            tool_choice=named)  # fmt: skip
+    [raw] = expected["message"]["tool_calls"]
+    assert (reply.content, reply.tool_calls) == ("", [])
+    [invalid] = reply.invalid_tool_calls
+    assert (invalid["name"], invalid["args"]) == ("add", raw["function"]["arguments"])
+    assert invalid["args"].startswith('2, "type": "function"')  # a 135M model's arguments
+    assert invalid["error"].startswith("Function add arguments:")
+    assert reply.response_metadata["finish_reason"] == expected["finish_reason"] == "length"
+
+
+def test_auto_tools_and_a_plain_answer(client: P.Client) -> None:
+    chat = make_chat(client)
+
+    reply = chat.bind_tools([add]).invoke(QUESTION)
+
+    expected = server_reply(chat, [{"role": "user", "content": QUESTION}], tools=[ADD])
+    assert reply.content == expected["message"]["content"] == "2 + 3 = 5"
+    assert reply.tool_calls == [] and reply.invalid_tool_calls == []
+
+
+def test_a_streamed_call_adds_up_to_the_invoked_one(client: P.Client) -> None:
+    bound = make_chat(client).bind_tools([add], tool_choice=True)
+
+    chunks = list(bound.stream(QUESTION))
+    whole = bound.invoke(QUESTION)
+
+    merged = chunks[0]
+    for chunk in chunks[1:]:
+        merged += chunk
+    [call_chunk] = merged.tool_call_chunks
+    [invalid] = whole.invalid_tool_calls
+    assert (call_chunk["name"], call_chunk["args"], call_chunk["index"]) == (
+        "add", invalid["args"], 0)  # fmt: skip
+
+
+def test_tool_results_go_back_as_tool_messages(client: P.Client) -> None:
+    chat = make_chat(client)
+    call = {"name": "add", "args": {"a": 2, "b": 3}, "id": "call_7", "type": "tool_call"}
+    history = [HumanMessage(QUESTION), AIMessage("", tool_calls=[call]),
+               ToolMessage("5", tool_call_id="call_7")]  # fmt: skip
+
+    dicts = routes.message_dicts(history)
+    reply = chat.bind_tools([add]).invoke(history)
+
+    assert dicts == [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_7", "type": "function",
+         "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}]},
+        {"role": "tool", "content": "5", "tool_call_id": "call_7"},
+    ]  # fmt: skip
+    assert reply.content == server_reply(chat, dicts, tools=[ADD])["message"]["content"]
+
+
+def test_bound_tools_run_eagerly_inside_a_graph_scope(client: P.Client) -> None:
+    chat = make_chat(client)
+    requests = Requests(client)
+
+    with parrotlet_graph(chat):
+        reply = chat.bind_tools([add], tool_choice="add").invoke(QUESTION)
+        assert type(reply.content) is str and reply.invalid_tool_calls[0]["name"] == "add"
+
+    assert requests.delta() == {"complete": 1}
+
+
+def test_structured_output_binds_its_schema_as_a_required_tool(client: P.Client) -> None:
+    class Answer(BaseModel):
+        """An answer."""
+
+        value: int
+
+    structured = make_chat(client).with_structured_output(Answer)
+
+    bound = structured.first  # type: ignore[attr-defined]
+    assert bound.kwargs["tool_choice"] == "required"
+    assert [t["function"]["name"] for t in bound.kwargs["tools"]] == ["Answer"]
+
+
+def test_replies_tool_calls_parse_into_langchains() -> None:
+    raw = [
+        {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}},
+        {"id": "c2", "type": "function", "function": {"name": "add", "arguments": "{oops"}},
+    ]
+
+    message = _message(routes.Delta("", "tool_calls", 3, 4, tuple(raw)), "m")
+
+    assert message.tool_calls == [
+        {"name": "add", "args": {"a": 1}, "id": "c1", "type": "tool_call"}
+    ]
+    [invalid] = message.invalid_tool_calls
+    assert (invalid["name"], invalid["args"], invalid["id"]) == ("add", "{oops", "c2")
+    assert json.loads(json.dumps(message.tool_calls[0]["args"])) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        (None, None), (False, None), ("auto", "auto"), ("none", "none"), ("any", "required"),
+        ("required", "required"), ("add", {"type": "function", "function": {"name": "add"}}),
+        (True, {"type": "function", "function": {"name": "add"}}),
+        ({"type": "function", "function": {"name": "x"}},
+         {"type": "function", "function": {"name": "x"}}),
+    ],
+)  # fmt: skip
+def test_tool_choice_in_langchains_forms(choice: Any, expected: Any) -> None:
+    assert _tool_choice(choice, [ADD]) == expected
+
+
+def test_bad_tool_choice() -> None:
+    with pytest.raises(ValueError, match="tool_choice=True needs exactly one tool, got 2"):
+        _tool_choice(True, [ADD, ADD])
+    with pytest.raises(ValueError, match="tool_choice must be a string, a dict or a bool"):
+        _tool_choice(3, [ADD])
