@@ -50,6 +50,7 @@ def make_engine(
     block_size: int = 16,
     budget: int = 2048,
     max_seqs: int = 64,
+    tokenizer=None,
     **kwargs,
 ) -> LLMEngine:
     config = EngineConfig(
@@ -59,7 +60,7 @@ def make_engine(
         **kwargs,
     )
     model, _ = load_model(folder, dtype=torch.float32, device=torch.device("cpu"))
-    return LLMEngine(config, model, tokenizer=None)
+    return LLMEngine(config, model, tokenizer=tokenizer)
 
 
 def hf_greedy(model: transformers.PreTrainedModel, prompt: list[int], max_tokens: int) -> list[int]:

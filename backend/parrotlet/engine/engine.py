@@ -19,6 +19,7 @@ import torch
 from parrotlet.engine.block_manager import BlockManager
 from parrotlet.engine.config import EngineConfig, check_device
 from parrotlet.engine.detokenizer import IncrementalDetokenizer
+from parrotlet.engine.guided_decoding import GuideCompiler, advance
 from parrotlet.engine.model_runner import LaunchedStep, ModelRunner
 from parrotlet.engine.models.config import ModelConfig
 from parrotlet.engine.models.llama import LlamaForCausalLM
@@ -88,6 +89,9 @@ class LLMEngine:
             else self.device.type == "cuda"
         )
         self._in_flight: tuple[ScheduledBatch, LaunchedStep] | None = None
+        self.guides = GuideCompiler(
+            tokenizer, self.model_config.eos_token_ids, self.model_config.vocab_size
+        )
         self._requests: dict[str, tuple[Sequence, IncrementalDetokenizer | None]] = {}
         self._pins: dict[str, PrefixPin] = {}
         self._ids = itertools.count()
@@ -142,6 +146,8 @@ class LLMEngine:
             request_id, list(token_ids), params, next(self._ids), priority, cache_namespace, group
         )
         seq.max_len = min(len(token_ids) + params.max_tokens, self.max_model_len)
+        if params.guide is not None:
+            seq.matcher = self.guides.matcher(params.guide)
         detok = (
             IncrementalDetokenizer(self.tokenizer, seq.token_ids, params, self._eos_ids(params))
             if self.tokenizer is not None
@@ -167,8 +173,9 @@ class LLMEngine:
         detokenize, finish): this batch, or with async scheduling the previous batch, whose
         tokens the device has produced meanwhile."""
         start = time.perf_counter()
+        outputs = self._complete_guided()
         batch = self.scheduler.schedule()
-        outputs = [self._fail(seq) for seq in batch.failed]
+        outputs += [self._fail(seq) for seq in batch.failed]
         launched = (batch, self._launch(batch)) if batch.seqs else None
         if self.async_scheduling:
             launched, self._in_flight = self._in_flight, launched
@@ -245,6 +252,14 @@ class LLMEngine:
         )
 
     # ---- internals -----------------------------------------------------------------------
+    def _complete_guided(self) -> list[RequestOutput]:
+        """With async scheduling, postprocess the step in flight now when it has guided
+        sequences: their next mask needs the token it sampled (the step is not overlapped)."""
+        if self._in_flight is None or all(s.matcher is None for s in self._in_flight[0].seqs):
+            return []
+        launched, self._in_flight = self._in_flight, None
+        return self._complete(*launched)
+
     def _launch(self, batch: ScheduledBatch) -> LaunchedStep:
         """Queue the batch on the device; its tokens count as computed from now on, and each
         sampled token is PENDING in its sequence until `_complete` reads it."""
@@ -292,6 +307,8 @@ class LLMEngine:
         else:
             delta, reason = self._check_stop(seq, token, detok)
             new = (token,)
+            if reason is None and seq.matcher is not None and advance(seq.matcher, token):
+                reason = FinishReason.STOP  # the guided text is complete
         if reason is not None:
             self._finish(seq, reason)
             if detok is not None and reason is FinishReason.LENGTH:

@@ -22,6 +22,7 @@ from functools import partial
 import torch
 
 from parrotlet.engine.cuda_graphs import CudaGraphRunner, PaddedDecode
+from parrotlet.engine.guided_decoding import mask_logits
 from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM, load_fused_kernels
 from parrotlet.engine.piecewise_graphs import PiecewiseGraphRunner
 from parrotlet.engine.sampler import Sampler, make_generator, to_device
@@ -139,6 +140,7 @@ class ModelRunner:
             self._last = None
             return LaunchedStep(caught_up, (), None, None)
         seqs = [batch.seqs[i] for i in samplers]
+        logits = mask_logits(logits, [s.matcher for s in seqs])  # guided sequences only
         tokens = self.sampler(logits, [s.params for s in seqs], [self._generator(s) for s in seqs])
         self._last = _Sampled(tokens, {s.request_id: row for row, s in enumerate(seqs)})
         return LaunchedStep(caught_up, tuple(samplers), *self._to_host(tokens))

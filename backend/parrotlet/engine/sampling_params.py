@@ -8,6 +8,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from parrotlet.engine.guide import Guide
+
 _MAX_SEED = 2**64
 # Every generated token is checked against the stop strings on the engine's step loop, which all
 # sessions share: a request may not make that check arbitrarily long (OpenAI allows 4 strings).
@@ -31,7 +33,8 @@ class SamplingParams:
     ``temperature >= 0`` (0 means greedy), ``0 < top_p <= 1``, ``top_k >= -1`` (-1 or 0 turn
     top-k off), ``max_tokens >= 0`` (0: prefill only, e.g. to pin a prefix in the KV cache),
     ``0 <= seed < 2**64``, at most 16 stop strings of 1 to 256 chars, stop token ids ``>= 0``.
-    ``stop`` and ``stop_token_ids`` are always tuples (a str or list is normalized).
+    ``stop`` and ``stop_token_ids`` are always tuples (a str or list is normalized); ``guide``
+    is a Guide (its dict form is converted).
     """
 
     temperature: float = 1.0
@@ -43,8 +46,11 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
+    guide: Guide | None = None  # structured output: what the text must match
 
     def __post_init__(self) -> None:
+        if self.guide is not None:
+            object.__setattr__(self, "guide", Guide.of(self.guide))  # from_dict's form too
         self._normalize_sequences()
         self._validate_numbers()
         self._validate_stops()

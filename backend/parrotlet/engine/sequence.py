@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from parrotlet.engine.sampling_params import SamplingParams
 
@@ -64,6 +65,7 @@ class Sequence:
     num_preemptions: int = 0
     num_pending: int = 0
     max_len: int | None = None
+    matcher: Any = None  # guided decoding: the llguidance matcher of params.guide
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)

@@ -16,15 +16,19 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from parrotlet.engine.guide import Guide
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.serve.auth import request_tenant
 from parrotlet.serve.errors import NotFoundError
+from parrotlet.serve.structured_output import request_guide
 from parrotlet.serve.tool_calls import (
     FALLBACK,
     ToolCallReader,
+    ToolFormat,
     ToolRequest,
     fallback_messages,
     message_calls,
+    reply_guide,
     reply_opening,
     template_format,
     tool_request,
@@ -84,6 +88,8 @@ class _CommonRequest(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
+    response_format: Any = None  # checked by structured_output.request_guide
+    structured_outputs: Any = None  # vLLM extension
 
 
 class CompletionRequest(_CommonRequest):
@@ -112,7 +118,8 @@ async def completions(
     core = _core(request)
     _check_common(core, body)
     prompts = _prompts(body.prompt, len(core.tokenizer))
-    params = _sampling(body, 16 if body.max_tokens is None else body.max_tokens)
+    guide = request_guide(body.response_format, body.structured_outputs)
+    params = _sampling(body, 16 if body.max_tokens is None else body.max_tokens, guide)
     return await _respond(core, tenant, prompts, params, _Responder(core.model_name, False, body))
 
 
@@ -123,12 +130,20 @@ async def chat_completions(
     core = _core(request)
     _check_common(core, body)
     tools = tool_request(body.tools, body.tool_choice, body.parallel_tool_calls)
-    prompt, opening = _chat_prompt(core.tokenizer, body.messages, tools)
+    prompt, fmt = _chat_prompt(core.tokenizer, body.messages, tools)
+    opening, guide = reply_opening(tools, fmt), reply_guide(tools, fmt)
+    output_guide = request_guide(body.response_format, body.structured_outputs)
+    if guide is not None and output_guide is not None:
+        raise ValueError("a required tool call and response_format / structured_outputs both "
+                         "constrain the reply")  # fmt: skip
     max_tokens = body.max_completion_tokens
     if max_tokens is None:
         max_tokens = body.max_tokens
     to_the_end = max_tokens is None  # OpenAI: up to the context, clipped to what is left
-    params = _sampling(body, core.max_model_len if to_the_end else max_tokens)
+    params = _sampling(
+        body, core.max_model_len if to_the_end else max_tokens, guide or output_guide
+    )
+    prompt += opening
     out = _Responder(core.model_name, True, body, tools, opening)
     return await _respond(core, tenant, [prompt], params, out, clip_to_context=to_the_end)
 
@@ -156,7 +171,7 @@ def _check_common(core: ServeCore, body: _CommonRequest) -> None:
             raise ValueError(f"{name} is not supported (only its default is accepted)")
 
 
-def _sampling(body: _CommonRequest, max_tokens: int) -> SamplingParams:
+def _sampling(body: _CommonRequest, max_tokens: int, guide: Guide | None) -> SamplingParams:
     """OpenAI parameters → SamplingParams; its ValueError names the offending field."""
     return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -167,6 +182,7 @@ def _sampling(body: _CommonRequest, max_tokens: int) -> SamplingParams:
         stop=() if body.stop is None else body.stop,
         stop_token_ids=tuple(body.stop_token_ids or ()),
         ignore_eos=body.ignore_eos,
+        guide=guide,
     )
 
 
@@ -194,9 +210,11 @@ def _all_ints(items: list[Any]) -> bool:
     return bool(items) and all(isinstance(t, int) and not isinstance(t, bool) for t in items)
 
 
-def _chat_prompt(tokenizer: Any, messages: list[Any], tools: ToolRequest | None) -> tuple[str, str]:
+def _chat_prompt(
+    tokenizer: Any, messages: list[Any], tools: ToolRequest | None
+) -> tuple[str, ToolFormat]:
     """The prompt text of `messages` (and `tools`) under the model's chat template, ready for
-    the reply, and the call opening it ends with when a tool call is required (else "")."""
+    the reply, and the format the reply writes tool calls in."""
     if not messages:
         raise ValueError("messages must be a non-empty list")
     clean = [_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
@@ -213,8 +231,7 @@ def _chat_prompt(tokenizer: Any, messages: list[Any], tools: ToolRequest | None)
         )
     except Exception as exc:  # a Jinja template error: the messages do not fit the template
         raise ValueError(f"messages: the model's chat template rejected them: {exc}") from None
-    opening = reply_opening(tools, fmt)
-    return text + opening, opening
+    return text, fmt
 
 
 def _message(message: Any, where: str) -> dict[str, Any]:

@@ -6,7 +6,8 @@ Prompt side: a chat template that takes `tools` (Qwen2.5 / Qwen3 and Hermes mode
 Mistral) renders them itself; for one that does not (SmolLM2, Llama 2) the tools go into the
 system message with an instruction to call them in the Hermes format, and earlier calls and
 results become text in that format. `tool_choice` "required" or a named function makes the
-prompt end with the opening of a call, so the reply can only continue it.
+prompt end with the opening of a call, and guides the reply (guided decoding) to one JSON call
+of a declared function whose arguments match its parameters' schema.
 
 Reply side: `ToolCallReader` takes the text as it streams and holds back what may be the start of
 a call; at the end it parses the calls — Hermes `<tool_call>{...}</tool_call>` blocks, Llama 3's
@@ -23,6 +24,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from parrotlet.engine.guide import Guide
+
 # Text that opens a call in some model family's format (the parser skips them between calls).
 _MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>")
 _CLOSERS = ("</tool_call>", "<|eom_id|>")
@@ -32,15 +35,17 @@ _CHOICES = ("none", "auto", "required")
 
 @dataclass(frozen=True)
 class ToolFormat:
-    """How a model family writes one call: `opening` then `{"name": ..., "<args_key>": {...}}`."""
+    """How a model family writes calls: `opening`, then `{"name": ..., "<args_key>": {...}}`
+    (in a JSON list with `in_list`)."""
 
     opening: str
     args_key: str = "arguments"
+    in_list: bool = False
 
 
 HERMES = ToolFormat("<tool_call>\n")  # Qwen2.5 / Qwen3, Hermes
 LLAMA3 = ToolFormat("", "parameters")  # Llama 3.1+: a bare JSON object
-MISTRAL = ToolFormat("[TOOL_CALLS] [")
+MISTRAL = ToolFormat("[TOOL_CALLS] ", in_list=True)
 FALLBACK = ToolFormat("<tool_call>")  # templates without tools: parrotlet's instruction
 
 
@@ -227,9 +232,28 @@ def reply_opening(request: ToolRequest | None, fmt: ToolFormat) -> str:
     """The text the reply must start with: the opening of a call when one is required."""
     if request is None or request.choice == "auto":
         return ""
-    if request.forced is None:
-        return f'{fmt.opening}{{"name": "'
-    return f'{fmt.opening}{{"name": "{request.forced}", "{fmt.args_key}": '
+    return fmt.opening
+
+
+def reply_guide(request: ToolRequest | None, fmt: ToolFormat) -> Guide | None:
+    """When a call is required, the JSON Schema of what follows the opening: one call of the
+    named function, or of any declared one ("required"), its arguments per its parameters."""
+    if request is None or request.choice == "auto":
+        return None
+    names = [request.forced] if request.forced is not None else sorted(request.names)
+    schemas = {t["function"]["name"]: t["function"].get("parameters") for t in request.tools}
+    calls = [_call_schema(name, schemas[name], fmt.args_key) for name in names]
+    call = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    if fmt.in_list:
+        one = {} if request.parallel else {"maxItems": 1}
+        call = {"type": "array", "items": call, "minItems": 1, **one}
+    return Guide.json(call)
+
+
+def _call_schema(name: str, parameters: dict[str, Any] | None, args_key: str) -> dict[str, Any]:
+    arguments = parameters or {"type": "object"}
+    return {"type": "object", "properties": {"name": {"const": name}, args_key: arguments},
+            "required": ["name", args_key], "additionalProperties": False}  # fmt: skip
 
 
 # ---- reply --------------------------------------------------------------------------------
@@ -239,8 +263,8 @@ class ToolCallReader:
 
     def __init__(self, request: ToolRequest, opening: str = "") -> None:
         self.request = request
-        self.opening = opening  # the call opening the prompt ended with (reply_opening)
-        self._held = opening  # text not yet returned as content
+        self._held = opening  # text not yet returned as content (the call opening the prompt
+        # ended with, reply_opening, comes first)
         self._in_call = bool(opening)
         self._sent_any = False  # content returned so far (a bare JSON call starts a reply)
 
@@ -266,13 +290,11 @@ class ToolCallReader:
         if not self._in_call:
             return held, []
         parsed = _parse_calls(held, self.request.names)
-        if parsed is None and self.request.forced is not None:
-            arguments = _forced_arguments(held[len(self.opening) :])
-            parsed = [ToolCall(self.request.forced, arguments)], ""
         if parsed is None:
             return held, []
         calls, rest = parsed
         return rest, calls if self.request.parallel else calls[:1]
+
 
 def _call_start(text: str, at_reply_start: bool) -> int | None:
     """Where a call begins in `text`: a marker, or a JSON object opening the reply."""
@@ -336,18 +358,3 @@ def _call_of(item: Any, names: frozenset[str]) -> ToolCall | None:
     if not isinstance(arguments, dict):
         return None
     return ToolCall(item["name"], json.dumps(arguments, ensure_ascii=False))
-
-
-def _forced_arguments(text: str) -> str:
-    """A forced call's arguments when the call does not parse as a whole: the JSON object the
-    model wrote after the opening, else its text without the closing of the call."""
-    text = text.strip()
-    try:
-        value, _ = json.JSONDecoder().raw_decode(text)
-    except json.JSONDecodeError:
-        value = None
-    if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False)
-    for closer in ("</tool_call>", "]", "}"):
-        text = text.removesuffix(closer).rstrip()
-    return text

@@ -1,0 +1,58 @@
+"""Guide: a constraint on a call's output text (structured outputs), carried in SamplingParams
+from the app or the OpenAI routes to the engine, where guided_decoding.py masks the logits of
+every step so that the text can only match it. Must not import torch (SamplingParams's rule).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+GUIDE_KINDS = ("json_schema", "regex", "grammar")
+MAX_GUIDE_CHARS = 1 << 16  # a guide compiles on the engine's step loop: keep it bounded
+
+
+@dataclass(frozen=True)
+class Guide:
+    """What a call's output must match: a JSON Schema (`json_schema`, as JSON text), a regular
+    expression (`regex`) or a Lark grammar (`grammar`, llguidance's dialect). Generation stops
+    once the text is complete (finish reason "stop"); `max_tokens` may cut it first.
+
+    Invariants: `kind` in GUIDE_KINDS; `spec` a non-empty str of at most 64 Ki characters; a
+    json_schema spec is a JSON object or boolean. Grammar errors surface when the engine
+    compiles the guide (ValueError naming the guide).
+    """
+
+    kind: str
+    spec: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in GUIDE_KINDS:
+            raise ValueError(f"guide kind must be one of {list(GUIDE_KINDS)}, got {self.kind!r}")
+        if not isinstance(self.spec, str) or not self.spec:
+            raise ValueError(f"a {self.kind} guide's spec must be a non-empty string")
+        if len(self.spec) > MAX_GUIDE_CHARS:
+            raise ValueError(f"a guide's spec has at most {MAX_GUIDE_CHARS} chars, got "
+                             f"{len(self.spec)}")  # fmt: skip
+        if self.kind == "json_schema":
+            try:
+                schema = json.loads(self.spec)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"a json_schema guide's spec is not JSON: {exc}") from None
+            if not isinstance(schema, (dict, bool)):
+                raise ValueError("a json_schema guide's spec must be a JSON object or boolean")
+
+    @classmethod
+    def json(cls, schema: dict[str, Any] | bool) -> Guide:
+        """Output that is JSON matching `schema` ({"type": "object"}: any JSON object)."""
+        return cls("json_schema", json.dumps(schema, ensure_ascii=False))
+
+    @classmethod
+    def of(cls, value: Guide | dict[str, Any]) -> Guide:
+        """A Guide, or one from its to_dict form ({"kind", "spec"})."""
+        if isinstance(value, Guide):
+            return value
+        if not isinstance(value, dict) or set(value) != {"kind", "spec"}:
+            raise ValueError(f"guide must be a Guide or {{'kind', 'spec'}}, got {value!r}")
+        return cls(value["kind"], value["spec"])

@@ -1,0 +1,113 @@
+"""Guided decoding (structured outputs): the logits mask equals llguidance's own per-token
+answer, and a random-weight model's outputs always match their guide, synchronous or with async
+scheduling (which must then read each guided step's tokens before the next launch)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from parrotlet.engine.guide import Guide
+from parrotlet.engine.guided_decoding import GuideCompiler, advance, mask_logits
+from parrotlet.engine.sampling_params import SamplingParams
+
+from .helpers import TINY, make_engine
+
+VOCAB = 49152  # the default model's tokenizer
+NUMBER = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+          "additionalProperties": False}  # fmt: skip
+GUIDES = [
+    Guide.json(NUMBER),
+    Guide("regex", r"[a-z]{3}-[0-9]{2}"),
+    Guide("grammar", 'start: "yes" | "no" | "maybe so"'),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(default_model_dir: Path) -> transformers.PreTrainedTokenizerBase:
+    return transformers.AutoTokenizer.from_pretrained(default_model_dir)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A random-weight Llama over the default tokenizer's vocabulary."""
+    folder = tmp_path_factory.mktemp("llama_guided")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**{**TINY, "vocab_size": VOCAB})
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def make_guided_engine(folder: Path, tokenizer, **kwargs):
+    return make_engine(folder, tokenizer=tokenizer, **kwargs)
+
+
+def matches(guide: Guide, text: str) -> bool:
+    if guide.kind == "json_schema":
+        value = json.loads(text)
+        return set(value) == {"n"} and type(value["n"]) is int
+    if guide.kind == "regex":
+        return re.fullmatch(guide.spec, text) is not None
+    return text in ("yes", "no", "maybe so")
+
+
+def test_the_mask_keeps_exactly_the_tokens_the_matcher_allows(tokenizer) -> None:
+    compiler = GuideCompiler(tokenizer, (tokenizer.eos_token_id,), VOCAB)
+    matcher = compiler.matcher(Guide("regex", "(yes|no)!"))
+    logits = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(3))
+
+    out = mask_logits(logits, [matcher, None])
+
+    bias = torch.frombuffer(bytearray(matcher.compute_logit_bias()), dtype=torch.uint8)
+    allowed = bias[:VOCAB] > 0  # llguidance's byte-a-token answer, not the bitmask
+    assert torch.equal(out[0].isfinite(), allowed)
+    assert torch.equal(out[0][allowed], logits[0][allowed])
+    assert torch.equal(out[1], logits[1])
+    yes, no = tokenizer.encode("yes")[0], tokenizer.encode("no")[0]
+    assert allowed[yes] and allowed[no] and not allowed[tokenizer.eos_token_id]
+    assert not advance(matcher, yes)
+    assert advance(matcher, tokenizer.encode("!")[0])  # "yes!" is complete
+
+
+def test_a_bad_guide_is_refused_when_added_and_the_engine_goes_on(folder, tokenizer) -> None:
+    engine = make_guided_engine(folder, tokenizer)
+
+    with pytest.raises(ValueError, match=r"(?s)the regex guide does not compile: .*unclosed group"):
+        engine.add_request([1, 2, 3], SamplingParams(guide=Guide("regex", "(ab")))
+
+    [out] = engine.generate([[1, 2, 3]], SamplingParams(max_tokens=3, guide=GUIDES[2]))
+    assert out.text in ("yes", "no", "maybe so")
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_random_weights_write_only_what_the_guide_allows(
+    folder, tokenizer, async_scheduling: bool
+) -> None:
+    engine = make_guided_engine(folder, tokenizer, async_scheduling=async_scheduling)
+    prompts = [[5, 6, 7], [9] * 20, [11, 12]]
+    params = [SamplingParams(temperature=1.0, seed=s, max_tokens=40, guide=g)
+              for s, g in enumerate(GUIDES)]  # fmt: skip
+    free = SamplingParams(temperature=1.0, seed=7, max_tokens=8, ignore_eos=True)
+
+    outs = engine.generate([*prompts, [4, 4]], [*params, free])
+
+    for guide, out in zip(GUIDES, outs, strict=False):
+        assert out.finish_reason == "stop" and matches(guide, out.text), (guide, out.text)
+    assert len(outs[3].token_ids) == 8  # an unguided request beside them is unaffected
+    assert all(c == 0 for c in engine.blocks.ref_counts)
+
+
+def test_async_scheduling_gives_the_same_guided_tokens(folder, tokenizer) -> None:
+    params = [SamplingParams(temperature=1.0, seed=s, max_tokens=30, guide=g)
+              for s, g in enumerate(GUIDES)]  # fmt: skip
+    prompts = [[5, 6, 7], [9] * 20, [11, 12]]
+
+    runs = [make_guided_engine(folder, tokenizer, async_scheduling=a).generate(prompts, params)
+            for a in (False, True)]  # fmt: skip
+
+    assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]]
