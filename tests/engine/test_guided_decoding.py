@@ -74,7 +74,7 @@ def test_the_mask_keeps_exactly_the_tokens_the_matcher_allows(tokenizer) -> None
     assert advance(matcher, tokenizer.encode("!")[0])  # "yes!" is complete
 
 
-def test_a_bad_guide_is_refused_when_added_and_the_engine_goes_on(folder, tokenizer) -> None:
+def test_a_bad_guide_is_refused_and_the_engine_goes_on(folder, tokenizer) -> None:
     engine = make_guided_engine(folder, tokenizer)
 
     with pytest.raises(ValueError, match=r"(?s)the regex guide does not compile: .*unclosed group"):

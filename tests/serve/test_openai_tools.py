@@ -1,11 +1,12 @@
-"""Tool calling on /v1/chat/completions with the default model. SmolLM2's template has no tools,
-so its prompts carry parrotlet's instruction and the Hermes call format; the 135M model does not
-call tools on its own, so these tests force calls (tool_choice) and compare every reply with the
-same prompt sent to /v1/completions."""
+"""Tool calling and structured outputs on the OpenAI routes with the default model. SmolLM2's
+template has no tools, so its prompts carry parrotlet's instruction and the Hermes call format;
+a required or named tool_choice guides the reply to one valid call, which must equal the same
+prompt sent to /v1/completions with the call's JSON Schema as its guide."""
 
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 
 from parrotlet.serve.core import ServeCore
 from parrotlet.serve.openai_api import _chat_prompt
-from parrotlet.serve.tool_calls import tool_request
+from parrotlet.serve.tool_calls import reply_guide, reply_opening, tool_request
 
 from .helpers import error_of, parse_sse
 
@@ -25,9 +26,13 @@ WEATHER = {
     "function": {
         "name": "get_weather",
         "description": "The current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]},
     },
-}
+}  # fmt: skip
+ADD = {"type": "function", "function": {"name": "add", "parameters": {"type": "object",
+       "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+       "required": ["a", "b"]}}}  # fmt: skip
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
@@ -37,34 +42,60 @@ def chat_body(**extra: Any) -> dict[str, Any]:
             "tools": [WEATHER], **extra}  # fmt: skip
 
 
-async def completion_of(client: httpx.AsyncClient, prompt: str) -> dict[str, Any]:
-    body = {"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 0}
+async def completion_of(client: httpx.AsyncClient, prompt: str, **extra: Any) -> dict[str, Any]:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 0, **extra}
     return (await client.post("/v1/completions", json=body)).json()["choices"][0]
 
 
-def prompt_of(core: ServeCore, body: dict[str, Any]) -> tuple[str, str]:
+async def reference_call(
+    client: httpx.AsyncClient, core: ServeCore, body: dict[str, Any]
+) -> tuple[str, str]:
+    """(name, arguments) of the call that the chat prompt, sent to /v1/completions with the
+    call's schema as its guide, makes."""
     tools = tool_request(body["tools"], body.get("tool_choice"), None)
-    return _chat_prompt(core.tokenizer, body["messages"], tools)
+    prompt, fmt = _chat_prompt(core.tokenizer, body["messages"], tools)
+    schema = json.loads(reply_guide(tools, fmt).spec)
+    choice = await completion_of(client, prompt + reply_opening(tools, fmt),
+                                 structured_outputs={"json": schema})  # fmt: skip
+    assert choice["finish_reason"] == "stop"
+    call = json.loads(choice["text"])
+    return call["name"], json.dumps(call["arguments"])
 
 
-async def test_a_named_tool_choice_replies_with_a_call_of_that_function(
-    client_a: httpx.AsyncClient, core: ServeCore
+def prompt_of(core: ServeCore, body: dict[str, Any]) -> str:
+    tools = tool_request(body["tools"], body.get("tool_choice"), None)
+    return _chat_prompt(core.tokenizer, body["messages"], tools)[0]
+
+
+@pytest.mark.parametrize(
+    ("question", "tools", "choice", "expected"),
+    [
+        ("What is 2 plus 3?", [WEATHER, ADD], {"type": "function", "function": {"name": "add"}},
+         ("add", '{"a": 2, "b": 3}')),
+        ("What is the weather in Paris?", [ADD, WEATHER], "required",
+         ("get_weather", '{"city": "Paris"}')),
+    ],
+)  # fmt: skip
+async def test_a_required_call_is_one_valid_call(
+    client_a: httpx.AsyncClient,
+    core: ServeCore,
+    question: str,
+    tools: list,
+    choice: Any,
+    expected: tuple[str, str],
 ) -> None:
-    body = chat_body(tool_choice=NAMED)
-    prompt, opening = prompt_of(core, body)
+    body = chat_body(messages=[{"role": "user", "content": question}], tools=tools,
+                     tool_choice=choice)  # fmt: skip
 
     response = await client_a.post("/v1/chat/completions", json=body)
 
-    assert opening == '<tool_call>{"name": "get_weather", "arguments": '
-    reference = await completion_of(client_a, prompt)  # the same prompt, call opening included
-    [choice] = response.json()["choices"]
-    [call] = choice["message"].pop("tool_calls")
-    assert choice["message"] == {"role": "assistant", "content": None}
+    [out] = response.json()["choices"]
+    [call] = out["message"].pop("tool_calls")
+    assert out["message"] == {"role": "assistant", "content": None}
+    assert out["finish_reason"] == "tool_calls"
     assert call["type"] == "function" and call["id"].startswith("call_")
-    # 24 tokens of a 135M model: not valid JSON, so the arguments are its text as written
-    assert call["function"] == {"name": "get_weather", "arguments": reference["text"].strip()}
-    assert reference["text"].startswith('\n{"type": "function", "description": "The current')
-    assert choice["finish_reason"] == reference["finish_reason"] == "length"
+    assert (call["function"]["name"], call["function"]["arguments"]) == expected
+    assert await reference_call(client_a, core, body) == expected
 
 
 async def test_a_streamed_call_comes_whole_with_the_finish(client_a: httpx.AsyncClient) -> None:
@@ -81,18 +112,18 @@ async def test_a_streamed_call_comes_whole_with_the_finish(client_a: httpx.Async
     [expected] = whole["choices"][0]["message"]["tool_calls"]
     assert call.pop("index") == 0 and call.pop("id").startswith("call_")
     assert call == {"type": "function", "function": expected["function"]}
-    assert choices[-1]["finish_reason"] == "length"
+    assert expected["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert choices[-1]["finish_reason"] == "tool_calls"
 
 
 async def test_auto_replies_that_call_nothing_are_content(
     client_a: httpx.AsyncClient, core: ServeCore
 ) -> None:
-    prompt, opening = prompt_of(core, chat_body())
+    prompt = prompt_of(core, chat_body())
 
     response = await client_a.post("/v1/chat/completions", json=chat_body())
     streamed = await client_a.post("/v1/chat/completions", json=chat_body(stream=True))
 
-    assert opening == ""
     reference = await completion_of(client_a, prompt)
     assert response.json()["choices"][0] == {
         "index": 0,
@@ -105,22 +136,6 @@ async def test_auto_replies_that_call_nothing_are_content(
     assert "".join(d.get("content", "") for d in deltas) == reference["text"]
 
 
-async def test_a_required_call_of_no_declared_function_is_content(
-    client_a: httpx.AsyncClient, core: ServeCore
-) -> None:
-    body = chat_body(tool_choice="required")
-    prompt, opening = prompt_of(core, body)
-
-    response = await client_a.post("/v1/chat/completions", json=body)
-
-    reference = await completion_of(client_a, prompt)
-    assert opening == '<tool_call>{"name": "'
-    assert reference["text"].startswith('Paris", ')  # not a function of the request
-    [choice] = response.json()["choices"]
-    assert choice["message"] == {"role": "assistant", "content": opening + reference["text"]}
-    assert choice["finish_reason"] == "length"
-
-
 async def test_earlier_calls_and_results_render_into_the_prompt(
     client_a: httpx.AsyncClient, core: ServeCore
 ) -> None:
@@ -131,7 +146,7 @@ async def test_earlier_calls_and_results_render_into_the_prompt(
         {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"},
     ]  # fmt: skip
     body = chat_body(messages=messages)
-    prompt, _ = prompt_of(core, body)
+    prompt = prompt_of(core, body)
 
     response = await client_a.post("/v1/chat/completions", json=body)
 
@@ -161,14 +176,13 @@ def test_a_template_with_tools_renders_them_itself(core: ServeCore) -> None:
                 "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
                 {"role": "tool", "content": "sunny"}]  # fmt: skip
 
-    prompt, opening = _chat_prompt(tokenizer, messages, tool_request([WEATHER], NAMED, None))
+    prompt, fmt = _chat_prompt(tokenizer, messages, tool_request([WEATHER], NAMED, None))
 
     assert prompt == (
         "<tools>get_weather;</tools>[user]What is the weather in Paris?"
         "[assistant]<tool_call>{}</tool_call>[tool]sunny[assistant]"
-        '<tool_call>\n{"name": "get_weather", "arguments": '
     )
-    assert opening == '<tool_call>\n{"name": "get_weather", "arguments": '
+    assert fmt.opening == "<tool_call>\n"  # the Hermes format: the template has <tool_call>
 
 
 @pytest.mark.parametrize(
@@ -183,6 +197,13 @@ def test_a_template_with_tools_renders_them_itself(core: ServeCore) -> None:
          "messages[0].tool_calls[0].function.arguments must be JSON text"),
         ({"messages": [{"role": "tool", "content": "x", "tool_calls": []}]},
          "messages[0] has unsupported fields ['tool_calls']"),
+        ({"tool_choice": "required", "response_format": {"type": "json_object"}},
+         "a required tool call and response_format / structured_outputs both constrain the "
+         "reply"),
+        ({"tools": None, "structured_outputs": {"regex": "(ab"}},
+         'the regex guide does not compile: at 1(8): invalid regex "(ab" (in regex): regex '
+         "parse error:\n    (ab\n    ^\nerror: unclosed group\n   1 | start: /(ab/\n"
+         "              ^\n"),
     ],
 )  # fmt: skip
 async def test_bad_tool_requests_are_400_and_the_server_goes_on(
@@ -194,3 +215,34 @@ async def test_bad_tool_requests_are_400_and_the_server_goes_on(
     assert error_of(response)["message"] == message
     after = await client_a.post("/v1/chat/completions", json=chat_body(max_tokens=4))
     assert after.status_code == 200
+
+
+CITY = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type":
+        "string"}}, "required": ["city", "country"], "additionalProperties": False}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("route", "extra", "text"),
+    [
+        ("/v1/chat/completions", {"response_format": {"type": "json_schema", "json_schema":
+         {"name": "city", "schema": CITY}}},
+         '{"city": "Santorama", "country": "Santorama"}'),
+        ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "{}"),
+        ("/v1/chat/completions", {"structured_outputs": {"choice": ["yes", "no"]}}, "no"),
+        ("/v1/completions", {"structured_outputs": {"regex": "[0-9]{4}"}}, "1989"),
+    ],
+)  # fmt: skip
+async def test_structured_outputs_match_their_constraint(
+    client_a: httpx.AsyncClient, route: str, extra: dict[str, Any], text: str
+) -> None:
+    body = {"model": MODEL, "max_tokens": 40, "temperature": 0, **extra}
+    if route == "/v1/completions":
+        body["prompt"] = "The year the Eiffel Tower was finished:"
+    else:
+        body["messages"] = [{"role": "user", "content": "Name a city and its country."}]
+
+    response = await client_a.post(route, json=body)
+
+    [choice] = response.json()["choices"]
+    out = choice["message"]["content"] if "message" in choice else choice["text"]
+    assert (out, choice["finish_reason"]) == (text, "stop")

@@ -3,6 +3,7 @@ a model: the server side is in test_openai_tools.py."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from parrotlet.serve.tool_calls import (
     ToolRequest,
     fallback_messages,
     message_calls,
+    reply_guide,
     reply_opening,
     template_format,
     tool_request,
@@ -90,33 +92,41 @@ def test_one_call_when_parallel_calls_are_off() -> None:
     assert read(text, single) == ("", "", [("add", "{}")])
 
 
-def test_a_named_choice_always_calls_that_function() -> None:
+ADD_CALL = {"type": "object", "properties": {"name": {"const": "add"},
+            "arguments": {"type": "object"}}, "required": ["name", "arguments"],
+            "additionalProperties": False}  # fmt: skip
+
+
+def test_a_named_choice_guides_the_reply_to_one_call_of_that_function() -> None:
     named = tool_request(TOOLS, {"type": "function", "function": {"name": "get_weather"}}, None)
-    opening = reply_opening(named, HERMES)
 
-    assert opening == '<tool_call>\n{"name": "get_weather", "arguments": '
-    assert read('{"city": "Paris"}}\n</tool_call>', named, opening) == (
-        "", "", [("get_weather", '{"city": "Paris"}')])  # fmt: skip
-    # arguments that do not parse come back as the model wrote them (as OpenAI's may)
-    assert read('{"city": Paris}}</tool_call>', named, opening)[2] == [
-        ("get_weather", '{"city": Paris}')
-    ]
-    assert read('{"city": "Par', named, opening)[2] == [("get_weather", '{"city": "Par')]
-    assert reply_opening(named, LLAMA3) == '{"name": "get_weather", "parameters": '
+    assert reply_opening(named, HERMES) == "<tool_call>\n"
+    assert json.loads(reply_guide(named, LLAMA3).spec) == {
+        "type": "object",
+        "properties": {"name": {"const": "get_weather"}, "parameters": {"type": "object"}},
+        "required": ["name", "parameters"],
+        "additionalProperties": False,
+    }
+    # the guided reply after the opening parses into the call
+    assert read('{"name": "get_weather", "arguments": {"city": "Paris"}}', named,
+                "<tool_call>\n") == ("", "", [("get_weather", '{"city": "Paris"}')])  # fmt: skip
 
 
-def test_a_required_choice_opens_a_call_of_any_function() -> None:
-    required = tool_request(TOOLS, "required", None)
-    opening = reply_opening(required, FALLBACK)
+def test_a_required_choice_guides_the_reply_to_any_declared_function() -> None:
+    required = tool_request([function("add"), function("sub")], "required", None)
+    sub_call = json.loads(json.dumps(ADD_CALL).replace('"add"', '"sub"'))
 
-    assert opening == '<tool_call>{"name": "'
-    assert read('add", "arguments": {"a": 3}}</tool_call>', required, opening) == (
-        "", "", [("add", '{"a": 3}')])  # fmt: skip
-    assert read('Paris"}', required, opening) == ("", '<tool_call>{"name": "Paris"}', [])
-    assert reply_opening(AUTO, HERMES) == "" and reply_opening(None, HERMES) == ""
-    assert (
-        reply_opening(tool_request(TOOLS, "required", None), MISTRAL) == '[TOOL_CALLS] [{"name": "'
-    )
+    assert reply_opening(required, FALLBACK) == "<tool_call>"
+    assert json.loads(reply_guide(required, FALLBACK).spec) == {"anyOf": [ADD_CALL, sub_call]}
+    single = tool_request([function("add")], "required", False)
+    assert json.loads(reply_guide(single, MISTRAL).spec) == {
+        "type": "array", "items": ADD_CALL, "minItems": 1, "maxItems": 1}  # fmt: skip
+    assert reply_opening(single, MISTRAL) == "[TOOL_CALLS] "
+    assert reply_opening(AUTO, HERMES) == "" and reply_guide(AUTO, HERMES) is None
+    assert reply_opening(None, HERMES) == "" and reply_guide(None, HERMES) is None
+    # a reply cut off inside the call (max_tokens) comes back as content
+    assert read('{"name": "add", "argu', required, "<tool_call>") == (
+        "", '<tool_call>{"name": "add", "argu', [])  # fmt: skip
 
 
 def test_tool_choice_none_and_no_tools_mean_no_tool_request() -> None:

@@ -36,25 +36,10 @@ class GuideCompiler:
             self._tokenizer = llguidance.hf.from_tokenizer(
                 self._hf_tokenizer, n_vocab=self.vocab_size, eos_token=self._eos_ids or None
             )  # no EOS ids (a model config without one): the tokenizer's
-        matcher = llguidance.LLMatcher(self._tokenizer, _grammar(guide), log_level=0)
+        matcher = llguidance.LLMatcher(self._tokenizer, guide.grammar(), log_level=0)
         if matcher.is_error():
             raise ValueError(f"the {guide.kind} guide does not compile: {matcher.get_error()}")
         return matcher
-
-
-# JSON as json.dumps writes it (", " and ": ", no other whitespace): small models given free
-# whitespace fill it with newlines (SmolLM2-135M wrote 40 tokens of an unfinished object).
-_COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-
-
-def _grammar(guide: Guide) -> str:
-    from llguidance import LLMatcher
-
-    if guide.kind == "json_schema":
-        return LLMatcher.grammar_from_json_schema(guide.spec, defaults=_COMPACT_JSON)
-    if guide.kind == "regex":
-        return LLMatcher.grammar_from_regex(guide.spec)
-    return LLMatcher.grammar_from_lark(guide.spec)
 
 
 def mask_logits(
