@@ -1,6 +1,6 @@
-"""ChatParrotlet.bind_tools on the real default model (greedy): tools go to the server's chat
-route, its tool calls come back as LangChain's (the 135M model writes arguments that are not
-JSON, so forced calls come back as invalid_tool_calls), tool results go back as tool messages."""
+"""ChatParrotlet.bind_tools and with_structured_output on the real default model (greedy): tools
+go to the server's chat route, its tool calls (guided to valid JSON when a call is required)
+come back as LangChain's, tool results go back as tool messages."""
 
 from __future__ import annotations
 
@@ -55,12 +55,11 @@ def test_a_forced_call_comes_back_as_the_servers_tool_call(client: P.Client) -> 
     expected = server_reply(chat, [{"role": "user", "content": QUESTION}], tools=[ADD],
                             tool_choice=named)  # fmt: skip
     [raw] = expected["message"]["tool_calls"]
-    assert (reply.content, reply.tool_calls) == ("", [])
-    [invalid] = reply.invalid_tool_calls
-    assert (invalid["name"], invalid["args"]) == ("add", raw["function"]["arguments"])
-    assert invalid["args"].startswith('2, "type": "function"')  # a 135M model's arguments
-    assert invalid["error"].startswith("Function add arguments:")
-    assert reply.response_metadata["finish_reason"] == expected["finish_reason"] == "length"
+    assert raw["function"] == {"name": "add", "arguments": '{"a": 2, "b": 3}'}
+    [call] = reply.tool_calls
+    assert (reply.content, reply.invalid_tool_calls) == ("", [])
+    assert (call["name"], call["args"]) == ("add", {"a": 2, "b": 3})
+    assert reply.response_metadata["finish_reason"] == expected["finish_reason"] == "tool_calls"
 
 
 def test_auto_tools_and_a_plain_answer(client: P.Client) -> None:
@@ -83,9 +82,9 @@ def test_a_streamed_call_adds_up_to_the_invoked_one(client: P.Client) -> None:
     for chunk in chunks[1:]:
         merged += chunk
     [call_chunk] = merged.tool_call_chunks
-    [invalid] = whole.invalid_tool_calls
     assert (call_chunk["name"], call_chunk["args"], call_chunk["index"]) == (
-        "add", invalid["args"], 0)  # fmt: skip
+        "add", '{"a": 2, "b": 3}', 0)  # fmt: skip
+    assert merged.tool_calls[0]["args"] == whole.tool_calls[0]["args"] == {"a": 2, "b": 3}
 
 
 def test_tool_results_go_back_as_tool_messages(client: P.Client) -> None:
@@ -112,22 +111,24 @@ def test_bound_tools_run_eagerly_inside_a_graph_scope(client: P.Client) -> None:
 
     with parrotlet_graph(chat):
         reply = chat.bind_tools([add], tool_choice="add").invoke(QUESTION)
-        assert type(reply.content) is str and reply.invalid_tool_calls[0]["name"] == "add"
+        assert type(reply.content) is str and reply.tool_calls[0]["args"] == {"a": 2, "b": 3}
 
     assert requests.delta() == {"complete": 1}
 
 
-def test_structured_output_binds_its_schema_as_a_required_tool(client: P.Client) -> None:
-    class Answer(BaseModel):
-        """An answer."""
+def test_structured_output_is_a_guided_tool_call(client: P.Client) -> None:
+    class City(BaseModel):
+        """A city and the country it is in."""
 
-        value: int
+        city: str
+        country: str
 
-    structured = make_chat(client).with_structured_output(Answer)
+    structured = make_chat(client).with_structured_output(City)
 
     bound = structured.first  # type: ignore[attr-defined]
     assert bound.kwargs["tool_choice"] == "required"
-    assert [t["function"]["name"] for t in bound.kwargs["tools"]] == ["Answer"]
+    assert [t["function"]["name"] for t in bound.kwargs["tools"]] == ["City"]
+    assert structured.invoke("Name the capital of Japan.") == City(city="Tokyo", country="Japan")
 
 
 def test_replies_tool_calls_parse_into_langchains() -> None:
