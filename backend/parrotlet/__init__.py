@@ -17,6 +17,7 @@ from parrotlet.api import (
     semantic_function,
     variable,
 )
+from parrotlet.engine.guide import Guide
 from parrotlet.graph.ir import PerfCriterion
 from parrotlet.serve.errors import AuthError, GraphError, NotFoundError, ServeTimeoutError
 
@@ -26,6 +27,7 @@ __all__ = [
     "AuthError",
     "Client",
     "GraphError",
+    "Guide",
     "NotFoundError",
     "Output",
     "PerfCriterion",

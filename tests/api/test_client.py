@@ -375,3 +375,22 @@ def test_http_errors_from_the_real_app(remote) -> None:
         assert pending.get() == "now"
         with pytest.raises(ValueError, match=r"^variable 'pending' is already set; it cannot be"):
             pending.set("again")
+
+
+@pytest.mark.slow
+def test_a_guided_output_is_json_that_a_server_side_field_reads(remote) -> None:
+    """A Guide travels with its call over HTTP; the next step reads the JSON on the server."""
+    client, _ = remote
+    city = {"type": "object", "properties": {"city": {"type": "string"},
+            "country": {"type": "string"}}, "required": ["city", "country"]}  # fmt: skip
+
+    @P.semantic_function(temperature=0, max_tokens=40, guide=P.Guide.json(city))
+    def locate(place, answer):
+        """What is the capital city of {{input:place}}? Reply with JSON: the city and its
+        country.{{output:answer}}"""
+
+    with client.session():
+        answer = locate("Spain")
+        capital = answer.json_field("city")
+        assert capital.get() == "Madrid"
+        assert json.loads(answer.get()) == {"city": "Madrid", "country": "Spain"}

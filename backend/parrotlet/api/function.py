@@ -13,12 +13,15 @@ from typing import Any, overload
 
 from parrotlet.api.session import resolve_session
 from parrotlet.api.variable import SemanticVariable, input_variables
+from parrotlet.engine.guide import Guide
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.graph import ir
 
 __all__ = ["Output", "SemanticFunction", "parse_template", "semantic_function"]
 
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "stop", "ignore_eos")
+SAMPLING_FIELDS = (
+    "temperature", "top_p", "top_k", "seed", "max_tokens", "stop", "ignore_eos", "guide"
+)  # fmt: skip
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SPEC = re.compile(r"\s*(input|output)\s*:\s*([A-Za-z_][A-Za-z0-9_]*)\s*")
 _EMPTY = inspect.Parameter.empty
@@ -40,6 +43,7 @@ class Output:
     max_tokens: int | None = None
     stop: str | Sequence[str] | None = None
     ignore_eos: bool | None = None
+    guide: Guide | None = None  # structured output, e.g. Guide.json(schema)
 
     def __post_init__(self) -> None:
         SamplingParams(**self.overrides())
@@ -156,6 +160,7 @@ def semantic_function(
     max_tokens: int | None = None,
     stop: str | Sequence[str] | None = None,
     ignore_eos: bool | None = None,
+    guide: Guide | None = None,
     chat: bool = True,
 ) -> Callable[[Callable[..., Any]], SemanticFunction]: ...
 def semantic_function(
@@ -169,6 +174,7 @@ def semantic_function(
     max_tokens: int | None = None,
     stop: str | Sequence[str] | None = None,
     ignore_eos: bool | None = None,
+    guide: Guide | None = None,
     chat: bool = True,
 ) -> SemanticFunction | Callable[[Callable[..., Any]], SemanticFunction]:
     """Decorate a function whose docstring is a prompt template (bare or with arguments).
@@ -176,7 +182,9 @@ def semantic_function(
     The sampling arguments are the defaults of every output (None: SamplingParams' default);
     an output parameter's `Output(...)` default overrides them field by field.
     """
-    defaults = Output(temperature, top_p, top_k, seed, max_tokens, stop, ignore_eos).overrides()
+    defaults = Output(
+        temperature, top_p, top_k, seed, max_tokens, stop, ignore_eos, guide
+    ).overrides()
 
     def decorate(f: Callable[..., Any]) -> SemanticFunction:
         return SemanticFunction(f, defaults, chat)
