@@ -104,6 +104,8 @@ class SamplingParams:
         d = asdict(self)
         d["stop"] = list(self.stop)
         d["stop_token_ids"] = list(self.stop_token_ids)
+        if self.guide is None:
+            del d["guide"]  # the wire form of an unguided call is unchanged
         return d
 
     @classmethod
