@@ -7,6 +7,7 @@ goes to the server's OpenAI chat route. Synthesis graphs: refine.py, tree_summar
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -23,19 +24,21 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
-from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.response_synthesizers import BaseSynthesizer, ResponseMode
+from llama_index.core.tools import BaseTool
 
 from llama_index.llms.parrotlet import openai_routes
 from llama_index.llms.parrotlet.calls import add_call
-from llama_index.llms.parrotlet.openai_routes import openai_messages
+from llama_index.llms.parrotlet.openai_routes import ChatDelta, openai_messages
 from parrotlet.api import Client, VariableResult
 from parrotlet.engine.sampling_params import SamplingParams
 
 SAMPLING_KWARGS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
 
 
-class Parrotlet(CustomLLM):
+class Parrotlet(FunctionCallingLLM):
     """A parrotlet server as a LlamaIndex LLM: `Parrotlet(base_url=..., api_key=...)` for a
     `parrotlet serve`, `Parrotlet(client=parrotlet.Client.in_process())` in this process, or
     `Parrotlet.in_process()` (owns its client; `close()` it).
@@ -43,6 +46,9 @@ class Parrotlet(CustomLLM):
     `is_chat_model` is False: LlamaIndex then formats its text prompts (QA, refine, summary)
     and `complete()` sends each as one user message through the chat template — a form one graph
     Call expresses, so synthesizers can chain calls on the server. Sampling defaults to greedy.
+    A function-calling model: `chat_with_tools`, `predict_and_call`, agents and structured
+    outputs send OpenAI tools to the server's chat route (a required call is guided to a
+    valid one).
     """
 
     base_url: str | None = Field(
@@ -132,6 +138,7 @@ class Parrotlet(CustomLLM):
             context_window=self.context_window or card["max_model_len"],
             num_output=self.max_tokens,
             is_chat_model=False,
+            is_function_calling_model=True,
             model_name=self.model or card["id"],
         )
 
@@ -196,46 +203,52 @@ class Parrotlet(CustomLLM):
             async for delta in add_call(session, "complete", prompt, sampling).astream():
                 yield delta
 
-    # ---- chat: one user message is a Call; a conversation goes to the OpenAI route -------
+    # ---- chat: one user message is a Call; a conversation or tools go to the OpenAI route -
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        single = _single_user_text(messages)
+        tools = _pop_tool_options(kwargs)
+        single = None if tools else _single_user_text(messages)
         if single is not None:
             return _chat_response(_completion(self._generate(single, kwargs)))
-        body = openai_routes.chat(self._client, self._chat_body(messages, kwargs))
+        body = openai_routes.chat(self._client, self._chat_body(messages, kwargs, tools))
         return _route_response(body)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        single = _single_user_text(messages)
+        tools = _pop_tool_options(kwargs)
+        single = None if tools else _single_user_text(messages)
         if single is not None:
             return _chat_response(_completion(await self._agenerate(single, kwargs)))
-        body = await openai_routes.achat(self._client, self._chat_body(messages, kwargs))
+        body = await openai_routes.achat(self._client, self._chat_body(messages, kwargs, tools))
         return _route_response(body)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        single = _single_user_text(messages)
-        deltas = (
-            self._stream(single, kwargs)
-            if single is not None
-            else openai_routes.stream_chat(self._client, self._chat_body(messages, kwargs))
-        )
-        return (_chat_response(c) for c in _cumulative(deltas))
+        tools = _pop_tool_options(kwargs)
+        single = None if tools else _single_user_text(messages)
+        if single is not None:
+            deltas = (ChatDelta(text) for text in self._stream(single, kwargs))
+        else:
+            body = self._chat_body(messages, kwargs, tools)
+            deltas = openai_routes.stream_chat(self._client, body)
+        return _chat_stream(deltas)
 
     @llm_chat_callback()
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
-        single = _single_user_text(messages)
-        deltas = (
-            self._astream(single, kwargs)
-            if single is not None
-            else openai_routes.astream_chat(self._client, self._chat_body(messages, kwargs))
-        )
-        return (_chat_response(c) async for c in _acumulative(deltas))
+        tools = _pop_tool_options(kwargs)
+        single = None if tools else _single_user_text(messages)
+        if single is not None:
+            deltas = (ChatDelta(text) async for text in self._astream(single, kwargs))
+        else:
+            body = self._chat_body(messages, kwargs, tools)
+            deltas = openai_routes.astream_chat(self._client, body)
+        return _achat_stream(deltas)
 
-    def _chat_body(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]) -> dict:
+    def _chat_body(
+        self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any], tools: dict[str, Any]
+    ) -> dict:
         s = self.sampling(kwargs)
         body: dict[str, Any] = {
             "messages": openai_messages(messages),
@@ -244,8 +257,65 @@ class Parrotlet(CustomLLM):
             "top_p": s.top_p,
             "top_k": s.top_k,
             "stop": list(s.stop),
+            **tools,
         }
         return body if s.seed is None else {**body, "seed": s.seed}
+
+    # ---- tools (FunctionCallingLLM): OpenAI tools on the chat route -----------------------
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """chat() arguments for a turn with `tools`: a required call is guided on the server
+        to one valid call of a declared tool."""
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
+        if user_msg is not None:
+            messages.append(user_msg)
+        specs = [tool.metadata.to_openai_tool() for tool in tools]
+        choice = _tool_choice(kwargs.pop("tool_choice", None), tool_required)
+        if not specs:
+            return {"messages": messages, **kwargs}
+        return {"messages": messages, "tools": specs, "tool_choice": choice,
+                "parallel_tool_calls": allow_parallel_tool_calls, **kwargs}  # fmt: skip
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The reply's tool calls (arguments are JSON objects: the server parses them)."""
+        calls = response.message.additional_kwargs.get("tool_calls") or []
+        if not calls and error_on_no_tool_call:
+            raise ValueError(f"expected at least one tool call, got {len(calls)}")
+        return [
+            ToolSelection(tool_id=call["id"], tool_name=call["function"]["name"],
+                          tool_kwargs=json.loads(call["function"]["arguments"]))
+            for call in calls
+        ]  # fmt: skip
+
+
+_TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls")
+
+
+def _tool_choice(choice: str | dict[str, Any] | None, required: bool) -> str | dict[str, Any]:
+    """LlamaIndex's tool_choice (None, "auto" / "none" / "required", a tool's name, or
+    OpenAI's dict) as OpenAI's; None follows `tool_required`."""
+    if choice is None:
+        return "required" if required else "auto"
+    if isinstance(choice, str) and choice not in ("auto", "none", "required"):
+        return {"type": "function", "function": {"name": choice}}
+    return choice
+
+
+def _pop_tool_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The tool fields of a chat's keyword arguments, taken out of `kwargs`."""
+    return {name: kwargs.pop(name) for name in _TOOL_OPTIONS if name in kwargs}
 
 
 def _single_user_text(messages: Sequence[ChatMessage]) -> str | None:
@@ -270,9 +340,14 @@ def _chat_response(completion: CompletionResponse) -> ChatResponse:
 
 
 def _route_response(body: dict[str, Any]) -> ChatResponse:
-    text = body["choices"][0]["message"]["content"]
-    message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
-    return ChatResponse(message=message, raw=body)
+    message = body["choices"][0]["message"]
+    calls = tuple(message.get("tool_calls") or ())
+    return ChatResponse(message=_assistant(message["content"] or "", calls), raw=body)
+
+
+def _assistant(text: str, tool_calls: Sequence[dict[str, Any]]) -> ChatMessage:
+    extra = {"tool_calls": list(tool_calls)} if tool_calls else {}
+    return ChatMessage(role=MessageRole.ASSISTANT, content=text, additional_kwargs=extra)
 
 
 def _cumulative(deltas: Iterator[str]) -> Iterator[CompletionResponse]:
@@ -287,3 +362,18 @@ async def _acumulative(deltas: AsyncIterator[str]) -> AsyncIterator[CompletionRe
     async for delta in deltas:
         text += delta
         yield CompletionResponse(text=text, delta=delta)
+
+
+def _chat_stream(deltas: Iterator[ChatDelta]) -> Iterator[ChatResponse]:
+    """Cumulative chat responses: the text and the tool calls so far."""
+    text, calls = "", []
+    for delta in deltas:
+        text, calls = text + delta.text, calls + list(delta.tool_calls)
+        yield ChatResponse(message=_assistant(text, calls), delta=delta.text)
+
+
+async def _achat_stream(deltas: AsyncIterator[ChatDelta]) -> AsyncIterator[ChatResponse]:
+    text, calls = "", []
+    async for delta in deltas:
+        text, calls = text + delta.text, calls + list(delta.tool_calls)
+        yield ChatResponse(message=_assistant(text, calls), delta=delta.text)
