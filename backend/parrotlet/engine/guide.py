@@ -51,13 +51,16 @@ class Guide:
             raise ValueError(f"the {self.kind} guide does not compile: {error}")
 
     def grammar(self) -> str:
-        """The guide as an llguidance grammar; JSON as json.dumps writes it (", " and ": ", no
+        """The guide as an llguidance grammar. JSON as json.dumps writes it (", " and ": ", no
         other whitespace): small models given free whitespace fill it with newlines
-        (SmolLM2-135M wrote 40 tokens of an unfinished object)."""
+        (SmolLM2-135M wrote 40 tokens of an unfinished object); and objects that list their
+        properties have no others unless the schema says so (xgrammar's strict mode, vLLM's
+        default): a 135M model added `"type": "number"` to a calculator's arguments."""
         from llguidance import LLMatcher
 
         if self.kind == "json_schema":
-            return LLMatcher.grammar_from_json_schema(self.spec, defaults=_COMPACT_JSON)
+            schema = _closed(json.loads(self.spec))
+            return LLMatcher.grammar_from_json_schema(schema, defaults=_COMPACT_JSON)
         if self.kind == "regex":
             return LLMatcher.grammar_from_regex(self.spec)
         return LLMatcher.grammar_from_lark(self.spec)
@@ -75,3 +78,16 @@ class Guide:
         if not isinstance(value, dict) or set(value) != {"kind", "spec"}:
             raise ValueError(f"guide must be a Guide or {{'kind', 'spec'}}, got {value!r}")
         return cls(value["kind"], value["spec"])
+
+
+def _closed(schema: Any) -> Any:
+    """`schema` with `"additionalProperties": false` on every object schema that lists
+    `properties` and says nothing about others."""
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _closed(value) for key, value in schema.items()}
+    if "properties" in out and not {"additionalProperties", "patternProperties"} & set(out):
+        out["additionalProperties"] = False
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import parrotlet as P
-from examples import langchain_agent, langchain_map_reduce, langchain_refine
+from examples import langchain_agent, langchain_map_reduce, langchain_refine, langchain_tools
 
 pytestmark = pytest.mark.slow
 
@@ -30,4 +30,13 @@ def test_agent_example(client: P.Client, capsys: pytest.CaptureFixture[str]) -> 
     answer = langchain_agent.main(client, max_tokens=12)
     assert capsys.readouterr().out == (
         f"tool call: calculator[17 * 23] -> 391\nanswer: {answer}\n(2 calls, 2 submissions)\n"
+    )
+
+
+def test_tools_example(client: P.Client, capsys: pytest.CaptureFixture[str]) -> None:
+    answer, city = langchain_tools.main(client)
+    assert (answer, city.city, city.country) == ("391", "Tokyo", "Japan")
+    assert capsys.readouterr().out == (
+        "tool call: calculator({'expression': '17 * 23'})\ntool result: 391\nanswer: 391\n"
+        "structured: City(city='Tokyo', country='Japan')\n"
     )
