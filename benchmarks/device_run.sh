@@ -22,8 +22,9 @@
 # app:WORKLOAD@REV (REV's own bench of one workload; REPEAT=N in the environment runs the
 # app steps' workloads N times each, medians and every run in the table and JSON). Each
 # step's log, and the JSON it writes, land in $OUT ($OUT/REV for @ steps). Needs
-# .device/wheels from ../shared/device/prepare.sh and, for the app workloads, the default
-# model's tokenizer files in .device/tokenizer.
+# .device/wheels from ../shared/device/prepare.sh (guided decoding's test needs llguidance
+# too: `bash ../shared/device/prepare.sh --platform manylinux_2_31_x86_64 llguidance`) and,
+# for the app workloads and that test, the default model's tokenizer files in .device/tokenizer.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -41,6 +42,7 @@ gpu_tests=(
   tests/kernels/test_triton_paged_decode.py tests/kernels/test_triton_prefix_tiles.py
   tests/kernels/test_triton_shared_prefix.py tests/engine/models/test_llama_fused.py
   tests/engine/test_engine_gpu.py tests/engine/test_cuda_graphs_gpu.py tests/serve/test_serve_gpu.py
+  tests/engine/test_guided_decoding.py
 )
 
 run_step() {

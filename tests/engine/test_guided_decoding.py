@@ -5,6 +5,7 @@ scheduling (which must then read each guided step's tokens before the next launc
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,11 +13,14 @@ import pytest
 import torch
 import transformers
 
+from parrotlet.engine.config import EngineConfig
+from parrotlet.engine.engine import LLMEngine
 from parrotlet.engine.guide import Guide
 from parrotlet.engine.guided_decoding import GuideCompiler, advance, mask_logits
+from parrotlet.engine.models.loader import load_model
 from parrotlet.engine.sampling_params import SamplingParams
 
-from .helpers import TINY, make_engine
+from .helpers import GPU_ARCH, TINY, make_engine
 
 VOCAB = 49152  # the default model's tokenizer
 NUMBER = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
@@ -29,18 +33,28 @@ GUIDES = [
 
 
 @pytest.fixture(scope="module")
-def tokenizer(default_model_dir: Path) -> transformers.PreTrainedTokenizerBase:
-    return transformers.AutoTokenizer.from_pretrained(default_model_dir)
+def tokenizer() -> transformers.PreTrainedTokenizerBase:
+    """The default model's tokenizer ($PARROTLET_TEST_TOKENIZER on the GPU image, which has no
+    default model)."""
+    folder = os.environ.get("PARROTLET_TEST_TOKENIZER")
+    if folder is None:
+        from parrotlet.engine.models.default_model import default_model_path
+
+        folder = str(default_model_path())
+    return transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def save_llama(folder: Path, arch: dict) -> Path:
+    """A random-weight Llama over the default tokenizer's vocabulary."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**{**arch, "vocab_size": VOCAB})
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    """A random-weight Llama over the default tokenizer's vocabulary."""
-    folder = tmp_path_factory.mktemp("llama_guided")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(**{**TINY, "vocab_size": VOCAB})
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    return folder
+    return save_llama(tmp_path_factory.mktemp("llama_guided"), TINY)
 
 
 def make_guided_engine(folder: Path, tokenizer, **kwargs):
@@ -110,4 +124,24 @@ def test_async_scheduling_gives_the_same_guided_tokens(folder, tokenizer) -> Non
     runs = [make_guided_engine(folder, tokenizer, async_scheduling=a).generate(prompts, params)
             for a in (False, True)]  # fmt: skip
 
+    assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]]
+
+
+@pytest.mark.gpu
+def test_guided_decoding_on_cuda_with_graphs_and_async_scheduling(tmp_path, tokenizer) -> None:
+    """On CUDA (decode CUDA graphs, async scheduling by default) guided outputs match their
+    guides and equal the synchronous engine's tokens."""
+    folder = save_llama(tmp_path, GPU_ARCH)  # head_dim 128 for flashinfer
+    params = [SamplingParams(temperature=1.0, seed=s, max_tokens=30, guide=g)
+              for s, g in enumerate(GUIDES)]  # fmt: skip
+    prompts = [[5, 6, 7], [9] * 20, [11, 12]]
+
+    runs = []
+    for async_scheduling in (False, True):
+        config = EngineConfig(model=str(folder), device="cuda", async_scheduling=async_scheduling)
+        model, _ = load_model(folder, dtype=torch.float32, device=torch.device("cuda"))
+        runs.append(LLMEngine(config, model, tokenizer=tokenizer).generate(prompts, params))
+
+    for guide, out in zip(GUIDES, runs[1], strict=True):
+        assert out.finish_reason == "stop" and matches(guide, out.text), (guide, out.text)
     assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]]
