@@ -145,3 +145,36 @@ def test_guided_decoding_on_cuda_with_graphs_and_async_scheduling(tmp_path, toke
     for guide, out in zip(GUIDES, runs[1], strict=True):
         assert out.finish_reason == "stop" and matches(guide, out.text), (guide, out.text)
     assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]]
+
+
+def test_jump_forward_appends_forced_tokens_without_sampling_them(folder, tokenizer) -> None:
+    """A JSON object of fixed keys: the keys and punctuation are forced, so with jump-forward
+    the engine samples only the values (fewer steps than tokens), and the output still matches;
+    without it every token is a step."""
+    schema = {"type": "object", "properties": {"alpha": {"type": "integer"}, "beta":
+              {"type": "boolean"}}, "required": ["alpha", "beta"]}  # fmt: skip
+    params = SamplingParams(temperature=1.0, seed=3, max_tokens=40, guide=Guide.json(schema))
+
+    steps, outs = [], []
+    for jump in (True, False):
+        engine = make_guided_engine(folder, tokenizer, guided_jump_forward=jump)
+        [out] = engine.generate([[5, 6, 7]], params)
+        steps.append(engine.stats().num_steps)
+        outs.append(out)
+
+    for out in outs:
+        value = json.loads(out.text)
+        assert list(value) == ["alpha", "beta"] and type(value["alpha"]) is int
+        assert type(value["beta"]) is bool and out.finish_reason == "stop"
+    assert steps[0] < len(outs[0].token_ids) and steps[1] == len(outs[1].token_ids)
+    assert outs[0].text.startswith('{"alpha": ')  # forced: '{"alpha": ' then a sampled digit
+
+
+def test_jump_forward_stops_at_max_tokens(folder, tokenizer) -> None:
+    guide = Guide("grammar", 'start: "The answer is " NUM "."\nNUM: /[0-9]+/')
+    [out] = make_guided_engine(folder, tokenizer).generate(
+        [[5, 6]], SamplingParams(temperature=0.0, max_tokens=2, guide=guide)
+    )
+
+    assert len(out.token_ids) == 2 and out.finish_reason == "length"
+    assert out.text == tokenizer.decode(out.token_ids)

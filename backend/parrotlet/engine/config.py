@@ -104,6 +104,9 @@ class EngineConfig:
     `programmatic_launch` launches the decode step's Triton kernels (linear layers, decode
     attention) with programmatic dependent launch on sm_90+ GPUs: each is launched during the
     tail of the kernel before it (parrotlet_kernels/programmatic_launch.py).
+    `guided_jump_forward` appends the tokens a guided sequence's guide forces next (a JSON
+    key, a function name) without sampling them: the next step computes them with the sampled
+    token, so a guided output takes fewer steps (engine/guided_decoding.py).
     """
 
     model: str | None = None
@@ -120,6 +123,7 @@ class EngineConfig:
     graph_decode_attention: str = "auto"
     graph_prefix_tiles: bool = True
     programmatic_launch: bool = True
+    guided_jump_forward: bool = True
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

@@ -19,7 +19,7 @@ import torch
 from parrotlet.engine.block_manager import BlockManager
 from parrotlet.engine.config import EngineConfig, check_device
 from parrotlet.engine.detokenizer import IncrementalDetokenizer
-from parrotlet.engine.guided_decoding import GuideCompiler, advance
+from parrotlet.engine.guided_decoding import GuideCompiler, advance, forced_tokens
 from parrotlet.engine.model_runner import LaunchedStep, ModelRunner
 from parrotlet.engine.models.config import ModelConfig
 from parrotlet.engine.models.llama import LlamaForCausalLM
@@ -307,13 +307,37 @@ class LLMEngine:
         else:
             delta, reason = self._check_stop(seq, token, detok)
             new = (token,)
-            if reason is None and seq.matcher is not None and advance(seq.matcher, token):
-                reason = FinishReason.STOP  # the guided text is complete
+            if reason is None and seq.matcher is not None:
+                forced, forced_delta, reason = self._advance_guide(seq, token, detok)
+                new, delta = new + forced, delta + forced_delta
         if reason is not None:
             self._finish(seq, reason)
             if detok is not None and reason is FinishReason.LENGTH:
                 delta += detok.finish("length").delta
         return self._output(seq, new, delta, detok)
+
+    def _advance_guide(
+        self, seq: Sequence, token: int, detok: IncrementalDetokenizer | None
+    ) -> tuple[tuple[int, ...], str, FinishReason | None]:
+        """Feed the sampled token to the sequence's guide, then append the tokens the guide
+        forces next (jump-forward; the next step computes them): (forced tokens, their text,
+        the finish reason: STOP once the guided text is complete)."""
+        if advance(seq.matcher, token):
+            return (), "", FinishReason.STOP
+        if not self.config.guided_jump_forward:
+            return (), "", None
+        room = (seq.max_len or self.max_model_len) - seq.num_known_tokens
+        forced, delta, reason = [], "", None
+        for forced_token in forced_tokens(seq.matcher, room):
+            seq.token_ids.append(forced_token)
+            forced.append(forced_token)
+            text, reason = self._check_stop(seq, forced_token, detok)
+            delta += text
+            if reason is not None:
+                break
+        if reason is None and seq.matcher.is_stopped():
+            reason = FinishReason.STOP
+        return tuple(forced), delta, reason
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         seq.drop_pending()
