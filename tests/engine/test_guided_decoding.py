@@ -178,3 +178,23 @@ def test_jump_forward_stops_at_max_tokens(folder, tokenizer) -> None:
 
     assert len(out.token_ids) == 2 and out.finish_reason == "length"
     assert out.text == tokenizer.decode(out.token_ids)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_preempted_guided_sequences_resume_their_guide(
+    folder, tokenizer, async_scheduling: bool
+) -> None:
+    """Preemption recomputes a sequence's generated tokens (forced ones too); its matcher keeps
+    its state, so greedy guided outputs equal those of an engine with room for all."""
+    prompts = [[5 + i] * 30 for i in range(6)]
+    params = SamplingParams(temperature=0.0, max_tokens=24, guide=GUIDES[0])
+
+    roomy = make_guided_engine(folder, tokenizer).generate(prompts, params)
+    tight = make_guided_engine(folder, tokenizer, num_blocks=24, block_size=4,
+                               async_scheduling=async_scheduling)  # fmt: skip
+    outs = tight.generate(prompts, params)
+
+    assert tight.stats().num_preemptions > 0
+    assert [(o.token_ids, o.finish_reason) for o in outs] == [
+        (o.token_ids, o.finish_reason) for o in roomy
+    ]
