@@ -37,6 +37,6 @@ def test_tools_example(client: P.Client, capsys: pytest.CaptureFixture[str]) -> 
     answer, city = langchain_tools.main(client)
     assert (answer, city.city, city.country) == ("391", "Tokyo", "Japan")
     assert capsys.readouterr().out == (
-        "tool call: calculator({'expression': '17 * 23'})\ntool result: 391\nanswer: 391\n"
+        "tool call: multiply({'a': 17, 'b': 23})\ntool result: 391\nanswer: 391\n"
         "structured: City(city='Tokyo', country='Japan')\n"
     )
