@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 import parrotlet as P
+from examples import structured_extraction
 from parrotlet.api.http import ServerError
 
 from .test_function import GREEDY_8
@@ -394,3 +395,21 @@ def test_a_guided_output_is_json_that_a_server_side_field_reads(remote) -> None:
         capital = answer.json_field("city")
         assert capital.get() == "Madrid"
         assert json.loads(answer.get()) == {"city": "Madrid", "country": "Spain"}
+
+
+@pytest.mark.slow
+def test_structured_extraction_example_is_one_submit(local: P.Client, capsys) -> None:
+    before = local.core.stats().client_requests.get("submit", 0)
+
+    records, title = structured_extraction.main(local)
+
+    assert local.core.stats().client_requests["submit"] - before == 1
+    assert records == [
+        {"topic": "Gull Rock", "year": 1831},
+        {"topic": "Life on the Rock", "year": 1893},
+        {"topic": "In the twentieth century", "year": 2022},
+    ]
+    assert capsys.readouterr().out.splitlines() == [
+        *(json.dumps(r) for r in records),
+        f"headline: {title}",
+    ]
