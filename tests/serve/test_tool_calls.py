@@ -1,5 +1,5 @@
-"""Tool calling's request checks, prompt formats and reply parsing (serve/tool_calls.py), without
-a model: the server side is in test_openai_tools.py."""
+"""Tool calling's request checks, prompt formats and reply parsing (serve/tool_calls.py,
+serve/tool_call_reader.py), without a model: the server side is in test_openai_tools.py."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from parrotlet.serve.tool_call_reader import ToolCallReader
 from parrotlet.serve.tool_calls import (
     FALLBACK,
     HERMES,
     LLAMA3,
     MISTRAL,
-    ToolCallReader,
     ToolRequest,
     fallback_messages,
     message_calls,
@@ -157,6 +157,8 @@ def test_tool_choice_none_and_no_tools_mean_no_tool_request() -> None:
         (TOOLS, {"type": "function", "function": {"name": "x"}}, None,
          "tool_choice names function 'x', which is not in tools ['get_weather', 'add']"),
         (TOOLS, {"type": "function"}, None,
+         "tool_choice must be a string or {'type': 'function', 'function': {'name': ...}}"),
+        (TOOLS, 3, None,
          "tool_choice must be a string or {'type': 'function', 'function': {'name': ...}}"),
         (None, "required", None, "tool_choice needs tools"),
         (TOOLS, None, "yes", "parallel_tool_calls must be a boolean, got 'yes'"),

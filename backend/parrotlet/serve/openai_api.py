@@ -21,9 +21,9 @@ from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.serve.auth import request_tenant
 from parrotlet.serve.errors import NotFoundError
 from parrotlet.serve.structured_output import request_guide
+from parrotlet.serve.tool_call_reader import ToolCallReader
 from parrotlet.serve.tool_calls import (
     FALLBACK,
-    ToolCallReader,
     ToolFormat,
     ToolRequest,
     fallback_messages,
