@@ -1,15 +1,16 @@
 """OpenAI-compatible routes (/v1/completions, /v1/chat/completions, /v1/models) over ServeCore.
 
 Each prompt becomes one `core.complete` call (a one-call graph in a throwaway session); the
-request's OpenAI parameters become SamplingParams, the chunks become OpenAI-shaped bodies.
+request's OpenAI parameters become SamplingParams (with a Guide for structured outputs and
+required tool calls: structured_output.py, tool_calls.py), the chunks become OpenAI-shaped
+bodies (openai_responses.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -20,8 +21,8 @@ from parrotlet.engine.guide import Guide
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.serve.auth import request_tenant
 from parrotlet.serve.errors import NotFoundError
+from parrotlet.serve.openai_responses import Responder
 from parrotlet.serve.structured_output import request_guide
-from parrotlet.serve.tool_call_reader import ToolCallReader
 from parrotlet.serve.tool_calls import (
     FALLBACK,
     ToolFormat,
@@ -120,7 +121,7 @@ async def completions(
     prompts = _prompts(body.prompt, len(core.tokenizer))
     guide = request_guide(body.response_format, body.structured_outputs)
     params = _sampling(body, 16 if body.max_tokens is None else body.max_tokens, guide)
-    return await _respond(core, tenant, prompts, params, _Responder(core.model_name, False, body))
+    return await _respond(core, tenant, prompts, params, Responder(core.model_name, False, body))
 
 
 @router.post("/v1/chat/completions")
@@ -144,7 +145,7 @@ async def chat_completions(
         body, core.max_model_len if to_the_end else max_tokens, guide or output_guide
     )
     prompt += opening
-    out = _Responder(core.model_name, True, body, tools, opening)
+    out = Responder(core.model_name, True, body, tools, opening)
     return await _respond(core, tenant, [prompt], params, out, clip_to_context=to_the_end)
 
 
@@ -270,103 +271,12 @@ def _text_part(part: Any, where: str) -> str:
 
 
 # ---- core → response -----------------------------------------------------------------------
-class _Responder:
-    """Builds OpenAI-shaped bodies and chunks for one request (one id, one `created`)."""
-
-    def __init__(
-        self,
-        model: str,
-        chat: bool,
-        body: _CommonRequest,
-        tools: ToolRequest | None = None,
-        opening: str = "",  # the call opening the prompt ended with (tool_calls.reply_opening)
-    ) -> None:
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        self.created = int(time.time())
-        self.model, self.chat, self.stream = model, chat, body.stream
-        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        self.tools, self.opening = tools, opening
-        self._readers: dict[int, ToolCallReader] = {}  # a streamed choice's tool calls
-
-    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "choices": choices}  # fmt: skip
-
-    def chunk(self, index: int, delta: dict[str, Any] | str, finish: str | None) -> dict[str, Any]:
-        key = "delta" if self.chat else "text"
-        choice = {"index": index, key: delta, "logprobs": None, "finish_reason": finish}
-        body = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
-        if self.include_usage:
-            body["usage"] = None
-        return body
-
-    def usage_chunk(self, finals: Sequence[CompletionChunk]) -> dict[str, Any]:
-        obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return {**self._envelope(obj, []), "usage": _usage(finals)}
-
-    def response(self, results: Sequence[tuple[str, CompletionChunk]]) -> dict[str, Any]:
-        choices = []
-        for i, (text, final) in enumerate(results):
-            if self.chat:
-                message, finish = self._message(text, final.finish_reason)
-                content: dict[str, Any] = {"message": message}
-            else:
-                content, finish = {"text": text}, final.finish_reason
-            choices.append({"index": i, **content, "logprobs": None, "finish_reason": finish})
-        body = self._envelope("chat.completion" if self.chat else "text_completion", choices)
-        return {**body, "usage": _usage([final for _, final in results])}
-
-    def _message(self, text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:
-        """A whole reply as the assistant message (its tool calls parsed) and finish reason."""
-        if self.tools is None:
-            return {"role": "assistant", "content": text}, finish
-        reader = ToolCallReader(self.tools, self.opening)
-        content = reader.feed(text)
-        rest, calls = reader.finish()
-        if not calls:
-            return {"role": "assistant", "content": content + rest}, finish
-        message = {"role": "assistant", "content": content + rest or None,
-                   "tool_calls": [call.as_openai() for call in calls]}  # fmt: skip
-        return message, _calls_finish(finish)
-
-    def chat_deltas(self, index: int, chunk: CompletionChunk) -> list[tuple[dict, str | None]]:
-        """The (delta, finish reason) stream chunks of one engine chunk of choice `index`:
-        text as it comes, except what may be a tool call, whose calls come with the finish."""
-        if self.tools is None:
-            if not chunk.text and chunk.finish_reason is None:
-                return []
-            return [({"content": chunk.text} if chunk.text else {}, chunk.finish_reason)]
-        reader = self._readers.setdefault(index, ToolCallReader(self.tools, self.opening))
-        text = reader.feed(chunk.text)
-        if chunk.finish_reason is None:
-            return [({"content": text}, None)] if text else []
-        rest, calls = reader.finish()
-        text += rest
-        out: list[tuple[dict, str | None]] = [({"content": text}, None)] if text else []
-        if not calls:
-            return [*out, ({}, chunk.finish_reason)]
-        deltas = [call.as_openai(k) for k, call in enumerate(calls)]
-        return [*out, ({"tool_calls": deltas}, _calls_finish(chunk.finish_reason))]
-
-
-def _calls_finish(finish: str | None) -> str | None:
-    """OpenAI's finish reason of a reply that called tools (a cut-off one stays "length")."""
-    return "tool_calls" if finish == "stop" else finish
-
-
-def _usage(finals: Sequence[CompletionChunk]) -> dict[str, int]:
-    prompt = sum(f.prompt_tokens for f in finals)
-    completion = sum(f.completion_tokens for f in finals)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}  # fmt: skip
-
-
 async def _respond(
     core: ServeCore,
     tenant: str,
     prompts: list[str | list[int]],
     params: SamplingParams,
-    out: _Responder,
+    out: Responder,
     *,
     clip_to_context: bool = False,
 ) -> Any:
@@ -415,7 +325,7 @@ async def _collect(stream: AsyncIterator[CompletionChunk]) -> tuple[str, Complet
 
 
 async def _stream_events(
-    streams: list[AsyncIterator[CompletionChunk]], out: _Responder
+    streams: list[AsyncIterator[CompletionChunk]], out: Responder
 ) -> AsyncIterator[dict[str, Any]]:
     finals: list[CompletionChunk] = []
     if out.chat:

@@ -1,0 +1,109 @@
+"""OpenAI-shaped response bodies and stream chunks of the OpenAI-compatible routes
+(openai_api.py), from ServeCore's completion chunks; a chat with tools has its replies split
+into content and tool calls (tool_call_reader.py).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from parrotlet.serve.tool_call_reader import ToolCallReader
+
+if TYPE_CHECKING:
+    from parrotlet.serve.openai_api import _CommonRequest
+    from parrotlet.serve.results import CompletionChunk
+    from parrotlet.serve.tool_calls import ToolRequest
+
+
+class Responder:
+    """Builds OpenAI-shaped bodies and chunks for one request (one id, one `created`)."""
+
+    def __init__(
+        self,
+        model: str,
+        chat: bool,
+        body: _CommonRequest,
+        tools: ToolRequest | None = None,
+        opening: str = "",  # the call opening the prompt ended with (tool_calls.reply_opening)
+    ) -> None:
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.model, self.chat, self.stream = model, chat, body.stream
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        self.tools, self.opening = tools, opening
+        self._readers: dict[int, ToolCallReader] = {}  # a streamed choice's tool calls
+
+    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": choices}  # fmt: skip
+
+    def chunk(self, index: int, delta: dict[str, Any] | str, finish: str | None) -> dict[str, Any]:
+        key = "delta" if self.chat else "text"
+        choice = {"index": index, key: delta, "logprobs": None, "finish_reason": finish}
+        body = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
+    def usage_chunk(self, finals: Sequence[CompletionChunk]) -> dict[str, Any]:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return {**self._envelope(obj, []), "usage": _usage(finals)}
+
+    def response(self, results: Sequence[tuple[str, CompletionChunk]]) -> dict[str, Any]:
+        choices = []
+        for i, (text, final) in enumerate(results):
+            if self.chat:
+                message, finish = self._message(text, final.finish_reason)
+                content: dict[str, Any] = {"message": message}
+            else:
+                content, finish = {"text": text}, final.finish_reason
+            choices.append({"index": i, **content, "logprobs": None, "finish_reason": finish})
+        body = self._envelope("chat.completion" if self.chat else "text_completion", choices)
+        return {**body, "usage": _usage([final for _, final in results])}
+
+    def _message(self, text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:
+        """A whole reply as the assistant message (its tool calls parsed) and finish reason."""
+        if self.tools is None:
+            return {"role": "assistant", "content": text}, finish
+        reader = ToolCallReader(self.tools, self.opening)
+        content = reader.feed(text)
+        rest, calls = reader.finish()
+        if not calls:
+            return {"role": "assistant", "content": content + rest}, finish
+        message = {"role": "assistant", "content": content + rest or None,
+                   "tool_calls": [call.as_openai() for call in calls]}  # fmt: skip
+        return message, _calls_finish(finish)
+
+    def chat_deltas(self, index: int, chunk: CompletionChunk) -> list[tuple[dict, str | None]]:
+        """The (delta, finish reason) stream chunks of one engine chunk of choice `index`:
+        text as it comes, except what may be a tool call, whose calls come with the finish."""
+        if self.tools is None:
+            if not chunk.text and chunk.finish_reason is None:
+                return []
+            return [({"content": chunk.text} if chunk.text else {}, chunk.finish_reason)]
+        reader = self._readers.setdefault(index, ToolCallReader(self.tools, self.opening))
+        text = reader.feed(chunk.text)
+        if chunk.finish_reason is None:
+            return [({"content": text}, None)] if text else []
+        rest, calls = reader.finish()
+        text += rest
+        out: list[tuple[dict, str | None]] = [({"content": text}, None)] if text else []
+        if not calls:
+            return [*out, ({}, chunk.finish_reason)]
+        deltas = [call.as_openai(k) for k, call in enumerate(calls)]
+        return [*out, ({"tool_calls": deltas}, _calls_finish(chunk.finish_reason))]
+
+
+def _calls_finish(finish: str | None) -> str | None:
+    """OpenAI's finish reason of a reply that called tools (a cut-off one stays "length")."""
+    return "tool_calls" if finish == "stop" else finish
+
+
+def _usage(finals: Sequence[CompletionChunk]) -> dict[str, int]:
+    prompt = sum(f.prompt_tokens for f in finals)
+    completion = sum(f.completion_tokens for f in finals)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}  # fmt: skip
