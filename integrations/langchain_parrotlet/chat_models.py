@@ -179,6 +179,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         *,
         tool_choice: dict[str, Any] | str | bool | None = None,
         parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """The model with `tools` (anything `convert_to_openai_tool` takes) sent along with each
@@ -190,9 +191,11 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
             tool_choice: "auto" (the default), "none", "required" or "any" (some tool), a tool's
                 name or True (the only tool): the reply calls it.
             parallel_tool_calls: False keeps one call a reply.
+            strict: OpenAI's `strict` on each function (a required call's arguments are
+                guided to the schema either way).
             **kwargs: bound as well (call options such as `temperature`).
         """
-        bound: dict[str, Any] = {"tools": [convert_to_openai_tool(t) for t in tools]}
+        bound: dict[str, Any] = {"tools": [convert_to_openai_tool(t, strict=strict) for t in tools]}
         choice = _tool_choice(tool_choice, bound["tools"])
         if choice is not None:
             bound["tool_choice"] = choice

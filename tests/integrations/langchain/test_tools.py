@@ -131,6 +131,13 @@ def test_structured_output_is_a_guided_tool_call(client: P.Client) -> None:
     assert structured.invoke("Name the capital of Japan.") == City(city="Tokyo", country="Japan")
 
 
+def test_strict_tools_are_accepted(client: P.Client) -> None:
+    bound = make_chat(client).bind_tools([add], tool_choice="add", strict=True)
+
+    assert bound.kwargs["tools"][0]["function"]["strict"] is True
+    assert bound.invoke(QUESTION).tool_calls[0]["args"] == {"a": 2, "b": 3}
+
+
 def test_replies_tool_calls_parse_into_langchains() -> None:
     raw = [
         {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}},
