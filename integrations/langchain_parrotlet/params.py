@@ -16,9 +16,11 @@ from langchain_parrotlet.connection import Connection, connection_for_client, re
 from langchain_parrotlet.scope import GraphScope, active_scope
 from parrotlet import Client
 from parrotlet.engine.sampling_params import SamplingParams
+from parrotlet.serve.structured_output import request_guide
 
 DEFAULT_BASE_URL = "http://localhost:8000"
 _CALL_OPTIONS = ("temperature", "top_p", "top_k", "seed", "max_tokens")
+_GUIDE_FIELDS = {"json_schema": "json", "regex": "regex", "grammar": "grammar"}
 
 
 class ParrotletParams(BaseModel):
@@ -122,9 +124,10 @@ class ParrotletParams(BaseModel):
     ) -> SamplingParams:
         """This model's sampling, with a call's `stop` and keyword overrides applied."""
         options = dict(options or {})
-        unknown = sorted(set(options) - {*_CALL_OPTIONS, "model"})
+        allowed = [*_CALL_OPTIONS, "response_format"]
+        unknown = sorted(set(options) - {*allowed, "model"})
         if unknown:
-            raise ValueError(f"unsupported call options {unknown}; allowed: {list(_CALL_OPTIONS)}")
+            raise ValueError(f"unsupported call options {unknown}; allowed: {allowed}")
         values = {name: getattr(self, name) for name in _CALL_OPTIONS}
         values.update({k: v for k, v in options.items() if k in _CALL_OPTIONS})
         return SamplingParams(
@@ -134,6 +137,9 @@ class ParrotletParams(BaseModel):
             seed=values["seed"],
             max_tokens=values["max_tokens"],
             stop=tuple(stop if stop is not None else self.stop or ()),
+            # OpenAI's response_format (json_object, json_schema): guided decoding, also as a
+            # graph call, so a structured output can feed the next call on the server
+            guide=request_guide(options.get("response_format"), None),
         )
 
     def openai_body(self, sampling: SamplingParams, options: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +153,8 @@ class ParrotletParams(BaseModel):
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if sampling.guide is not None:
+            body["structured_outputs"] = {_GUIDE_FIELDS[sampling.guide.kind]: sampling.guide.spec}
         model = options.get("model", self.model_name)
         if model is not None:
             body["model"] = model

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
 from pydantic import BaseModel
 
@@ -173,3 +175,30 @@ def test_bad_tool_choice() -> None:
         _tool_choice(True, [ADD, ADD])
     with pytest.raises(ValueError, match="tool_choice must be a string, a dict or a bool"):
         _tool_choice(3, [ADD])
+
+
+def test_response_format_keeps_a_structured_map_in_the_graph(client: P.Client) -> None:
+    """`bind(response_format=...)` guides a call's output to JSON of the schema; inside a
+    graph scope the structured maps feed the reduce on the server: one submit."""
+    schema = {"type": "object", "properties": {"topic": {"type": "string", "maxLength": 30}},
+              "required": ["topic"]}  # fmt: skip
+    chat = make_chat(client)
+    response_format = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}
+    structured = chat.bind(response_format=response_format)
+    extract = (ChatPromptTemplate.from_messages([("human", "The topic of: {text}")])
+               | structured | StrOutputParser())  # fmt: skip
+    title = (ChatPromptTemplate.from_messages([("human", "A title for: {topics}")])
+             | chat | StrOutputParser())  # fmt: skip
+    texts = [{"text": "Cats purr when they are happy."}, {"text": "The sea is deep and cold."}]
+    requests = Requests(client)
+
+    with parrotlet_graph(chat):
+        records = extract.batch(texts)
+        headline = title.invoke({"topics": "\n".join(records)})
+        headline_text = str(headline)  # the first read: one submit of all three calls
+
+    assert requests.submits() == 1
+    eager = [extract.invoke(t) for t in texts]  # outside the scope: one request each
+    assert [str(r) for r in records] == eager
+    assert all(set(json.loads(r)) == {"topic"} for r in eager)
+    assert headline_text == title.invoke({"topics": "\n".join(eager)})
