@@ -102,7 +102,9 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
             return ChatResult(generations=[ChatGeneration(message=SemanticAIMessage.of(future))])
         dicts = routes.message_dicts(messages)
         body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **tools})
-        return _chat_result(routes.complete(connection, routes.CHAT, body), self.model_name)
+        return _chat_result(
+            routes.complete(connection, routes.CHAT, body), self.served_model_name()
+        )
 
     async def _agenerate(
         self,
@@ -120,7 +122,8 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
             return ChatResult(generations=[ChatGeneration(message=SemanticAIMessage.of(future))])
         dicts = await routes.amessage_dicts(messages)
         body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **tools})
-        return _chat_result(await routes.acomplete(connection, routes.CHAT, body), self.model_name)
+        delta = await routes.acomplete(connection, routes.CHAT, body)
+        return _chat_result(delta, self.served_model_name())
 
     def _stream(
         self,
@@ -132,6 +135,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         tools = _pop_tool_options(kwargs)
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
+        model_name = self.served_model_name()
         scope = None if tools else self.graph_scope()
         future = _graph_call(scope, messages, sampling)
         if scope is not None and future is not None:
@@ -142,7 +146,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
             body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **tools})
             deltas = routes.stream(connection, routes.CHAT, body)
         for delta in deltas:
-            chunk = _chunk(delta)
+            chunk = _chunk(delta, model_name)
             if run_manager is not None and delta.text:
                 run_manager.on_llm_new_token(delta.text, chunk=chunk)
             yield chunk
@@ -157,6 +161,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         tools = _pop_tool_options(kwargs)
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
+        model_name = self.served_model_name()
         scope = None if tools else self.graph_scope()
         future = _graph_call(scope, messages, sampling)
         if scope is not None and future is not None:
@@ -167,7 +172,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
             body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **tools})
             deltas = routes.astream(connection, routes.CHAT, body)
         async for delta in deltas:
-            chunk = _chunk(delta)
+            chunk = _chunk(delta, model_name)
             if run_manager is not None and delta.text:
                 await run_manager.on_llm_new_token(delta.text, chunk=chunk)
             yield chunk
@@ -218,7 +223,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         with GraphScope(self.connection(), raise_on_exit=False) as private:
             outputs = super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        return [_settled(o, private, self.model_name, return_exceptions) for o in outputs]
+        return [_settled(o, private, self.served_model_name(), return_exceptions) for o in outputs]
 
     async def abatch(
         self,
@@ -236,7 +241,7 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
             outputs = await super().abatch(
                 inputs, config, return_exceptions=return_exceptions, **kwargs
             )
-        return [_settled(o, private, self.model_name, return_exceptions) for o in outputs]
+        return [_settled(o, private, self.served_model_name(), return_exceptions) for o in outputs]
 
 
 def _graph_call(
@@ -352,7 +357,7 @@ def _chat_result(delta: routes.Delta, model_name: str | None) -> ChatResult:
     )
 
 
-def _chunk(delta: routes.Delta) -> ChatGenerationChunk:
+def _chunk(delta: routes.Delta, model_name: str) -> ChatGenerationChunk:
     if delta.finish_reason is None and not delta.completion_tokens:
         calls = [
             tool_call_chunk(name=c["function"].get("name"), args=c["function"].get("arguments"),
@@ -363,7 +368,7 @@ def _chunk(delta: routes.Delta) -> ChatGenerationChunk:
                                                           tool_call_chunks=calls))  # fmt: skip
     message = AIMessageChunk(
         content=delta.text,
-        response_metadata={"finish_reason": delta.finish_reason},
+        response_metadata={"finish_reason": delta.finish_reason, "model_name": model_name},
         usage_metadata=usage_of(delta.prompt_tokens, delta.completion_tokens),  # type: ignore[arg-type]
         chunk_position="last",
     )

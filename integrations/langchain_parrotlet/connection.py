@@ -31,6 +31,19 @@ class Connection:
     def __init__(self, client: Client) -> None:
         self.client = client
         self.portal: Portal = client.portal
+        self._model_name: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The served model's name (asked once: the in-process core, or GET /v1/models)."""
+        if self._model_name is None:
+            core = self.client.core
+            self._model_name = (
+                core.model_name
+                if core is not None
+                else self.openai.get("/v1/models")["data"][0]["id"]
+            )
+        return self._model_name
 
     @property
     def openai(self) -> OpenAIRoutes:

@@ -67,15 +67,17 @@ class ParrotletLLM(ParrotletParams, BaseLLM):
         scope = self.graph_scope()
         if self.streaming and len(prompts) == 1:
             chunks = list(self._stream(prompts[0], stop, run_manager, **kwargs))
-            return _result([_join(chunks)], self.model_name)
+            return _result([_join(chunks)], self.served_model_name())
         if scope is not None:
             return _deferred(scope, prompts, sampling, self.chat)
         if len(prompts) == 1:
             path, body = self._request(resolve_text(prompts[0]), sampling, kwargs)
-            return _result([routes.complete(self.connection(), path, body)], self.model_name)
+            return _result(
+                [routes.complete(self.connection(), path, body)], self.served_model_name()
+            )
         with GraphScope(self.connection()) as private:
             futures = _deferred(private, prompts, sampling, self.chat)
-        return _resolved(private, futures, self.model_name)
+        return _resolved(private, futures, self.served_model_name())
 
     def _stream(
         self,
@@ -110,16 +112,16 @@ class ParrotletLLM(ParrotletParams, BaseLLM):
         scope = self.graph_scope()
         if self.streaming and len(prompts) == 1:
             chunks = [c async for c in self._astream(prompts[0], stop, run_manager, **kwargs)]
-            return _result([_join(chunks)], self.model_name)
+            return _result([_join(chunks)], self.served_model_name())
         if scope is not None:
             return _deferred(scope, prompts, sampling, self.chat)
         if len(prompts) == 1:
             path, body = self._request(await aresolve_text(prompts[0]), sampling, kwargs)
             delta = await routes.acomplete(self.connection(), path, body)
-            return _result([delta], self.model_name)
+            return _result([delta], self.served_model_name())
         async with GraphScope(self.connection()) as private:
             futures = _deferred(private, prompts, sampling, self.chat)
-        return _resolved(private, futures, self.model_name)
+        return _resolved(private, futures, self.served_model_name())
 
     async def _astream(
         self,

@@ -92,6 +92,10 @@ class ParrotletParams(BaseModel):
             )
         return remote_connection(self.base_url, key, self.timeout, self.max_retries)
 
+    def served_model_name(self) -> str:
+        """`model_name`, or the name the server reports (response metadata needs one)."""
+        return self.model_name or self.connection().model_name
+
     def graph_scope(self) -> GraphScope | None:
         """The graph scope this model's calls join: the one open on its server, unless an LLM
         cache applies to the model. LangChain would cache the unresolved output, whose

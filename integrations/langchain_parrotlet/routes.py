@@ -77,7 +77,8 @@ def _role(message: BaseMessage) -> str:
 
 
 def message_text(message: BaseMessage) -> str:
-    """A message's text (str content, or its text blocks); ValueError for other blocks."""
+    """A message's text (str content, or its text blocks); ValueError for other blocks, except
+    an AI message's tool-call blocks (its `tool_calls` carry them)."""
     content = message.content
     if isinstance(content, str):
         return content
@@ -87,9 +88,13 @@ def message_text(message: BaseMessage) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(block["text"])
-        else:
+        elif not (_is_call_block(block) and getattr(message, "tool_calls", None)):
             raise ValueError(f"parrotlet takes text content only, got a {block!r} block")
     return "".join(parts)
+
+
+def _is_call_block(block: object) -> bool:
+    return isinstance(block, dict) and block.get("type") in ("tool_use", "tool_call")
 
 
 def complete(connection: Connection, path: str, body: dict[str, Any]) -> Delta:

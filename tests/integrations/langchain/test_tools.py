@@ -202,3 +202,31 @@ def test_response_format_keeps_a_structured_map_in_the_graph(client: P.Client) -
     assert [str(r) for r in records] == eager
     assert all(set(json.loads(r)) == {"topic"} for r in eager)
     assert headline_text == title.invoke({"topics": "\n".join(eager)})
+
+
+def test_replies_name_the_served_model(client: P.Client) -> None:
+    """LangChain's usage callbacks need `response_metadata["model_name"]`: the server's name
+    when the model object names none."""
+    chat = make_chat(client)
+
+    reply = chat.invoke(QUESTION)
+    merged = None
+    for chunk in chat.stream(QUESTION):
+        merged = chunk if merged is None else merged + chunk
+
+    assert reply.response_metadata["model_name"] == "SmolLM2-135M-Instruct"
+    assert merged is not None and merged.response_metadata["model_name"] == "SmolLM2-135M-Instruct"
+
+
+def test_tool_use_blocks_of_an_ai_message_are_its_tool_calls() -> None:
+    call = {"name": "add", "args": {"a": 1, "b": 2}, "id": "c1", "type": "tool_call"}
+    use = {"type": "tool_use", "id": "c1", "name": "add", "input": {"a": 1, "b": 2}}
+    blocks = [{"type": "text", "text": "Adding."}, use]
+
+    [message] = routes.message_dicts([AIMessage(blocks, tool_calls=[call])])
+
+    assert message == {"role": "assistant", "content": "Adding.", "tool_calls": [{"id": "c1",
+                       "type": "function", "function": {"name": "add",
+                       "arguments": '{"a": 1, "b": 2}'}}]}  # fmt: skip
+    with pytest.raises(ValueError, match="parrotlet takes text content only"):
+        routes.message_dicts([AIMessage(blocks)])  # a tool_use block without the call
