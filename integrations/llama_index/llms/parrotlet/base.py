@@ -1,8 +1,9 @@
 """`Parrotlet`: the LlamaIndex LLM over a parrotlet server (request path step 1, the app side).
 
 A completion, or a chat of one user message, is a one-call graph: `Call(chat=True)` sends the
-text as one user message through the model's chat template. A conversation of several messages
-goes to the server's OpenAI chat route. Synthesis graphs: refine.py, tree_summarize.py.
+text as one user message through the model's chat template. A conversation of several messages,
+or a chat with tools (FunctionCallingLLM), goes to the server's OpenAI chat route. Synthesis
+graphs: refine.py, tree_summarize.py.
 """
 
 from __future__ import annotations
