@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
 
+from parrotlet.engine.async_engine import AsyncEngine
 from parrotlet.engine.config import EngineConfig
 from parrotlet.engine.engine import LLMEngine
 from parrotlet.engine.guide import Guide
@@ -198,3 +200,25 @@ def test_preempted_guided_sequences_resume_their_guide(
     assert [(o.token_ids, o.finish_reason) for o in outs] == [
         (o.token_ids, o.finish_reason) for o in roomy
     ]
+
+
+@pytest.mark.anyio
+async def test_the_guide_tokenizer_is_built_off_the_event_loop(folder, tokenizer) -> None:
+    """Building llguidance's tokenizer takes ~0.4 s: the first guided request has AsyncEngine
+    build it in a worker thread, not on the loop that serves every session."""
+    engine = make_guided_engine(folder, tokenizer)
+    threads: list[threading.Thread] = []
+    prepare = engine.guides.prepare
+
+    def recording() -> None:
+        threads.append(threading.current_thread())
+        prepare()
+
+    engine.guides.prepare = recording  # type: ignore[method-assign]
+    async_engine = AsyncEngine(engine)
+    out = await async_engine.complete([5, 6], SamplingParams(max_tokens=4, guide=GUIDES[2]))
+    await async_engine.close()
+
+    assert threads[0] is not threading.current_thread()  # the build, in a worker thread
+    assert threads[1:] == [threading.current_thread()]  # the matcher's check: built already
+    assert out.text in ("yes", "no", "maybe so")

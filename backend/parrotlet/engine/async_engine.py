@@ -46,6 +46,9 @@ class AsyncEngine:
 
         Takes LLMEngine.add_request's arguments; its validation errors are raised here.
         """
+        guides = self.engine.guides
+        if getattr(params, "guide", None) is not None and not guides.ready:
+            await asyncio.to_thread(guides.prepare)  # ~0.4 s once: not on the event loop
         async for out in self._follow(lambda: self.engine.add_request(prompt, params, **kwargs)):
             yield out
 

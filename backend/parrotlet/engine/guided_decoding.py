@@ -7,6 +7,7 @@ the sequence once its text is complete.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -25,18 +26,30 @@ class GuideCompiler:
     def __init__(self, tokenizer: object, eos_ids: Sequence[int], vocab_size: int) -> None:
         self._hf_tokenizer, self._eos_ids, self.vocab_size = tokenizer, list(eos_ids), vocab_size
         self._tokenizer: llguidance.LLTokenizer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the tokenizer is built (matchers then compile in about a millisecond)."""
+        return self._tokenizer is not None
+
+    def prepare(self) -> None:
+        """Build the tokenizer (thread-safe; AsyncEngine runs it off the event loop)."""
+        if self._hf_tokenizer is None:
+            raise ValueError("guided decoding needs the engine's tokenizer")
+        import llguidance.hf
+
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = llguidance.hf.from_tokenizer(
+                    self._hf_tokenizer, n_vocab=self.vocab_size, eos_token=self._eos_ids or None
+                )  # no EOS ids (a model config without one): the tokenizer's
 
     def matcher(self, guide: Guide) -> llguidance.LLMatcher:
         """A fresh matcher for `guide`; ValueError (naming the guide) if it does not compile."""
-        if self._hf_tokenizer is None:
-            raise ValueError("guided decoding needs the engine's tokenizer")
         import llguidance
-        import llguidance.hf
 
-        if self._tokenizer is None:
-            self._tokenizer = llguidance.hf.from_tokenizer(
-                self._hf_tokenizer, n_vocab=self.vocab_size, eos_token=self._eos_ids or None
-            )  # no EOS ids (a model config without one): the tokenizer's
+        self.prepare()
         matcher = llguidance.LLMatcher(self._tokenizer, guide.grammar(), log_level=0)
         if matcher.is_error():
             raise ValueError(f"the {guide.kind} guide does not compile: {matcher.get_error()}")
