@@ -42,6 +42,20 @@ def test_round_trip_is_exact():
             {"transforms": [{"id": "t", "op": "eval", "inputs": ["a"], "output": "b"}]},
             "'eval' is not one of",
         ),
+        (
+            {
+                "calls": [
+                    {
+                        "id": "a",
+                        "segments": [
+                            {"output": "o", "sampling": {"guide": {"kind": "regex", "spec": "(ab"}}}
+                        ],
+                    }
+                ]
+            },
+            r"(?s)calls\[0\].segments\[0\].sampling: the regex guide does not compile: .*"
+            "unclosed group",
+        ),
     ],
 )
 def test_malformed_graphs_name_the_field(data, message):
