@@ -116,6 +116,33 @@ async def test_batch_prompts_give_one_choice_each(client_a: httpx.AsyncClient) -
     assert texts == [PROMPT_TEXT, other]
 
 
+async def test_n_choices_of_a_prompt(client_a: httpx.AsyncClient) -> None:
+    """Choice j of a seeded request samples as the single request with seed + j; usage counts
+    the prompt once."""
+    sampled = completion_body(n=3, temperature=1.0, seed=7)
+
+    greedy = (await client_a.post("/v1/completions", json=completion_body(n=2))).json()
+    choices = (await client_a.post("/v1/completions", json=sampled)).json()
+    singles = [
+        (await client_a.post("/v1/completions", json={**sampled, "n": 1, "seed": 7 + j})).json()
+        for j in range(3)
+    ]
+    streamed = parse_sse((await client_a.post("/v1/completions",
+                                              json={**sampled, "stream": True})).text)  # fmt: skip
+
+    assert [c["text"] for c in greedy["choices"]] == [PROMPT_TEXT, PROMPT_TEXT]
+    assert greedy["usage"] == {"prompt_tokens": 5, "completion_tokens": 16, "total_tokens": 21}
+    texts = [c["text"] for c in choices["choices"]]
+    assert [c["index"] for c in choices["choices"]] == [0, 1, 2]
+    assert texts == [s["choices"][0]["text"] for s in singles]
+    assert len(set(texts)) == 3  # three seeds, three samples
+    by_index = ["", "", ""]
+    for chunk in streamed[:-1]:
+        [choice] = chunk["choices"]
+        by_index[choice["index"]] += choice["text"]
+    assert by_index == texts
+
+
 async def test_chat_completion(client_a: httpx.AsyncClient, core: ServeCore) -> None:
     response = await client_a.post("/v1/chat/completions", json=chat_body())
 
@@ -224,7 +251,7 @@ async def test_unknown_model_is_404_model_not_found(client_a: httpx.AsyncClient)
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (completion_body(n=2), "n must be 1 (one choice per prompt), got 2"),
+        (completion_body(n=17), "n must be in [1, 16] (choices per prompt), got 17"),
         (completion_body(temperature=-1), "temperature must be a finite number >= 0, got -1.0"),
         (completion_body(top_p=0), "top_p must be in (0, 1], got 0.0"),
         (completion_body(max_tokens=-1), "max_tokens must be an int >= 0, got -1"),

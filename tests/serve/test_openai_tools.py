@@ -246,3 +246,20 @@ async def test_structured_outputs_match_their_constraint(
     [choice] = response.json()["choices"]
     out = choice["message"]["content"] if "message" in choice else choice["text"]
     assert (out, choice["finish_reason"]) == (text, "stop")
+
+
+async def test_each_choice_of_n_has_its_call(client_a: httpx.AsyncClient) -> None:
+    body = chat_body(tool_choice=NAMED, n=2)
+
+    whole = (await client_a.post("/v1/chat/completions", json=body)).json()
+    events = parse_sse((await client_a.post("/v1/chat/completions",
+                                            json={**body, "stream": True})).text)  # fmt: skip
+
+    functions = [c["message"]["tool_calls"][0]["function"] for c in whole["choices"]]
+    assert functions == [{"name": "get_weather", "arguments": '{"city": "Paris"}'}] * 2
+    streamed = {
+        e["choices"][0]["index"]: e["choices"][0]["delta"]["tool_calls"][0]["function"]
+        for e in events[:-1]
+        if "tool_calls" in e["choices"][0]["delta"]
+    }
+    assert streamed == {0: functions[0], 1: functions[1]}

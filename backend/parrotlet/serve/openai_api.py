@@ -9,6 +9,7 @@ bodies (openai_responses.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ router = APIRouter()
 _STARTED = int(time.time())
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 _ROLE_FIELDS = {"assistant": {"tool_calls"}, "tool": {"tool_call_id"}}  # besides role, content
+MAX_CHOICES = 16  # `n`: completions of one prompt (they share its prefix in the KV cache)
 # Known OpenAI parameters accepted only at their default (values that change nothing).
 _ONLY_DEFAULT: dict[str, tuple[Any, ...]] = {
     "presence_penalty": (None, 0),
@@ -165,8 +167,8 @@ def _core(request: Request) -> ServeCore:
 def _check_common(core: ServeCore, body: _CommonRequest) -> None:
     if body.model is not None and body.model != core.model_name:
         raise ModelNotFoundError(f"The model `{body.model}` does not exist")
-    if body.n not in (None, 1):
-        raise ValueError(f"n must be 1 (one choice per prompt), got {body.n}")
+    if body.n is not None and not 1 <= body.n <= MAX_CHOICES:
+        raise ValueError(f"n must be in [1, {MAX_CHOICES}] (choices per prompt), got {body.n}")
     for name in sorted(body.model_fields_set & _ONLY_DEFAULT.keys()):
         if getattr(body, name) not in _ONLY_DEFAULT[name]:
             raise ValueError(f"{name} is not supported (only its default is accepted)")
@@ -280,23 +282,32 @@ async def _respond(
     *,
     clip_to_context: bool = False,
 ) -> Any:
-    streams = await _open(core, tenant, prompts, params, clip_to_context)
+    """Run `out.n` choices of each prompt (choice i * n + j: prompt i's j-th) and answer."""
+    choices = [(p, _choice_params(params, j)) for p in prompts for j in range(out.n)]
+    streams = await _open(core, tenant, choices, clip_to_context)
     if out.stream:
         return sse_response(_stream_events(streams, out))
     results = [await _collect(s) for s in streams]  # all run concurrently in the engine
     return JSONResponse(out.response(results))
 
 
+def _choice_params(params: SamplingParams, j: int) -> SamplingParams:
+    """Choice j's sampling: a seeded request's choices draw from seeds seed, seed + 1, ..."""
+    if j == 0 or params.seed is None:
+        return params
+    return dataclasses.replace(params, seed=(params.seed + j) % 2**64)
+
+
 async def _open(
     core: ServeCore,
     tenant: str,
-    prompts: list[str | list[int]],
-    params: SamplingParams,
+    choices: list[tuple[str | list[int], SamplingParams]],
     clip_to_context: bool,
 ) -> list[AsyncIterator[CompletionChunk]]:
-    """Start one completion per prompt and wait for each first chunk, so that a bad request
+    """Start one completion per choice and wait for each first chunk, so that a bad request
     fails with its status code before a streamed response has started."""
-    streams = [core.complete(tenant, p, params, clip_to_context=clip_to_context) for p in prompts]
+    streams = [core.complete(tenant, p, params, clip_to_context=clip_to_context)
+               for p, params in choices]  # fmt: skip
     firsts = await asyncio.gather(*(anext(s) for s in streams), return_exceptions=True)
     failed = [f for f in firsts if isinstance(f, BaseException)]
     if failed:
@@ -327,7 +338,7 @@ async def _collect(stream: AsyncIterator[CompletionChunk]) -> tuple[str, Complet
 async def _stream_events(
     streams: list[AsyncIterator[CompletionChunk]], out: Responder
 ) -> AsyncIterator[dict[str, Any]]:
-    finals: list[CompletionChunk] = []
+    finals: dict[int, CompletionChunk] = {}
     if out.chat:
         for i in range(len(streams)):
             yield out.chunk(i, {"role": "assistant", "content": ""}, None)
@@ -338,9 +349,9 @@ async def _stream_events(
         elif chunk.text or chunk.finish_reason is not None:
             yield out.chunk(i, chunk.text, chunk.finish_reason)
         if chunk.finish_reason is not None:
-            finals.append(chunk)
+            finals[i] = chunk
     if out.include_usage:
-        yield out.usage_chunk(finals)
+        yield out.usage_chunk([finals[i] for i in sorted(finals)])
 
 
 async def _merge(

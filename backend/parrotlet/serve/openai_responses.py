@@ -33,6 +33,7 @@ class Responder:
         self.created = int(time.time())
         self.model, self.chat, self.stream = model, chat, body.stream
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        self.n = body.n or 1  # choices per prompt
         self.tools, self.opening = tools, opening
         self._readers: dict[int, ToolCallReader] = {}  # a streamed choice's tool calls
 
@@ -50,7 +51,7 @@ class Responder:
 
     def usage_chunk(self, finals: Sequence[CompletionChunk]) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return {**self._envelope(obj, []), "usage": _usage(finals)}
+        return {**self._envelope(obj, []), "usage": _usage(finals, self.n)}
 
     def response(self, results: Sequence[tuple[str, CompletionChunk]]) -> dict[str, Any]:
         choices = []
@@ -62,7 +63,7 @@ class Responder:
                 content, finish = {"text": text}, final.finish_reason
             choices.append({"index": i, **content, "logprobs": None, "finish_reason": finish})
         body = self._envelope("chat.completion" if self.chat else "text_completion", choices)
-        return {**body, "usage": _usage([final for _, final in results])}
+        return {**body, "usage": _usage([final for _, final in results], self.n)}
 
     def _message(self, text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:
         """A whole reply as the assistant message (its tool calls parsed) and finish reason."""
@@ -102,8 +103,9 @@ def _calls_finish(finish: str | None) -> str | None:
     return "tool_calls" if finish == "stop" else finish
 
 
-def _usage(finals: Sequence[CompletionChunk]) -> dict[str, int]:
-    prompt = sum(f.prompt_tokens for f in finals)
+def _usage(finals: Sequence[CompletionChunk], n: int) -> dict[str, int]:
+    """Token counts of the choices in index order (n a prompt): each prompt counted once."""
+    prompt = sum(f.prompt_tokens for f in finals[::n])
     completion = sum(f.completion_tokens for f in finals)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}  # fmt: skip
