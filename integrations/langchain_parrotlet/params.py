@@ -19,7 +19,9 @@ from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.serve.structured_output import request_guide
 
 DEFAULT_BASE_URL = "http://localhost:8000"
-_CALL_OPTIONS = ("temperature", "top_p", "top_k", "seed", "max_tokens")
+_CALL_OPTIONS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "presence_penalty",
+                 "frequency_penalty", "repetition_penalty")  # fmt: skip
+_PENALTIES = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0}
 _GUIDE_FIELDS = {"json_schema": "json", "regex": "regex", "grammar": "grammar"}
 
 
@@ -60,6 +62,15 @@ class ParrotletParams(BaseModel):
 
     stop: list[str] | None = None
     """Stop strings (excluded from the output); a call's own `stop` replaces them."""
+
+    presence_penalty: float | None = None
+    """OpenAI's presence penalty in [-2, 2]: subtracted from a token already in the output."""
+
+    frequency_penalty: float | None = None
+    """OpenAI's frequency penalty in [-2, 2]: times a token's count in the output."""
+
+    repetition_penalty: float | None = None
+    """vLLM's / transformers' repetition penalty (> 0; 1 is off) on prompt and output tokens."""
 
     timeout: float = 60.0
     """Seconds to connect / send a request (generation itself is bounded by the server)."""
@@ -141,6 +152,10 @@ class ParrotletParams(BaseModel):
             seed=values["seed"],
             max_tokens=values["max_tokens"],
             stop=tuple(stop if stop is not None else self.stop or ()),
+            **{
+                name: default if values[name] is None else values[name]
+                for name, default in _PENALTIES.items()
+            },
             # OpenAI's response_format (json_object, json_schema): guided decoding, also as a
             # graph call, so a structured output can feed the next call on the server
             guide=request_guide(options.get("response_format"), None),
@@ -157,6 +172,9 @@ class ParrotletParams(BaseModel):
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        for name, default in _PENALTIES.items():
+            if getattr(sampling, name) != default:
+                body[name] = getattr(sampling, name)
         if sampling.guide is not None:
             body["structured_outputs"] = {_GUIDE_FIELDS[sampling.guide.kind]: sampling.guide.spec}
         model = options.get("model", self.model_name)
@@ -183,7 +201,8 @@ class ParrotletParams(BaseModel):
     def identifying_fields(self) -> dict[str, Any]:
         """What distinguishes this model's outputs (`_identifying_params`)."""
         where = "in-process" if self.client is not None else self.base_url
-        names = ("model_name", "temperature", "max_tokens", "top_p", "top_k", "seed", "stop")
+        names = ("model_name", "temperature", "max_tokens", "top_p", "top_k", "seed", "stop",
+                 *_PENALTIES)  # fmt: skip
         return {"server": where, **{name: getattr(self, name) for name in names}}
 
 

@@ -143,6 +143,20 @@ async def test_n_choices_of_a_prompt(client_a: httpx.AsyncClient) -> None:
     assert by_index == texts
 
 
+async def test_penalties_reach_the_sampler(client_a: httpx.AsyncClient) -> None:
+    """Greedy " Paris.\n\nThe answer is:" repeats prompt words; a repetition penalty (vLLM's
+    extension) and OpenAI's frequency penalty change the text (their values are checked
+    against transformers in tests/engine/test_penalties.py)."""
+    texts = []
+    for penalties in ({}, {"repetition_penalty": 1.5}, {"frequency_penalty": 2.0}):
+        body = completion_body(max_tokens=12, **penalties)
+        texts.append((await client_a.post("/v1/completions", json=body)).json())
+
+    plain, repetition, frequency = (t["choices"][0]["text"] for t in texts)
+    assert plain.startswith(PROMPT_TEXT)
+    assert repetition != plain and frequency != plain
+
+
 async def test_chat_completion(client_a: httpx.AsyncClient, core: ServeCore) -> None:
     response = await client_a.post("/v1/chat/completions", json=chat_body())
 
@@ -259,8 +273,13 @@ async def test_unknown_model_is_404_model_not_found(client_a: httpx.AsyncClient)
         (completion_body(stop=["x"] * 17), "stop has 17 strings, at most 16"),
         (completion_body(stop=3), "stop must be a str or a list of str, got 3"),
         (completion_body(top_k=-2), "top_k must be an int >= -1 (-1 or 0: off), got -2"),
-        (completion_body(presence_penalty=0.5), "presence_penalty is not supported (only its "
-         "default is accepted)"),
+        (completion_body(presence_penalty=2.5), "presence_penalty must be in [-2, 2], got 2.5"),
+        (completion_body(frequency_penalty=-3.0), "frequency_penalty must be in [-2, 2], got "
+         "-3.0"),
+        (completion_body(repetition_penalty=0.0), "repetition_penalty must be a finite number "
+         "> 0, got 0.0"),
+        (completion_body(logit_bias={"5": 1.0}), "logit_bias is not supported (only its default "
+         "is accepted)"),
         (completion_body(temperatur=0), "temperatur: Extra inputs are not permitted"),
         (completion_body(max_tokens="8"), "max_tokens: Input should be a valid integer"),
         (completion_body(prompt=""), "prompt must not be empty"),

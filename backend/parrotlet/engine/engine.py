@@ -173,7 +173,7 @@ class LLMEngine:
         detokenize, finish): this batch, or with async scheduling the previous batch, whose
         tokens the device has produced meanwhile."""
         start = time.perf_counter()
-        outputs = self._complete_guided()
+        outputs = self._complete_host_dependent()
         batch = self.scheduler.schedule()
         outputs += [self._fail(seq) for seq in batch.failed]
         launched = (batch, self._launch(batch)) if batch.seqs else None
@@ -252,10 +252,13 @@ class LLMEngine:
         )
 
     # ---- internals -----------------------------------------------------------------------
-    def _complete_guided(self) -> list[RequestOutput]:
-        """With async scheduling, postprocess the step in flight now when it has guided
-        sequences: their next mask needs the token it sampled (the step is not overlapped)."""
-        if self._in_flight is None or all(s.matcher is None for s in self._in_flight[0].seqs):
+    def _complete_host_dependent(self) -> list[RequestOutput]:
+        """With async scheduling, postprocess the step in flight now when it has guided or
+        penalized sequences: their next logits need the token it sampled on the host (so such
+        steps are not overlapped)."""
+        if self._in_flight is None or not any(
+            s.matcher is not None or s.params.penalized for s in self._in_flight[0].seqs
+        ):
             return []
         launched, self._in_flight = self._in_flight, None
         return self._complete(*launched)

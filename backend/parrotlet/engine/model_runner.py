@@ -24,6 +24,7 @@ import torch
 from parrotlet.engine.cuda_graphs import CudaGraphRunner, PaddedDecode
 from parrotlet.engine.guided_decoding import mask_logits
 from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM, load_fused_kernels
+from parrotlet.engine.penalties import apply_penalties
 from parrotlet.engine.piecewise_graphs import PiecewiseGraphRunner
 from parrotlet.engine.sampler import Sampler, make_generator, to_device
 from parrotlet.engine.scheduler import ScheduledBatch
@@ -140,6 +141,7 @@ class ModelRunner:
             self._last = None
             return LaunchedStep(caught_up, (), None, None)
         seqs = [batch.seqs[i] for i in samplers]
+        logits = apply_penalties(logits, seqs)  # penalized sequences only
         logits = mask_logits(logits, [s.matcher for s in seqs])  # guided sequences only
         tokens = self.sampler(logits, [s.params for s in seqs], [self._generator(s) for s in seqs])
         self._last = _Sampled(tokens, {s.request_id: row for row, s in enumerate(seqs)})

@@ -15,6 +15,10 @@ _MAX_SEED = 2**64
 # sessions share: a request may not make that check arbitrarily long (OpenAI allows 4 strings).
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
+# Fields added after the wire format settled: left out of to_dict() at their defaults.
+_OMITTED_AT_DEFAULT = {
+    "guide": None, "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0
+}  # fmt: skip
 
 
 def _is_int(value: object) -> bool:
@@ -34,7 +38,8 @@ class SamplingParams:
     top-k off), ``max_tokens >= 0`` (0: prefill only, e.g. to pin a prefix in the KV cache),
     ``0 <= seed < 2**64``, at most 16 stop strings of 1 to 256 chars, stop token ids ``>= 0``.
     ``stop`` and ``stop_token_ids`` are always tuples (a str or list is normalized); ``guide``
-    is a Guide (its dict form is converted).
+    is a Guide (its dict form is converted); presence and frequency penalties in [-2, 2], a
+    repetition penalty > 0 (1: off).
     """
 
     temperature: float = 1.0
@@ -47,12 +52,16 @@ class SamplingParams:
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     guide: Guide | None = None  # structured output: what the text must match
+    presence_penalty: float = 0.0  # OpenAI's: minus this for a token already in the output
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times its count in the output
+    repetition_penalty: float = 1.0  # vLLM / transformers: a seen token's logit / this (> 0)
 
     def __post_init__(self) -> None:
         if self.guide is not None:
             object.__setattr__(self, "guide", Guide.of(self.guide))  # from_dict's form too
         self._normalize_sequences()
         self._validate_numbers()
+        self._validate_penalties()
         self._validate_stops()
         for name in ("ignore_eos", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
@@ -66,6 +75,15 @@ class SamplingParams:
             raise ValueError(f"stop_token_ids must be a list of int, got {self.stop_token_ids!r}")
         object.__setattr__(self, "stop", tuple(stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+
+    def _validate_penalties(self) -> None:
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not _is_number(value) or not -2 <= value <= 2:
+                raise ValueError(f"{name} must be in [-2, 2], got {value!r}")
+        p = self.repetition_penalty
+        if not _is_number(p) or not math.isfinite(p) or p <= 0:
+            raise ValueError(f"repetition_penalty must be a finite number > 0, got {p!r}")
 
     def _validate_numbers(self) -> None:
         t = self.temperature
@@ -99,13 +117,21 @@ class SamplingParams:
         """True when the sampler takes the argmax (temperature 0)."""
         return self.temperature == 0
 
+    @property
+    def penalized(self) -> bool:
+        """True when a presence, frequency or repetition penalty changes the logits."""
+        return bool(self.presence_penalty or self.frequency_penalty) or (
+            self.repetition_penalty != 1
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists); ``from_dict(p.to_dict()) == p``."""
         d = asdict(self)
         d["stop"] = list(self.stop)
         d["stop_token_ids"] = list(self.stop_token_ids)
-        if self.guide is None:
-            del d["guide"]  # the wire form of an unguided call is unchanged
+        for name, default in _OMITTED_AT_DEFAULT.items():
+            if d[name] == default:
+                del d[name]  # the wire form of a call that does not use them is unchanged
         return d
 
     @classmethod

@@ -48,8 +48,6 @@ _ROLE_FIELDS = {"assistant": {"tool_calls"}, "tool": {"tool_call_id"}}  # beside
 MAX_CHOICES = 16  # `n`: completions of one prompt (they share its prefix in the KV cache)
 # Known OpenAI parameters accepted only at their default (values that change nothing).
 _ONLY_DEFAULT: dict[str, tuple[Any, ...]] = {
-    "presence_penalty": (None, 0),
-    "frequency_penalty": (None, 0),
     "logit_bias": (None, {}),
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
@@ -90,6 +88,7 @@ class _CommonRequest(BaseModel):
     stop_token_ids: list[int] | None = None  # vLLM extension
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    repetition_penalty: float | None = None  # vLLM extension
     logit_bias: dict[str, float] | None = None
     response_format: Any = None  # checked by structured_output.request_guide
     structured_outputs: Any = None  # vLLM extension
@@ -186,6 +185,9 @@ def _sampling(body: _CommonRequest, max_tokens: int, guide: Guide | None) -> Sam
         stop_token_ids=tuple(body.stop_token_ids or ()),
         ignore_eos=body.ignore_eos,
         guide=guide,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
     )
 
 

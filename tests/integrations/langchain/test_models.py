@@ -221,3 +221,17 @@ def test_remote_server_matches_in_process(
     assert text == make_chat(client).invoke("Repeat this:\n" + replies[1].content).content
     with pytest.raises(P.AuthError, match="invalid API key"):
         ChatParrotlet(base_url=server_url, api_key="wrong-key").invoke("hi")
+
+
+def test_penalties_apply_on_both_routes(client: P.Client) -> None:
+    """A repetition penalty set on the model reaches the sampler as one request and as a graph
+    call (the graph's sampling carries it), and changes the greedy text."""
+    plain = make_chat(client, max_tokens=12).invoke(PROMPTS[1])
+    penalized = make_chat(client, max_tokens=12, repetition_penalty=1.5)
+
+    eager = penalized.invoke(PROMPTS[1])
+    with parrotlet_graph(penalized):
+        graph = str(penalized.invoke(PROMPTS[1]).content)
+
+    assert graph == eager.content != plain.content
+    assert penalized._identifying_params["repetition_penalty"] == 1.5

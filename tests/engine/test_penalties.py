@@ -1,0 +1,75 @@
+"""Presence, frequency and repetition penalties: the logits equal a plain reference (transformers'
+RepetitionPenaltyLogitsProcessor, OpenAI's formula), and greedy outputs with a repetition
+penalty equal transformers' generate, synchronous and with async scheduling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from parrotlet.engine.penalties import apply_penalties
+from parrotlet.engine.sampling_params import SamplingParams
+from parrotlet.engine.sequence import Sequence
+
+from .helpers import make_checkpoint, make_engine, make_prompts
+
+VOCAB = 256
+
+
+def make_seq(prompt: list[int], output: list[int], **penalties: float) -> Sequence:
+    seq = Sequence("r", list(prompt), SamplingParams(**penalties), arrival=0)
+    seq.token_ids.extend(output)
+    return seq
+
+
+def test_penalties_equal_the_reference() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, VOCAB, generator=g) * 4  # [3, V]
+    prompt, output = [5, 9, 9, 200], [9, 17, 17, 17, 42]
+    seqs = [
+        make_seq(prompt, output, repetition_penalty=1.3),
+        make_seq(prompt, output, presence_penalty=0.5, frequency_penalty=-1.25),
+        make_seq(prompt, output),  # unpenalized: unchanged
+    ]
+
+    out = apply_penalties(logits, seqs)
+
+    repetition = transformers.RepetitionPenaltyLogitsProcessor(1.3)
+    expected0 = repetition(torch.tensor([prompt + output]), logits[:1].clone())[0]
+    assert torch.allclose(out[0], expected0, rtol=0, atol=1e-6)
+    expected1 = logits[1].clone()
+    for token in set(
+        output
+    ):  # OpenAI: mu[j] - c[j] * alpha_frequency - [c[j] > 0] * alpha_presence
+        expected1[token] -= output.count(token) * -1.25 + 0.5
+    assert torch.allclose(out[1], expected1, rtol=0, atol=1e-6)
+    assert torch.equal(out[2], logits[2])
+    assert out[1][5] == logits[1][5]  # presence and frequency look at the output only
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama_penalties")
+    return folder, make_checkpoint("llama", folder)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_greedy_with_a_repetition_penalty_equals_transformers(
+    checkpoint, async_scheduling: bool
+) -> None:
+    folder, hf_model = checkpoint
+    prompts = make_prompts([6, 30, 11], seed=41)
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True,
+                            repetition_penalty=1.8)  # fmt: skip
+
+    outs = make_engine(folder, async_scheduling=async_scheduling).generate(prompts, params)
+
+    for prompt, out in zip(prompts, outs, strict=True):
+        ids = torch.tensor([prompt])
+        hf = dict(max_new_tokens=16, do_sample=False, repetition_penalty=1.8, pad_token_id=0)
+        expected = hf_model.generate(ids, attention_mask=torch.ones_like(ids), **hf)
+        assert list(out.token_ids) == expected[0, len(prompt) :].tolist()
+    plain = make_engine(folder).generate(prompts[:1], SamplingParams(temperature=0.0,
+                                         max_tokens=16, ignore_eos=True))  # fmt: skip
+    assert plain[0].token_ids != outs[0].token_ids  # the penalty changed the text
