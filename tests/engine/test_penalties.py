@@ -73,3 +73,17 @@ def test_greedy_with_a_repetition_penalty_equals_transformers(
     plain = make_engine(folder).generate(prompts[:1], SamplingParams(temperature=0.0,
                                          max_tokens=16, ignore_eos=True))  # fmt: skip
     assert plain[0].token_ids != outs[0].token_ids  # the penalty changed the text
+
+
+def test_penalties_travel_in_sampling_params_only_when_set() -> None:
+    params = SamplingParams(presence_penalty=0.5, repetition_penalty=1.2)
+
+    wire = params.to_dict()
+
+    assert (wire["presence_penalty"], wire["repetition_penalty"]) == (0.5, 1.2)
+    assert "frequency_penalty" not in wire and SamplingParams.from_dict(wire) == params
+    assert params.penalized and not SamplingParams().penalized
+    assert set(SamplingParams().to_dict()) == {
+        "temperature", "top_p", "top_k", "seed", "max_tokens", "stop", "stop_token_ids",
+        "ignore_eos", "include_stop_str_in_output",
+    }  # fmt: skip
