@@ -59,10 +59,6 @@ def folder(tmp_path_factory) -> Path:
     return save_llama(tmp_path_factory.mktemp("llama_guided"), TINY)
 
 
-def make_guided_engine(folder: Path, tokenizer, **kwargs):
-    return make_engine(folder, tokenizer=tokenizer, **kwargs)
-
-
 def matches(guide: Guide, text: str) -> bool:
     if guide.kind == "json_schema":
         value = json.loads(text)
@@ -91,7 +87,7 @@ def test_the_mask_keeps_exactly_the_tokens_the_matcher_allows(tokenizer) -> None
 
 
 def test_a_bad_guide_is_refused_and_the_engine_goes_on(folder, tokenizer) -> None:
-    engine = make_guided_engine(folder, tokenizer)
+    engine = make_engine(folder, tokenizer=tokenizer)
 
     with pytest.raises(ValueError, match=r"(?s)the regex guide does not compile: .*unclosed group"):
         engine.add_request([1, 2, 3], SamplingParams(guide=Guide("regex", "(ab")))
@@ -104,7 +100,7 @@ def test_a_bad_guide_is_refused_and_the_engine_goes_on(folder, tokenizer) -> Non
 def test_random_weights_write_only_what_the_guide_allows(
     folder, tokenizer, async_scheduling: bool
 ) -> None:
-    engine = make_guided_engine(folder, tokenizer, async_scheduling=async_scheduling)
+    engine = make_engine(folder, tokenizer=tokenizer, async_scheduling=async_scheduling)
     prompts = [[5, 6, 7], [9] * 20, [11, 12]]
     params = [SamplingParams(temperature=1.0, seed=s, max_tokens=40, guide=g)
               for s, g in enumerate(GUIDES)]  # fmt: skip
@@ -123,7 +119,7 @@ def test_async_scheduling_gives_the_same_guided_tokens(folder, tokenizer) -> Non
               for s, g in enumerate(GUIDES)]  # fmt: skip
     prompts = [[5, 6, 7], [9] * 20, [11, 12]]
 
-    runs = [make_guided_engine(folder, tokenizer, async_scheduling=a).generate(prompts, params)
+    runs = [make_engine(folder, tokenizer=tokenizer, async_scheduling=a).generate(prompts, params)
             for a in (False, True)]  # fmt: skip
 
     assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]]
@@ -159,7 +155,7 @@ def test_jump_forward_appends_forced_tokens_without_sampling_them(folder, tokeni
 
     steps, outs = [], []
     for jump in (True, False):
-        engine = make_guided_engine(folder, tokenizer, guided_jump_forward=jump)
+        engine = make_engine(folder, tokenizer=tokenizer, guided_jump_forward=jump)
         [out] = engine.generate([[5, 6, 7]], params)
         steps.append(engine.stats().num_steps)
         outs.append(out)
@@ -174,7 +170,7 @@ def test_jump_forward_appends_forced_tokens_without_sampling_them(folder, tokeni
 
 def test_jump_forward_stops_at_max_tokens(folder, tokenizer) -> None:
     guide = Guide("grammar", 'start: "The answer is " NUM "."\nNUM: /[0-9]+/')
-    [out] = make_guided_engine(folder, tokenizer).generate(
+    [out] = make_engine(folder, tokenizer=tokenizer).generate(
         [[5, 6]], SamplingParams(temperature=0.0, max_tokens=2, guide=guide)
     )
 
@@ -191,8 +187,8 @@ def test_preempted_guided_sequences_resume_their_guide(
     prompts = [[5 + i] * 30 for i in range(6)]
     params = SamplingParams(temperature=0.0, max_tokens=24, guide=GUIDES[0])
 
-    roomy = make_guided_engine(folder, tokenizer).generate(prompts, params)
-    tight = make_guided_engine(folder, tokenizer, num_blocks=24, block_size=4,
+    roomy = make_engine(folder, tokenizer=tokenizer).generate(prompts, params)
+    tight = make_engine(folder, tokenizer=tokenizer, num_blocks=24, block_size=4,
                                async_scheduling=async_scheduling)  # fmt: skip
     outs = tight.generate(prompts, params)
 
@@ -206,7 +202,7 @@ def test_preempted_guided_sequences_resume_their_guide(
 async def test_the_guide_tokenizer_is_built_off_the_event_loop(folder, tokenizer) -> None:
     """Building llguidance's tokenizer takes ~0.4 s: the first guided request has AsyncEngine
     build it in a worker thread, not on the loop that serves every session."""
-    engine = make_guided_engine(folder, tokenizer)
+    engine = make_engine(folder, tokenizer=tokenizer)
     threads: list[threading.Thread] = []
     prepare = engine.guides.prepare
 

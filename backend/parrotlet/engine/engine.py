@@ -253,11 +253,10 @@ class LLMEngine:
 
     # ---- internals -----------------------------------------------------------------------
     def _complete_host_dependent(self) -> list[RequestOutput]:
-        """With async scheduling, postprocess the step in flight now when it has guided or
-        penalized sequences: their next logits need the token it sampled on the host (so such
-        steps are not overlapped)."""
+        """With async scheduling, postprocess the step in flight now when one of its sequences
+        `needs_known_tokens` (guided, penalized): such steps are not overlapped."""
         if self._in_flight is None or not any(
-            s.matcher is not None or s.params.penalized for s in self._in_flight[0].seqs
+            s.needs_known_tokens for s in self._in_flight[0].seqs
         ):
             return []
         launched, self._in_flight = self._in_flight, None

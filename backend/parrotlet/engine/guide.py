@@ -6,6 +6,7 @@ llguidance, which checks and compiles guides, does not).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -46,12 +47,14 @@ class Guide:
                 raise ValueError("a json_schema guide's spec must be a JSON object or boolean")
         from llguidance import LLMatcher
 
-        error = LLMatcher.validate_grammar(self.grammar())
+        error = LLMatcher.validate_grammar(self.grammar)
         if error:
             raise ValueError(f"the {self.kind} guide does not compile: {error}")
 
+    @functools.cached_property
     def grammar(self) -> str:
-        """The guide as an llguidance grammar. JSON as json.dumps writes it (", " and ": ", no
+        """The guide as an llguidance grammar (built once: the check here and each engine's
+        compile share it). JSON as json.dumps writes it (", " and ": ", no
         other whitespace): small models given free whitespace fill it with newlines
         (SmolLM2-135M wrote 40 tokens of an unfinished object); and objects that list their
         properties have no others unless the schema says so (xgrammar's strict mode, vLLM's

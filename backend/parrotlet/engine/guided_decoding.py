@@ -50,7 +50,7 @@ class GuideCompiler:
         import llguidance
 
         self.prepare()
-        matcher = llguidance.LLMatcher(self._tokenizer, guide.grammar(), log_level=0)
+        matcher = llguidance.LLMatcher(self._tokenizer, guide.grammar, log_level=0)
         if matcher.is_error():
             raise ValueError(f"the {guide.kind} guide does not compile: {matcher.get_error()}")
         return matcher

@@ -111,6 +111,12 @@ class Sequence:
         self.num_pending = 0
 
     @property
+    def needs_known_tokens(self) -> bool:
+        """Its next logits depend on its tokens so far (a guide's matcher, penalties): the step
+        that samples one must be read before the next step launches."""
+        return self.matcher is not None or self.params.penalized
+
+    @property
     def num_uncomputed_tokens(self) -> int:
         return self.num_tokens - self.num_computed_tokens
 
