@@ -196,8 +196,9 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
             tool_choice: "auto" (the default), "none", "required" or "any" (some tool), a tool's
                 name or True (the only tool): the reply calls it.
             parallel_tool_calls: False keeps one call a reply.
-            strict: OpenAI's `strict` on each function (a required call's arguments are
-                guided to the schema either way).
+            strict: OpenAI's `strict` on each function: under "auto" the server guides the
+                reply so that calls' arguments match their schema (a required call's
+                arguments are guided to it either way).
             **kwargs: bound as well (call options such as `temperature`).
         """
         bound: dict[str, Any] = {"tools": [convert_to_openai_tool(t, strict=strict) for t in tools]}

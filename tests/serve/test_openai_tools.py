@@ -198,8 +198,12 @@ def test_a_template_with_tools_renders_them_itself(core: ServeCore) -> None:
         ({"messages": [{"role": "tool", "content": "x", "tool_calls": []}]},
          "messages[0] has unsupported fields ['tool_calls']"),
         ({"tool_choice": "required", "response_format": {"type": "json_object"}},
-         "a required tool call and response_format / structured_outputs both constrain the "
-         "reply"),
+         "guided tool calls (tool_choice 'required' or a function, or strict tools) and "
+         "response_format / structured_outputs both constrain the reply"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "strict": True}}],
+          "structured_outputs": {"regex": "[a-z]+"}},
+         "guided tool calls (tool_choice 'required' or a function, or strict tools) and "
+         "response_format / structured_outputs both constrain the reply"),
         ({"tools": None, "structured_outputs": {"regex": "(ab"}},
          'the regex guide does not compile: at 1(8): invalid regex "(ab" (in regex): regex '
          "parse error:\n    (ab\n    ^\nerror: unclosed group\n   1 | start: /(ab/\n"
@@ -263,3 +267,33 @@ async def test_each_choice_of_n_has_its_call(client_a: httpx.AsyncClient) -> Non
         if "tool_calls" in e["choices"][0]["delta"]
     }
     assert streamed == {0: functions[0], 1: functions[1]}
+
+
+@pytest.mark.parametrize(("strict", "arguments"), [(False, '{"town": "Oslo"}'),
+                                                  (True, '{"city": "Oslo"}')])  # fmt: skip
+async def test_strict_tools_guide_an_auto_reply_to_calls_that_match_their_schema(
+    client_a: httpx.AsyncClient, core: ServeCore, strict: bool, arguments: str
+) -> None:
+    weather = {"type": "function", "function": {**WEATHER["function"], "strict": strict}}
+    earlier_call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"town": "Rome"}'},
+    }  # not per the schema: the model copies it
+    messages = [{"role": "user", "content": "Weather in Rome?"},
+                {"role": "assistant", "content": None, "tool_calls": [earlier_call]},
+                {"role": "user", "content": "Weather in Oslo?"}]  # fmt: skip
+    body = chat_body(tools=[ADD, weather], messages=messages, max_tokens=40)
+
+    response = await client_a.post("/v1/chat/completions", json=body)
+
+    [call] = response.json()["choices"][0]["message"]["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": arguments}
+    if strict:  # the reply is the chat prompt's completion under auto_guide's grammar
+        tools = tool_request(body["tools"], None, None)
+        prompt, fmt = _chat_prompt(core.tokenizer, messages, tools)
+        grammar = {"grammar": reply_guide(tools, fmt).spec}
+        reference = await completion_of(client_a, prompt, max_tokens=40,
+                                        structured_outputs=grammar)  # fmt: skip
+        assert reference["text"] == '<tool_call>{"name": "get_weather", "arguments": ' \
+                                    '{"city": "Oslo"}}</tool_call>'  # fmt: skip

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import llguidance
 import pytest
 
+from parrotlet.engine.guide import Guide
 from parrotlet.serve.tool_call_reader import ToolCallReader
 from parrotlet.serve.tool_calls import (
     FALLBACK,
@@ -127,6 +129,53 @@ def test_a_required_choice_guides_the_reply_to_any_declared_function() -> None:
     # a reply cut off inside the call (max_tokens) comes back as content
     assert read('{"name": "add", "argu', required, "<tool_call>") == (
         "", '<tool_call>{"name": "add", "argu', [])  # fmt: skip
+
+
+BYTES = llguidance.LLTokenizer("byte")  # one token per byte: guides checked without a model
+
+
+def allows(guide: Guide, text: str) -> bool:
+    """Whether `guide` allows the complete reply `text`."""
+    matcher = llguidance.LLMatcher(BYTES, guide.grammar, log_level=0)
+    return matcher.consume_tokens(BYTES.tokenize_str(text)) and matcher.is_accepting()
+
+
+STRICT_ADD = function("add", strict=True, parameters={"type": "object", "properties":
+                      {"a": {"type": "integer"}}, "required": ["a"]})  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", [HERMES, FALLBACK])
+def test_strict_tools_guide_auto_replies_to_text_or_calls_matching_their_schema(fmt) -> None:
+    guide = reply_guide(tool_request([STRICT_ADD, function("note")], "auto", None), fmt)
+    single = reply_guide(tool_request([STRICT_ADD, function("note")], "auto", False), fmt)
+
+    def call(name: str, arguments: str) -> str:
+        return f'{fmt.opening}{{"name": "{name}", "arguments": {arguments}}}{fmt.closing}'
+
+    assert guide is not None and guide.kind == "grammar"
+    assert allows(guide, "Just text, no <tool call.") and allows(guide, "")
+    assert allows(guide, "Sure. " + call("add", '{"a": 2}') + "\n" + call("note", '{"x": [1]}'))
+    assert not allows(guide, call("add", '{"b": 2}'))  # strict: arguments per the schema
+    assert not allows(guide, call("add", '{"a": 2, "b": 3}'))  # objects are closed
+    assert not allows(guide, call("add", '{"a":2}'))  # JSON written compactly, as json.dumps
+    assert not allows(guide, call("sub", "{}"))  # only declared functions
+    assert not allows(guide, fmt.opening + "not a call")
+    assert allows(single, call("add", '{"a": 2}') + " done")
+    assert not allows(single, call("add", '{"a": 2}') + call("add", '{"a": 3}'))
+
+
+def test_strict_llama3_auto_replies_are_a_bare_call_or_text_that_does_not_open_one() -> None:
+    guide = reply_guide(tool_request([STRICT_ADD], "auto", None), LLAMA3)
+
+    assert allows(guide, '{"name": "add", "parameters": {"a": 2}}')
+    assert allows(guide, "It is 4. {not a call}") and allows(guide, "")
+    assert not allows(guide, '{"name": "add", "parameters": {"b": 2}}')
+    assert not allows(guide, ' {"x": 1}')
+
+
+def test_auto_replies_are_free_without_strict_tools_or_in_mistral_format() -> None:
+    assert reply_guide(tool_request([function("add", strict=False)], "auto", None), HERMES) is None
+    assert reply_guide(tool_request([STRICT_ADD], "auto", None), MISTRAL) is None
 
 
 def test_tool_choice_none_and_no_tools_mean_no_tool_request() -> None:

@@ -83,6 +83,13 @@ class Guide:
         return cls(value["kind"], value["spec"])
 
 
+def json_rule(schema: dict[str, Any]) -> str:
+    """A Lark rule body (`%json {...}`) that matches JSON of `schema` written as Guide.json's
+    guides are (compact, objects closed), for grammars that embed JSON among other text."""
+    options = {"x-guidance": _COMPACT_JSON}
+    return "%json " + json.dumps({**_closed(schema), **options}, ensure_ascii=False)
+
+
 def _closed(schema: Any) -> Any:
     """`schema` with `"additionalProperties": false` on every object schema that lists
     `properties` and says nothing about others."""

@@ -136,8 +136,9 @@ async def chat_completions(
     opening, guide = reply_opening(tools, fmt), reply_guide(tools, fmt)
     output_guide = request_guide(body.response_format, body.structured_outputs)
     if guide is not None and output_guide is not None:
-        raise ValueError("a required tool call and response_format / structured_outputs both "
-                         "constrain the reply")  # fmt: skip
+        raise ValueError("guided tool calls (tool_choice 'required' or a function, or strict "
+                         "tools) and response_format / structured_outputs both constrain the "
+                         "reply")  # fmt: skip
     max_tokens = body.max_completion_tokens
     if max_tokens is None:
         max_tokens = body.max_tokens

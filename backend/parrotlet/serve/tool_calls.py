@@ -7,7 +7,9 @@ Mistral) renders them itself; for one that does not (SmolLM2, Llama 2) the tools
 system message with an instruction to call them in the Hermes format, and earlier calls and
 results become text in that format. `tool_choice` "required" or a named function makes the
 prompt end with the opening of a call, and guides the reply (guided decoding) to one JSON call
-of a declared function whose arguments match its parameters' schema.
+of a declared function whose arguments match its parameters' schema. Under "auto", a tool
+marked `strict` (OpenAI's guarantee that arguments match the schema) guides the reply to free
+text with calls in the model's format, each call's arguments matching its schema.
 
 The reply side, tool calls read out of the generated text, is tool_call_reader.py.
 """
@@ -19,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from parrotlet.engine.guide import Guide
+from parrotlet.engine.guide import Guide, json_rule
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CHOICES = ("none", "auto", "required")
@@ -28,17 +30,19 @@ _CHOICES = ("none", "auto", "required")
 @dataclass(frozen=True)
 class ToolFormat:
     """How a model family writes calls: `opening`, then `{"name": ..., "<args_key>": {...}}`
-    (in a JSON list with `in_list`)."""
+    (in a JSON list with `in_list`), then `closing`."""
 
     opening: str
     args_key: str = "arguments"
     in_list: bool = False
+    closing: str = ""
 
 
-HERMES = ToolFormat("<tool_call>\n")  # Qwen2.5 / Qwen3, Hermes
+HERMES = ToolFormat("<tool_call>\n", closing="\n</tool_call>")  # Qwen2.5 / Qwen3, Hermes
 LLAMA3 = ToolFormat("", "parameters")  # Llama 3.1+: a bare JSON object
 MISTRAL = ToolFormat("[TOOL_CALLS] ", in_list=True)
-FALLBACK = ToolFormat("<tool_call>")  # templates without tools: parrotlet's instruction
+FALLBACK = ToolFormat("<tool_call>", closing="</tool_call>")  # parrotlet's instruction, for
+# templates without tools
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,11 @@ class ToolRequest:
     @property
     def names(self) -> frozenset[str]:
         return frozenset(t["function"]["name"] for t in self.tools)
+
+    @property
+    def strict(self) -> bool:
+        """Whether some tool is `strict`: its calls' arguments must match its schema."""
+        return any(t["function"].get("strict") is True for t in self.tools)
 
     @property
     def forced(self) -> str | None:
@@ -193,7 +202,7 @@ def fallback_messages(
 
 def _call_text(function: dict[str, Any]) -> str:
     call = {"name": function["name"], "arguments": function["arguments"]}
-    return f"{FALLBACK.opening}{json.dumps(call, ensure_ascii=False)}</tool_call>"
+    return f"{FALLBACK.opening}{json.dumps(call, ensure_ascii=False)}{FALLBACK.closing}"
 
 
 def _instruction(request: ToolRequest) -> str:
@@ -215,18 +224,57 @@ def reply_opening(request: ToolRequest | None, fmt: ToolFormat) -> str:
 
 
 def reply_guide(request: ToolRequest | None, fmt: ToolFormat) -> Guide | None:
-    """When a call is required, the JSON Schema of what follows the opening: one call of the
-    named function, or of any declared one ("required"), its arguments per its parameters."""
-    if request is None or request.choice == "auto":
+    """The guide of the reply: when a call is required, the JSON Schema of what follows the
+    opening (one call of the named function, or of any declared one, its arguments per its
+    parameters); under "auto" with a strict tool, auto_guide's grammar; otherwise None."""
+    if request is None:
         return None
+    if request.choice == "auto":
+        return auto_guide(request, fmt) if request.strict else None
     names = [request.forced] if request.forced is not None else sorted(request.names)
-    schemas = {t["function"]["name"]: t["function"].get("parameters") for t in request.tools}
-    calls = [_call_schema(name, schemas[name], fmt.args_key) for name in names]
-    call = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    call = _any_call_schema(request, names, fmt.args_key, strict_only=False)
     if fmt.in_list:
         one = {} if request.parallel else {"maxItems": 1}
         call = {"type": "array", "items": call, "minItems": 1, **one}
     return Guide.json(call)
+
+
+def auto_guide(request: ToolRequest, fmt: ToolFormat) -> Guide | None:
+    """A Lark grammar for an "auto" reply: text, or calls in `fmt` (text may come before, between
+    and after them), whose arguments match the schema of each strict tool (any object for the
+    others). Llama 3: a bare JSON call, or text that does not open with "{". None for Mistral,
+    whose `[TOOL_CALLS]` is a control token that text patterns cannot match."""
+    call = json_rule(_any_call_schema(request, sorted(request.names), fmt.args_key, True))
+    if fmt.in_list:
+        return None
+    if not fmt.opening:
+        text = r"TEXT: /(?s:\s*([^\s{].*)?)/"  # what is left: text not opening with "{"
+        return Guide("grammar", f"start: call | TEXT\n{text}\ncall: {call}")
+    calls = "(OPENING call CLOSING)+" if request.parallel else "OPENING call CLOSING"
+    marker = json.dumps(fmt.opening.strip())
+    return Guide("grammar", "\n".join([
+        f"start: TEXT | {calls} TEXT",
+        "ANY: /(?s:.*)/",
+        f"TEXT: ANY & ~(ANY {marker} ANY)",  # text without the call marker
+        f"OPENING: TEXT {json.dumps(fmt.opening)}",
+        f"CLOSING: {json.dumps(fmt.closing)}",
+        f"call: {call}",
+    ]))  # fmt: skip
+
+
+def _any_call_schema(
+    request: ToolRequest, names: list[str], args_key: str, strict_only: bool
+) -> dict[str, Any]:
+    """The JSON Schema of one call of a function in `names`; with `strict_only`, the arguments
+    of a tool not marked strict are any object."""
+    functions = {t["function"]["name"]: t["function"] for t in request.tools}
+    calls = []
+    for name in names:
+        function = functions[name]
+        use_schema = function.get("strict") is True or not strict_only
+        parameters = function.get("parameters") if use_schema else None
+        calls.append(_call_schema(name, parameters, args_key))
+    return calls[0] if len(calls) == 1 else {"anyOf": calls}
 
 
 def _call_schema(name: str, parameters: dict[str, Any] | None, args_key: str) -> dict[str, Any]:

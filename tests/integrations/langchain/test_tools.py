@@ -133,11 +133,25 @@ def test_structured_output_is_a_guided_tool_call(client: P.Client) -> None:
     assert structured.invoke("Name the capital of Japan.") == City(city="Tokyo", country="Japan")
 
 
-def test_strict_tools_are_accepted(client: P.Client) -> None:
-    bound = make_chat(client).bind_tools([add], tool_choice="add", strict=True)
+@tool
+def get_weather(city: str) -> str:
+    """The current weather in a city."""
+    return "sunny"
 
-    assert bound.kwargs["tools"][0]["function"]["strict"] is True
-    assert bound.invoke(QUESTION).tool_calls[0]["args"] == {"a": 2, "b": 3}
+
+@pytest.mark.parametrize(("strict", "args"), [(None, {"town": "Oslo"}), (True, {"city": "Oslo"})])
+def test_strict_tools_guide_the_calls_the_model_makes_on_its_own(
+    client: P.Client, strict: bool | None, args: dict[str, str]
+) -> None:
+    bound = make_chat(client).bind_tools([get_weather], strict=strict)
+    earlier = {"name": "get_weather", "args": {"town": "Rome"}, "id": "call_1"}  # not per the
+    # schema: the model copies it
+    history = [HumanMessage("Weather in Rome?"), AIMessage("", tool_calls=[earlier])]
+
+    reply = bound.invoke([*history, HumanMessage("Weather in Oslo?")])
+
+    assert bound.kwargs["tools"][0]["function"].get("strict") is strict
+    assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("get_weather", args)]
 
 
 def test_replies_tool_calls_parse_into_langchains() -> None:

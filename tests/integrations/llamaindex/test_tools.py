@@ -108,6 +108,32 @@ def test_tool_results_go_back_as_tool_messages(client: P.Client) -> None:
     assert reply.message.additional_kwargs.get("tool_calls") == expected.get("tool_calls")
 
 
+@pytest.mark.parametrize(("strict", "arguments"), [(False, {"town": "Oslo"}),
+                                                  (True, {"city": "Oslo"})])  # fmt: skip
+def test_strict_tools_guide_the_calls_the_model_makes_on_its_own(
+    client: P.Client, strict: bool, arguments: dict[str, str]
+) -> None:
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        return "sunny"
+
+    earlier = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"town": "Rome"}'},
+    }  # not per the schema: the model copies it
+    history = [ChatMessage(role=MessageRole.USER, content="Weather in Rome?"),
+               ChatMessage(role=MessageRole.ASSISTANT, content="",
+                           additional_kwargs={"tool_calls": [earlier]})]  # fmt: skip
+    llm = make_llm(client)
+
+    reply = llm.chat_with_tools([FunctionTool.from_defaults(get_weather)], "Weather in Oslo?",
+                                chat_history=history, strict=strict)  # fmt: skip
+
+    [selection] = llm.get_tool_calls_from_response(reply)
+    assert (selection.tool_name, selection.tool_kwargs) == ("get_weather", arguments)
+
+
 def test_no_tool_call_is_an_error_only_when_one_is_expected(client: P.Client) -> None:
     llm = make_llm(client)
     plain = ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content="hi"))

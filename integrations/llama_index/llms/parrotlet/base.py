@@ -271,16 +271,20 @@ class Parrotlet(FunctionCallingLLM):
         verbose: bool = False,
         allow_parallel_tool_calls: bool = False,
         tool_required: bool = False,
+        strict: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
         """chat() arguments for a turn with `tools`: a required call is guided on the server
-        to one valid call of a declared tool."""
+        to one valid call of a declared tool; with `strict` (OpenAI's, on every tool), calls
+        the model makes on its own are guided to match their tool's schema too."""
         messages = list(chat_history or [])
         if isinstance(user_msg, str):
             user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
         if user_msg is not None:
             messages.append(user_msg)
         specs = [tool.metadata.to_openai_tool() for tool in tools]
+        for spec in specs if strict else ():
+            spec["function"]["strict"] = True
         choice = _tool_choice(kwargs.pop("tool_choice", None), tool_required)
         if not specs:
             return {"messages": messages, **kwargs}
