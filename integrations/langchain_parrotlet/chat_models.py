@@ -74,6 +74,13 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
       first.
     """
 
+    logprobs: bool | None = None
+    """Return each generated token's log-probability (`response_metadata["logprobs"]`, as
+    ChatOpenAI); such calls run eagerly, also inside a graph scope."""
+
+    top_logprobs: int | None = None
+    """With `logprobs`, also list this many most likely tokens per position (0-20)."""
+
     @property
     def _llm_type(self) -> str:
         return "parrotlet-chat"
@@ -93,15 +100,15 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        tools = _pop_tool_options(kwargs)
+        route_only = self._route_only_options(kwargs)
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
-        scope = None if tools else self.graph_scope()  # tool calls are read in Python: eager
+        scope = None if route_only else self.graph_scope()  # tools, logprobs: eager
         future = _graph_call(scope, messages, sampling)
         if future is not None:
             return ChatResult(generations=[ChatGeneration(message=SemanticAIMessage.of(future))])
         dicts = routes.message_dicts(messages)
-        body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **tools})
+        body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **route_only})
         return _chat_result(
             routes.complete(connection, routes.CHAT, body), self.served_model_name()
         )
@@ -113,15 +120,15 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        tools = _pop_tool_options(kwargs)
+        route_only = self._route_only_options(kwargs)
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
-        scope = None if tools else self.graph_scope()
+        scope = None if route_only else self.graph_scope()
         future = _graph_call(scope, messages, sampling)
         if future is not None:
             return ChatResult(generations=[ChatGeneration(message=SemanticAIMessage.of(future))])
         dicts = await routes.amessage_dicts(messages)
-        body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **tools})
+        body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **route_only})
         delta = await routes.acomplete(connection, routes.CHAT, body)
         return _chat_result(delta, self.served_model_name())
 
@@ -132,18 +139,18 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        tools = _pop_tool_options(kwargs)
+        route_only = self._route_only_options(kwargs)
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
         model_name = self.served_model_name()
-        scope = None if tools else self.graph_scope()
+        scope = None if route_only else self.graph_scope()
         future = _graph_call(scope, messages, sampling)
         if scope is not None and future is not None:
             (ref,) = future.parts
             deltas: Iterator[routes.Delta] = routes.graph_stream(scope, ref.var)  # type: ignore[union-attr]
         else:
             dicts = routes.message_dicts(messages)
-            body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **tools})
+            body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **route_only})
             deltas = routes.stream(connection, routes.CHAT, body)
         for delta in deltas:
             chunk = _chunk(delta, model_name)
@@ -158,24 +165,36 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        tools = _pop_tool_options(kwargs)
+        route_only = self._route_only_options(kwargs)
         sampling = self.sampling_params(stop, kwargs)
         connection = self.connection()
         model_name = self.served_model_name()
-        scope = None if tools else self.graph_scope()
+        scope = None if route_only else self.graph_scope()
         future = _graph_call(scope, messages, sampling)
         if scope is not None and future is not None:
             (ref,) = future.parts
             deltas: AsyncIterator[routes.Delta] = routes.agraph_stream(scope, ref.var)  # type: ignore[union-attr]
         else:
             dicts = await routes.amessage_dicts(messages)
-            body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **tools})
+            body = routes.chat_request(dicts, {**self.openai_body(sampling, kwargs), **route_only})
             deltas = routes.astream(connection, routes.CHAT, body)
         async for delta in deltas:
             chunk = _chunk(delta, model_name)
             if run_manager is not None and delta.text:
                 await run_manager.on_llm_new_token(delta.text, chunk=chunk)
             yield chunk
+
+    def _route_only_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The options a graph call cannot carry, taken out of a call's `kwargs`: bound tools
+        (Python reads the calls) and logprobs. A call with any runs as a chat request."""
+        options = _pop_tool_options(kwargs)
+        logprobs = kwargs.pop("logprobs", self.logprobs)
+        top = kwargs.pop("top_logprobs", self.top_logprobs)
+        if logprobs:
+            options["logprobs"] = True
+            if top is not None:
+                options["top_logprobs"] = top
+        return options
 
     # ---- tools ---------------------------------------------------------------------------
     def bind_tools(
@@ -327,11 +346,14 @@ def _settled(output: Any, scope: GraphScope, model_name: str | None, keep_errors
 
 def _message(delta: routes.Delta, model_name: str | None) -> AIMessage:
     calls, invalid = _tool_calls(delta.tool_calls)
+    metadata = {"finish_reason": delta.finish_reason, "model_name": model_name}
+    if delta.logprobs is not None:
+        metadata["logprobs"] = {"content": list(delta.logprobs)}
     return AIMessage(
         content=delta.text,
         tool_calls=calls,
         invalid_tool_calls=invalid,
-        response_metadata={"finish_reason": delta.finish_reason, "model_name": model_name},
+        response_metadata=metadata,
         usage_metadata=usage_of(delta.prompt_tokens, delta.completion_tokens),  # type: ignore[arg-type]
     )
 
@@ -359,14 +381,15 @@ def _chat_result(delta: routes.Delta, model_name: str | None) -> ChatResult:
 
 
 def _chunk(delta: routes.Delta, model_name: str) -> ChatGenerationChunk:
+    info = None if delta.logprobs is None else {"logprobs": {"content": list(delta.logprobs)}}
     if delta.finish_reason is None and not delta.completion_tokens:
         calls = [
             tool_call_chunk(name=c["function"].get("name"), args=c["function"].get("arguments"),
                             id=c.get("id"), index=c.get("index"))
             for c in delta.tool_calls
         ]  # fmt: skip
-        return ChatGenerationChunk(message=AIMessageChunk(content=delta.text,
-                                                          tool_call_chunks=calls))  # fmt: skip
+        message = AIMessageChunk(content=delta.text, tool_call_chunks=calls)
+        return ChatGenerationChunk(message=message, generation_info=info)
     message = AIMessageChunk(
         content=delta.text,
         response_metadata={"finish_reason": delta.finish_reason, "model_name": model_name},

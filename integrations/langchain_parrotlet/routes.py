@@ -32,6 +32,7 @@ class Delta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     tool_calls: tuple[dict[str, Any], ...] = ()  # OpenAI's, as the server sent them
+    logprobs: tuple[dict[str, Any], ...] | None = None  # a chat's `logprobs.content` entries
 
 
 def prompt_request(prompt: str, chat: bool, sampling: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -144,8 +145,9 @@ def _event(
         text = delta.get("content") if chat else choice.get("text")
         finish = choice.get("finish_reason") or finish
         calls = tuple(delta.get("tool_calls") or ()) if chat else ()
-        if text or calls:
-            return Delta(text or "", tool_calls=calls), finish
+        logprobs = _chat_logprobs(choice) if chat else None
+        if text or calls or logprobs:
+            return Delta(text or "", tool_calls=calls, logprobs=logprobs), finish
     return None, finish
 
 
@@ -159,7 +161,13 @@ def _parse(data: dict[str, Any], chat: bool) -> Delta:
         usage.get("prompt_tokens", 0),
         usage.get("completion_tokens", 0),
         tuple(choice["message"].get("tool_calls") or ()) if chat else (),
+        _chat_logprobs(choice) if chat else None,
     )
+
+
+def _chat_logprobs(choice: dict[str, Any]) -> tuple[dict[str, Any], ...] | None:
+    logprobs = choice.get("logprobs")
+    return None if logprobs is None else tuple(logprobs.get("content") or ())
 
 
 def graph_stream(scope: GraphScope, var: str) -> Iterator[Delta]:

@@ -168,6 +168,27 @@ def test_jump_forward_appends_forced_tokens_without_sampling_them(folder, tokeni
     assert outs[0].text.startswith('{"alpha": ')  # forced: '{"alpha": ' then a sampled digit
 
 
+def test_a_guided_request_with_logprobs_samples_every_token(folder, tokenizer) -> None:
+    """Jump-forward would append forced tokens without logprobs: with logprobs each token is
+    sampled (the mask leaves the forced one) and has its own, the raw model's."""
+    schema = {"type": "object", "properties": {"alpha": {"type": "boolean"}},
+              "required": ["alpha"]}  # fmt: skip
+    params = SamplingParams(temperature=0, max_tokens=20, guide=Guide.json(schema), logprobs=1)
+    engine = make_engine(folder, tokenizer=tokenizer)
+    engine.add_request([5, 6, 7], params)
+
+    outs = []
+    while engine.has_unfinished():
+        outs += engine.step()
+
+    assert [len(o.new_token_ids) for o in outs] == [1] * len(outs)
+    assert [o.new_logprobs[0].token_id for o in outs] == list(outs[-1].token_ids)
+    assert engine.stats().num_steps == len(outs[-1].token_ids)
+    assert json.loads(outs[-1].text).keys() == {"alpha"}
+    first = outs[0].new_logprobs[0]  # the raw model's: the guide's token is not its top one
+    assert tokenizer.decode([first.token_id]) == '{"' and first.top[0][0] != first.token_id
+
+
 def test_jump_forward_stops_at_max_tokens(folder, tokenizer) -> None:
     guide = Guide("grammar", 'start: "The answer is " NUM "."\nNUM: /[0-9]+/')
     [out] = make_engine(folder, tokenizer=tokenizer).generate(

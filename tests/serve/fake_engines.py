@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
+from parrotlet.engine.logprobs import TokenLogprob
 from parrotlet.engine.outputs import EngineStats, RequestOutput
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.engine.sequence import FinishReason
@@ -14,14 +15,17 @@ def make_stats(running: int = 0, waiting: int = 0) -> EngineStats:
     return EngineStats(waiting, running, 100, 0, 16, 0, 0, 0, 0, 0)
 
 
-def make_output(text: str, delta: str, finished: bool) -> RequestOutput:
+def make_output(
+    text: str, delta: str, finished: bool, logprobs: tuple[TokenLogprob, ...] = ()
+) -> RequestOutput:
     reason = FinishReason.STOP if finished else None
-    return RequestOutput("r", (), delta, (), text, finished, reason, 4, 0)
+    return RequestOutput("r", (), delta, (), text, finished, reason, 4, 0, new_logprobs=logprobs)
 
 
 class FakeEngine:
-    """An engine with a fixed load and cached prompt; `deltas` are streamed per request, and
-    `die_after` outputs into a request it raises EngineDiedError (and stays dead)."""
+    """An engine with a fixed load and cached prompt; `deltas` are streamed per request (the
+    i-th with TokenLogprob(i, -i) when the request asks for logprobs), and `die_after` outputs
+    into a request it raises EngineDiedError (and stays dead)."""
 
     def __init__(
         self,
@@ -70,7 +74,8 @@ class FakeEngine:
                 self.alive = False
                 raise EngineDiedError(f"{self.name} died")
             text += delta
-            yield make_output(text, delta, i == len(self.deltas) - 1)
+            logprobs = () if params.logprobs is None else (TokenLogprob(i, -float(i)),)
+            yield make_output(text, delta, i == len(self.deltas) - 1, logprobs)
 
     async def pin_prefix(self, prompt: Sequence[int], cache_namespace: str) -> str:
         return "pin-0"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from parrotlet.engine.logprobs import TokenLogprob
 from parrotlet.engine.outputs import EngineStats, RequestOutput
 from parrotlet.engine.sequence import FinishReason
 from parrotlet.serve.engine_wire import (
@@ -22,6 +25,12 @@ def test_request_output_round_trips() -> None:
     assert output_from_dict(wire) == out
     unfinished = RequestOutput("r", (), "", (), "", False, None, 1, 0, error=None)
     assert output_from_dict(output_to_dict(unfinished)) == unfinished
+    logprob = TokenLogprob(6, -0.25, ((6, -0.25), (9, -1.5)))
+    with_logprobs = RequestOutput("r", (6,), "x", (6,), "x", False, None, 1, 0,
+                                  new_logprobs=(logprob,))  # fmt: skip
+    wire = output_to_dict(with_logprobs)
+    assert wire["new_logprobs"] == [[6, -0.25, [[6, -0.25], [9, -1.5]]]]
+    assert output_from_dict(json.loads(json.dumps(wire))) == with_logprobs
 
 
 def test_stats_round_trip_and_name_a_missing_field() -> None:

@@ -20,6 +20,7 @@ from parrotlet.engine.block_manager import BlockManager
 from parrotlet.engine.config import EngineConfig, check_device
 from parrotlet.engine.detokenizer import IncrementalDetokenizer
 from parrotlet.engine.guided_decoding import GuideCompiler, advance, forced_tokens
+from parrotlet.engine.logprobs import TokenLogprob
 from parrotlet.engine.model_runner import LaunchedStep, ModelRunner
 from parrotlet.engine.models.config import ModelConfig
 from parrotlet.engine.models.llama import LlamaForCausalLM
@@ -284,19 +285,22 @@ class LLMEngine:
         start = time.perf_counter()
         tokens = launched.tokens()
         self._counters["device_wait_us"] += round((time.perf_counter() - start) * 1e6)
-        for seq, caught_up, token in zip(batch.seqs, launched.caught_up, tokens, strict=True):
+        logprobs = launched.token_logprobs()
+        for seq, caught_up, token, logprob in zip(
+            batch.seqs, launched.caught_up, tokens, logprobs, strict=True
+        ):
             if seq.is_finished:  # aborted, or stopped by a token of an earlier step
                 continue
             if token is not None:
                 seq.resolve_pending(token)
             self.blocks.cache_full_blocks(seq)
-            output = self._postprocess(seq, caught_up, token)
+            output = self._postprocess(seq, caught_up, token, logprob)
             if output is not None:
                 outputs.append(output)
         return outputs
 
     def _postprocess(
-        self, seq: Sequence, caught_up: bool, token: int | None
+        self, seq: Sequence, caught_up: bool, token: int | None, logprob: TokenLogprob | None
     ) -> RequestOutput | None:
         if not caught_up:
             return None  # a prefill chunk: nothing to report yet
@@ -316,7 +320,7 @@ class LLMEngine:
             self._finish(seq, reason)
             if detok is not None and reason is FinishReason.LENGTH:
                 delta += detok.finish("length").delta
-        return self._output(seq, new, delta, detok)
+        return self._output(seq, new, delta, detok, () if logprob is None else (logprob,))
 
     def _advance_guide(
         self, seq: Sequence, token: int, detok: IncrementalDetokenizer | None
@@ -326,8 +330,8 @@ class LLMEngine:
         the finish reason: STOP once the guided text is complete)."""
         if advance(seq.matcher, token):
             return (), "", FinishReason.STOP
-        if not self.config.guided_jump_forward:
-            return (), "", None
+        if not self.config.guided_jump_forward or seq.params.logprobs is not None:
+            return (), "", None  # with logprobs, every token is sampled to have its own
         room = (seq.max_len or self.max_model_len) - seq.num_known_tokens
         forced, delta, reason = [], "", None
         for forced_token in forced_tokens(seq.matcher, room):
@@ -364,7 +368,12 @@ class LLMEngine:
         return delta, None
 
     def _output(
-        self, seq: Sequence, new: tuple[int, ...], delta: str, detok: IncrementalDetokenizer | None
+        self,
+        seq: Sequence,
+        new: tuple[int, ...],
+        delta: str,
+        detok: IncrementalDetokenizer | None,
+        logprobs: tuple[TokenLogprob, ...] = (),
     ) -> RequestOutput:
         return RequestOutput(
             request_id=seq.request_id,
@@ -376,6 +385,7 @@ class LLMEngine:
             finish_reason=seq.finish_reason,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens,
+            new_logprobs=logprobs,
         )
 
     def _finish_pin(self, seq: Sequence) -> None:

@@ -23,10 +23,11 @@ import torch
 
 from parrotlet.engine.cuda_graphs import CudaGraphRunner, PaddedDecode
 from parrotlet.engine.guided_decoding import mask_logits
+from parrotlet.engine.logprobs import TokenLogprob, unpack
 from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM, load_fused_kernels
 from parrotlet.engine.penalties import apply_penalties
 from parrotlet.engine.piecewise_graphs import PiecewiseGraphRunner
-from parrotlet.engine.sampler import Sampler, make_generator, to_device
+from parrotlet.engine.sampler import Sampler, make_generator, to_device, token_logprobs
 from parrotlet.engine.scheduler import ScheduledBatch
 from parrotlet.engine.sequence import Sequence
 from parrotlet_kernels import triton_linear
@@ -45,6 +46,9 @@ class LaunchedStep:
     samplers: tuple[int, ...]
     sampled: torch.Tensor | None  # [len(samplers)] int64 on the host, valid once `ready` fired
     ready: torch.cuda.Event | None  # None: `sampled` is valid now (CPU)
+    # sampler.token_logprobs of the samplers' rows (on the host, like `sampled`), and how many
+    # most likely tokens each lists (None: it asked for no logprobs); None if none asked
+    logprobs: tuple[torch.Tensor, torch.Tensor, tuple[int | None, ...]] | None = None
 
     def tokens(self) -> list[int | None]:
         """The sampled token of each sequence of the batch, None where none was due."""
@@ -55,6 +59,20 @@ class LaunchedStep:
             self.ready.synchronize()
         for i, token in zip(self.samplers, self.sampled.tolist(), strict=True):
             out[i] = token
+        return out
+
+    def token_logprobs(self) -> list[TokenLogprob | None]:
+        """Each sequence's sampled token with its logprobs, None where none were asked for or
+        no token was due (call after tokens())."""
+        out: list[TokenLogprob | None] = [None] * len(self.caught_up)
+        if self.logprobs is None or self.sampled is None:
+            return out
+        values, ids, nums = self.logprobs
+        rows = [r for r, k in enumerate(nums) if k is not None]
+        found = unpack([values[r].tolist() for r in rows], [ids[r].tolist() for r in rows],
+                       self.sampled[rows].tolist(), [nums[r] for r in rows])  # fmt: skip
+        for r, logprob in zip(rows, found, strict=True):
+            out[self.samplers[r]] = logprob
         return out
 
 
@@ -141,17 +159,26 @@ class ModelRunner:
             self._last = None
             return LaunchedStep(caught_up, (), None, None)
         seqs = [batch.seqs[i] for i in samplers]
+        raw = logits
         logits = apply_penalties(logits, seqs)  # penalized sequences only
         logits = mask_logits(logits, [s.matcher for s in seqs])  # guided sequences only
         tokens = self.sampler(logits, [s.params for s in seqs], [self._generator(s) for s in seqs])
         self._last = _Sampled(tokens, {s.request_id: row for row, s in enumerate(seqs)})
-        return LaunchedStep(caught_up, tuple(samplers), *self._to_host(tokens))
+        nums = tuple(s.params.logprobs for s in seqs)
+        if all(k is None for k in nums):
+            (tokens,), ready = self._to_host(tokens)
+            return LaunchedStep(caught_up, tuple(samplers), tokens, ready)
+        values, ids = token_logprobs(raw, tokens, max(k for k in nums if k is not None))
+        (tokens, values, ids), ready = self._to_host(tokens, values, ids)
+        return LaunchedStep(caught_up, tuple(samplers), tokens, ready, (values, ids, nums))
 
-    def _to_host(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-        """Start the tokens' device->host copy; the event fires when they have arrived."""
+    def _to_host(
+        self, *tensors: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, ...], torch.cuda.Event | None]:
+        """Start the tensors' device->host copy; the event fires when they have arrived."""
         if self.device.type != "cuda":
-            return tokens, None
-        host = tokens.to("cpu", non_blocking=True)
+            return tensors, None
+        host = tuple(t.to("cpu", non_blocking=True) for t in tensors)
         ready = torch.cuda.Event()
         ready.record()
         return host, ready

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from parrotlet.engine.logprobs import TokenLogprob
 from parrotlet.engine.sequence import FinishReason
 
 
@@ -12,7 +13,8 @@ class RequestOutput:
     """A request's progress after one step.
 
     `new_token_ids` / `text_delta` are what this step added (a streamed client concatenates
-    them); `token_ids` / `text` are the whole output so far.
+    them); `token_ids` / `text` are the whole output so far. `new_logprobs`: the new tokens'
+    log-probabilities, one each, when the request asked for them (SamplingParams.logprobs).
     """
 
     request_id: str
@@ -25,6 +27,7 @@ class RequestOutput:
     num_prompt_tokens: int
     num_cached_tokens: int
     error: str | None = None
+    new_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

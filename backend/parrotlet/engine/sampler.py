@@ -1,5 +1,6 @@
 """Engine step, last stage: turns each running sequence's last-position logits into its next
-token id (greedy argmax, or temperature -> top-k -> top-p -> a draw from the row's generator).
+token id (greedy argmax, or temperature -> top-k -> top-p -> a draw from the row's generator),
+and for rows that ask, the sampled tokens' log-probabilities (token_logprobs).
 """
 
 from __future__ import annotations
@@ -62,6 +63,19 @@ class Sampler:
             logits[rows], [params[i] for i in sampled], [generators[i] for i in sampled]
         )
         return out
+
+
+def token_logprobs(
+    logits: torch.Tensor,  # [N, V] raw: before penalties, masks and temperature
+    tokens: torch.Tensor,  # [N] the sampled tokens
+    num_top: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # [N, 1 + k] float32, [N, k] int64
+    """Each row's log-softmax at its sampled token (column 0) and its `num_top` largest values
+    (columns 1..k, largest first) with their token ids; queued on the device, no sync."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
+    chosen = logprobs.gather(1, tokens.view(-1, 1))  # [N, 1]
+    top_values, top_ids = logprobs.topk(num_top, dim=-1)  # [N, k]
+    return torch.cat([chosen, top_values], dim=1), top_ids
 
 
 def _check_batch(

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from parrotlet.engine.guide import Guide
+from parrotlet.engine.logprobs import MAX_LOGPROBS
 
 _MAX_SEED = 2**64
 # Every generated token is checked against the stop strings on the engine's step loop, which all
@@ -16,9 +17,8 @@ _MAX_SEED = 2**64
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 # Fields added after the wire format settled: left out of to_dict() at their defaults.
-_OMITTED_AT_DEFAULT = {
-    "guide": None, "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0
-}  # fmt: skip
+_OMITTED_AT_DEFAULT = {"guide": None, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                       "repetition_penalty": 1.0, "logprobs": None}  # fmt: skip
 
 
 def _is_int(value: object) -> bool:
@@ -39,7 +39,7 @@ class SamplingParams:
     ``0 <= seed < 2**64``, at most 16 stop strings of 1 to 256 chars, stop token ids ``>= 0``.
     ``stop`` and ``stop_token_ids`` are always tuples (a str or list is normalized); ``guide``
     is a Guide (its dict form is converted); presence and frequency penalties in [-2, 2], a
-    repetition penalty > 0 (1: off).
+    repetition penalty > 0 (1: off); ``logprobs`` None or in [0, 20].
     """
 
     temperature: float = 1.0
@@ -55,6 +55,9 @@ class SamplingParams:
     presence_penalty: float = 0.0  # OpenAI's: minus this for a token already in the output
     frequency_penalty: float = 0.0  # OpenAI's: minus this times its count in the output
     repetition_penalty: float = 1.0  # vLLM / transformers: a seen token's logit / this (> 0)
+    # each generated token's log-probability and this many most likely tokens' (logprobs.py);
+    # None: none. Guided tokens are then all sampled (no jump-forward), so each has its own.
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if self.guide is not None:
@@ -97,6 +100,9 @@ class SamplingParams:
             raise ValueError(f"max_tokens must be an int >= 0, got {self.max_tokens!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < _MAX_SEED):
             raise ValueError(f"seed must be None or an int in [0, 2**64), got {self.seed!r}")
+        k = self.logprobs
+        if k is not None and (not _is_int(k) or not 0 <= k <= MAX_LOGPROBS):
+            raise ValueError(f"logprobs must be None or an int in [0, {MAX_LOGPROBS}], got {k!r}")
 
     def _validate_stops(self) -> None:
         if len(self.stop) > MAX_STOP_STRINGS:

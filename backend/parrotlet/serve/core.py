@@ -260,14 +260,19 @@ class ServeCore:
         try:
             await self._submit_completion(session, prompt, params, clip_to_context)
             state = self._demand(session, "completion", PerfCriterion.LATENCY)
+            sent = 0  # logprobs handed out so far
             async for delta in _stream(state):
-                yield CompletionChunk(delta, None, state.prompt_tokens, state.completion_tokens)
+                logprobs, sent = tuple(state.logprobs[sent:]), len(state.logprobs)
+                yield CompletionChunk(
+                    delta, None, state.prompt_tokens, state.completion_tokens, (), logprobs
+                )
             yield CompletionChunk(
                 "",
                 state.finish_reason,
                 state.prompt_tokens,
                 state.completion_tokens,
                 tuple(state.token_ids or ()),
+                tuple(state.logprobs[sent:]),
             )
         finally:
             self._drop(session)

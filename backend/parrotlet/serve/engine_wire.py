@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from parrotlet.engine.logprobs import TokenLogprob
 from parrotlet.engine.outputs import EngineStats, RequestOutput
 from parrotlet.engine.sequence import FinishReason
 
@@ -68,6 +69,7 @@ def output_to_dict(out: RequestOutput) -> dict[str, Any]:
     d = dataclasses.asdict(out)
     d["finish_reason"] = out.finish_reason.value if out.finish_reason else None
     d["new_token_ids"], d["token_ids"] = list(out.new_token_ids), list(out.token_ids)
+    d["new_logprobs"] = [logprob.to_list() for logprob in out.new_logprobs]
     return d
 
 
@@ -84,6 +86,7 @@ def output_from_dict(d: dict[str, Any]) -> RequestOutput:
         num_prompt_tokens=d["num_prompt_tokens"],
         num_cached_tokens=d["num_cached_tokens"],
         error=d.get("error"),
+        new_logprobs=tuple(TokenLogprob.from_list(x) for x in d.get("new_logprobs", ())),
     )
 
 

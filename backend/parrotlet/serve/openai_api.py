@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from parrotlet.engine.guide import Guide
+from parrotlet.engine.logprobs import MAX_LOGPROBS
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.serve.auth import request_tenant
 from parrotlet.serve.errors import NotFoundError
@@ -49,8 +50,6 @@ MAX_CHOICES = 16  # `n`: completions of one prompt (they share its prefix in the
 # Known OpenAI parameters accepted only at their default (values that change nothing).
 _ONLY_DEFAULT: dict[str, tuple[Any, ...]] = {
     "logit_bias": (None, {}),
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     "echo": (None, False),
     "best_of": (None, 1),
     "suffix": (None,),
@@ -121,8 +120,10 @@ async def completions(
     _check_common(core, body)
     prompts = _prompts(body.prompt, len(core.tokenizer))
     guide = request_guide(body.response_format, body.structured_outputs)
-    params = _sampling(body, 16 if body.max_tokens is None else body.max_tokens, guide)
-    return await _respond(core, tenant, prompts, params, Responder(core.model_name, False, body))
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
+    params = _sampling(body, max_tokens, guide, body.logprobs)
+    out = Responder(core.model_name, False, body, core.tokenizer)
+    return await _respond(core, tenant, prompts, params, out)
 
 
 @router.post("/v1/chat/completions")
@@ -143,11 +144,10 @@ async def chat_completions(
     if max_tokens is None:
         max_tokens = body.max_tokens
     to_the_end = max_tokens is None  # OpenAI: up to the context, clipped to what is left
-    params = _sampling(
-        body, core.max_model_len if to_the_end else max_tokens, guide or output_guide
-    )
+    params = _sampling(body, core.max_model_len if to_the_end else max_tokens,
+                       guide or output_guide, _chat_logprobs(body))  # fmt: skip
     prompt += opening
-    out = Responder(core.model_name, True, body, tools, opening)
+    out = Responder(core.model_name, True, body, core.tokenizer, tools, opening)
     return await _respond(core, tenant, [prompt], params, out, clip_to_context=to_the_end)
 
 
@@ -174,7 +174,20 @@ def _check_common(core: ServeCore, body: _CommonRequest) -> None:
             raise ValueError(f"{name} is not supported (only its default is accepted)")
 
 
-def _sampling(body: _CommonRequest, max_tokens: int, guide: Guide | None) -> SamplingParams:
+def _chat_logprobs(body: ChatRequest) -> int | None:
+    """How many most likely tokens a chat asks to list per token (None: no logprobs)."""
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ValueError("top_logprobs needs logprobs: true")
+    if body.top_logprobs is not None and not 0 <= body.top_logprobs <= MAX_LOGPROBS:
+        raise ValueError(f"top_logprobs must be in [0, {MAX_LOGPROBS}], got {body.top_logprobs}")
+    if not body.logprobs:
+        return None
+    return body.top_logprobs or 0
+
+
+def _sampling(
+    body: _CommonRequest, max_tokens: int, guide: Guide | None, logprobs: int | None
+) -> SamplingParams:
     """OpenAI parameters → SamplingParams; its ValueError names the offending field."""
     return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -189,6 +202,7 @@ def _sampling(body: _CommonRequest, max_tokens: int, guide: Guide | None) -> Sam
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        logprobs=logprobs,
     )
 
 
@@ -331,11 +345,13 @@ async def _prepend(
         await rest.aclose()
 
 
-async def _collect(stream: AsyncIterator[CompletionChunk]) -> tuple[str, CompletionChunk]:
-    parts: list[str] = []
+async def _collect(stream: AsyncIterator[CompletionChunk]) -> CompletionChunk:
+    """The whole completion: the last chunk with every chunk's text and logprobs."""
+    parts, logprobs = [], []
     async for chunk in stream:
         parts.append(chunk.text)
-    return "".join(parts), chunk
+        logprobs += chunk.logprobs
+    return dataclasses.replace(chunk, text="".join(parts), logprobs=tuple(logprobs))
 
 
 async def _stream_events(
@@ -347,10 +363,10 @@ async def _stream_events(
             yield out.chunk(i, {"role": "assistant", "content": ""}, None)
     async for i, chunk in _merge(streams):
         if out.chat:
-            for delta, finish in out.chat_deltas(i, chunk):
-                yield out.chunk(i, delta, finish)
-        elif chunk.text or chunk.finish_reason is not None:
-            yield out.chunk(i, chunk.text, chunk.finish_reason)
+            for delta, finish, logprobs in out.chat_deltas(i, chunk):
+                yield out.chunk(i, delta, finish, logprobs)
+        elif chunk.text or chunk.finish_reason is not None or chunk.logprobs:
+            yield out.chunk(i, chunk.text, chunk.finish_reason, out.text_logprobs(i, chunk))
         if chunk.finish_reason is not None:
             finals[i] = chunk
     if out.include_usage:

@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from parrotlet.engine.logprobs import TokenLogprob
+from parrotlet.serve.openai_logprobs import LogprobFormatter
 from parrotlet.serve.tool_call_reader import ToolCallReader
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ class Responder:
         model: str,
         chat: bool,
         body: _CommonRequest,
+        tokenizer: Any,  # spells out the tokens of logprobs
         tools: ToolRequest | None = None,
         opening: str = "",  # the call opening the prompt ended with (tool_calls.reply_opening)
     ) -> None:
@@ -35,15 +38,26 @@ class Responder:
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
         self.n = body.n or 1  # choices per prompt
         self.tools, self.opening = tools, opening
+        asked = getattr(body, "logprobs", None)  # chat: true / false; completions: how many
+        self.wants_logprobs = bool(asked) if chat else asked is not None
+        self.logprobs = LogprobFormatter(tokenizer)
         self._readers: dict[int, ToolCallReader] = {}  # a streamed choice's tool calls
+        self._held: dict[int, list[TokenLogprob]] = {}  # a streamed chat's logprobs not sent
+        self._offsets: dict[int, int] = {}  # a streamed completion's text so far (text_offset)
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "choices": choices}  # fmt: skip
 
-    def chunk(self, index: int, delta: dict[str, Any] | str, finish: str | None) -> dict[str, Any]:
+    def chunk(
+        self,
+        index: int,
+        delta: dict[str, Any] | str,
+        finish: str | None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         key = "delta" if self.chat else "text"
-        choice = {"index": index, key: delta, "logprobs": None, "finish_reason": finish}
+        choice = {"index": index, key: delta, "logprobs": logprobs, "finish_reason": finish}
         body = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
         if self.include_usage:
             body["usage"] = None
@@ -53,17 +67,31 @@ class Responder:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
         return {**self._envelope(obj, []), "usage": _usage(finals, self.n)}
 
-    def response(self, results: Sequence[tuple[str, CompletionChunk]]) -> dict[str, Any]:
+    def response(self, results: Sequence[CompletionChunk]) -> dict[str, Any]:
+        """The body of whole completions (each chunk: a choice's text, logprobs and finish)."""
         choices = []
-        for i, (text, final) in enumerate(results):
+        for i, whole in enumerate(results):
             if self.chat:
-                message, finish = self._message(text, final.finish_reason)
+                message, finish = self._message(whole.text, whole.finish_reason)
                 content: dict[str, Any] = {"message": message}
             else:
-                content, finish = {"text": text}, final.finish_reason
-            choices.append({"index": i, **content, "logprobs": None, "finish_reason": finish})
+                content, finish = {"text": whole.text}, whole.finish_reason
+            logprobs = self._format(whole.logprobs) if self.wants_logprobs else None
+            choices.append({"index": i, **content, "logprobs": logprobs, "finish_reason": finish})
         body = self._envelope("chat.completion" if self.chat else "text_completion", choices)
-        return {**body, "usage": _usage([final for _, final in results], self.n)}
+        return {**body, "usage": _usage(results, self.n)}
+
+    def text_logprobs(self, index: int, chunk: CompletionChunk) -> dict[str, Any] | None:
+        """A streamed completion chunk's logprobs (text offsets counted over the stream)."""
+        if not chunk.logprobs:
+            return None
+        offset = self._offsets.get(index, 0)
+        out = self.logprobs.completion(chunk.logprobs, offset)
+        self._offsets[index] = offset + sum(len(t) for t in out["tokens"])
+        return out
+
+    def _format(self, logprobs: Sequence[TokenLogprob]) -> dict[str, Any]:
+        return self.logprobs.chat(logprobs) if self.chat else self.logprobs.completion(logprobs)
 
     def _message(self, text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:
         """A whole reply as the assistant message (its tool calls parsed) and finish reason."""
@@ -78,9 +106,23 @@ class Responder:
                    "tool_calls": [call.as_openai() for call in calls]}  # fmt: skip
         return message, _calls_finish(finish)
 
-    def chat_deltas(self, index: int, chunk: CompletionChunk) -> list[tuple[dict, str | None]]:
-        """The (delta, finish reason) stream chunks of one engine chunk of choice `index`:
-        text as it comes, except what may be a tool call, whose calls come with the finish."""
+    def chat_deltas(
+        self, index: int, chunk: CompletionChunk
+    ) -> list[tuple[dict, str | None, dict | None]]:
+        """The (delta, finish reason, logprobs) stream chunks of one engine chunk of choice
+        `index`: text as it comes, except what may be a tool call, whose calls come with the
+        finish; logprobs with the first chunk sent from here on (held while text is held)."""
+        deltas = self._chat_deltas(index, chunk)
+        held = self._held.setdefault(index, [])
+        held += chunk.logprobs
+        if not deltas or not held:
+            return [(delta, finish, None) for delta, finish in deltas]
+        logprobs = self.logprobs.chat(held)
+        held.clear()
+        (delta, finish), *rest = deltas
+        return [(delta, finish, logprobs), *((d, f, None) for d, f in rest)]
+
+    def _chat_deltas(self, index: int, chunk: CompletionChunk) -> list[tuple[dict, str | None]]:
         if self.tools is None:
             if not chunk.text and chunk.finish_reason is None:
                 return []

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from parrotlet.engine.logprobs import TokenLogprob
 from parrotlet.engine.outputs import RequestOutput
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.serve.engines import EngineDiedError, EngineHandle
@@ -40,26 +41,30 @@ class Requeuer:
         place_again: Callable[[], EngineHandle],
         prompt: Sequence[int],
         params: SamplingParams,
-        push: Callable[[str], None],
+        push: Callable[[str, Sequence[TokenLogprob]], None],
         *,
         priority: int,
         cache_namespace: str,
         group: str | None = None,
     ) -> RequestOutput:
-        """The finished output; EngineDiedError once re-queues or the wait are exhausted."""
-        streamed = ""
+        """The finished output; EngineDiedError once re-queues or the wait are exhausted.
+        `push` gets the text and logprobs past those of earlier attempts."""
+        streamed, num_logprobs = "", 0
         for attempt in range(self.max_requeues + 1):
             if not engine.alive:
                 engine = await self._live_engine(place_again)
-            text, final = "", None
+            text, logprobs, final = "", [], None
             try:
                 async for final in engine.generate(
                     prompt, params, priority=priority, cache_namespace=cache_namespace, group=group
                 ):
                     text += final.text_delta
-                    if len(text) > len(streamed) and text.startswith(streamed):
-                        push(text[len(streamed) :])
-                        streamed = text
+                    logprobs += final.new_logprobs
+                    new_text = len(text) > len(streamed) and text.startswith(streamed)
+                    if new_text or len(logprobs) > num_logprobs:
+                        push(text[len(streamed) :] if new_text else "", logprobs[num_logprobs:])
+                        streamed = text if new_text else streamed
+                        num_logprobs = max(num_logprobs, len(logprobs))
             except EngineDiedError as exc:
                 if attempt == self.max_requeues:
                     raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from parrotlet.engine.logprobs import TokenLogprob
 from parrotlet.engine.outputs import EngineStats
 
 
@@ -40,13 +41,15 @@ class VariableResult:
 @dataclass(frozen=True)
 class CompletionChunk:
     """A piece of a one-call completion; the last one carries `finish_reason` and `token_ids`,
-    the ids to splice into a follow-up prompt (empty where they do not spell the text exactly)."""
+    the ids to splice into a follow-up prompt (empty where they do not spell the text exactly).
+    `logprobs`: those of the tokens generated since the previous chunk (when asked for)."""
 
     text: str
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
     token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ produce values. Everything here lives on the server's event loop.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from parrotlet.engine.logprobs import TokenLogprob
 from parrotlet.graph.index import GraphIndex
 from parrotlet.graph.ir import PerfCriterion
 from parrotlet.serve.objectives import CallPlan
@@ -32,6 +34,7 @@ class VarState:
         self.completion_tokens = 0
         self.demand: PerfCriterion | None = None  # set when the client fetches it
         self.done = asyncio.Event()
+        self.logprobs: list[TokenLogprob] = []  # its tokens', when the call asked for them
         self._streamed: list[str] = []
         self._listeners: list[asyncio.Queue[str | None]] = []
 
@@ -39,8 +42,10 @@ class VarState:
     def is_set(self) -> bool:
         return self.done.is_set()
 
-    def push(self, delta: str) -> None:
-        """Stream a piece of the value while it is being generated."""
+    def push(self, delta: str, logprobs: Sequence[TokenLogprob] = ()) -> None:
+        """Stream a piece of the value while it is being generated (and the logprobs of the
+        tokens generated since the last piece; readers take them from `logprobs`)."""
+        self.logprobs.extend(logprobs)
         if delta:
             self._streamed.append(delta)
             for queue in self._listeners:

@@ -235,3 +235,37 @@ def test_penalties_apply_on_both_routes(client: P.Client) -> None:
 
     assert graph == eager.content != plain.content
     assert penalized._identifying_params["repetition_penalty"] == 1.5
+
+
+def test_logprobs_come_in_response_metadata_and_run_eagerly(
+    client: P.Client, replies: list[AIMessage]
+) -> None:
+    """As ChatOpenAI: `logprobs` / `top_logprobs` give `response_metadata["logprobs"]`, the
+    server's own entries, also aggregated from a stream; inside a graph scope the call runs
+    eagerly (the graph carries no logprobs)."""
+    chat = make_chat(client, logprobs=True, top_logprobs=2)
+    body = {"messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 6,
+            "temperature": 0.0, "top_p": 1.0, "top_k": -1, "stop": [], "logprobs": True,
+            "top_logprobs": 2}  # fmt: skip
+    expected = chat.connection().openai.post("/v1/chat/completions", body)["choices"][0]
+
+    reply = chat.invoke(PROMPTS[0])
+    streamed = None
+    for chunk in chat.stream(PROMPTS[0]):
+        streamed = chunk if streamed is None else streamed + chunk
+    with parrotlet_graph(chat):
+        scoped = chat.invoke(PROMPTS[0])
+
+    content = reply.response_metadata["logprobs"]["content"]
+    assert [e["token"] for e in content] == [e["token"] for e in expected["logprobs"]["content"]]
+    assert [e["logprob"] for e in content] == pytest.approx(
+        [e["logprob"] for e in expected["logprobs"]["content"]], abs=1e-4)  # fmt: skip
+    assert "".join(e["token"] for e in content) == reply.content == replies[0].content
+    assert all(len(e["top_logprobs"]) == 2 for e in content)
+    assert streamed is not None
+    assert [e["token"] for e in streamed.response_metadata["logprobs"]["content"]] == [
+        e["token"] for e in content]  # fmt: skip
+    assert not isinstance(scoped.content, SemanticText)
+    assert [e["token"] for e in scoped.response_metadata["logprobs"]["content"]] == [
+        e["token"] for e in content]  # fmt: skip
+    assert "logprobs" not in replies[0].response_metadata
