@@ -20,7 +20,7 @@ from parrotlet.serve.structured_output import request_guide
 
 DEFAULT_BASE_URL = "http://localhost:8000"
 _CALL_OPTIONS = ("temperature", "top_p", "top_k", "seed", "max_tokens", "presence_penalty",
-                 "frequency_penalty", "repetition_penalty")  # fmt: skip
+                 "frequency_penalty", "repetition_penalty", "logit_bias")  # fmt: skip
 _PENALTIES = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0}
 _GUIDE_FIELDS = {"json_schema": "json", "regex": "regex", "grammar": "grammar"}
 
@@ -71,6 +71,9 @@ class ParrotletParams(BaseModel):
 
     repetition_penalty: float | None = None
     """vLLM's / transformers' repetition penalty (> 0; 1 is off) on prompt and output tokens."""
+
+    logit_bias: dict[int, float] | None = None
+    """OpenAI's logit bias: token id -> a bias in [-100, 100] added to its logit."""
 
     timeout: float = 60.0
     """Seconds to connect / send a request (generation itself is bounded by the server)."""
@@ -156,6 +159,7 @@ class ParrotletParams(BaseModel):
                 name: default if values[name] is None else values[name]
                 for name, default in _PENALTIES.items()
             },
+            logit_bias=values["logit_bias"] or {},
             # OpenAI's response_format (json_object, json_schema): guided decoding, also as a
             # graph call, so a structured output can feed the next call on the server
             guide=request_guide(options.get("response_format"), None),
@@ -175,6 +179,8 @@ class ParrotletParams(BaseModel):
         for name, default in _PENALTIES.items():
             if getattr(sampling, name) != default:
                 body[name] = getattr(sampling, name)
+        if sampling.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in sampling.logit_bias}
         if sampling.guide is not None:
             body["structured_outputs"] = {_GUIDE_FIELDS[sampling.guide.kind]: sampling.guide.spec}
         model = options.get("model", self.model_name)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from parrotlet.engine.penalties import apply_penalties
+from parrotlet.engine.penalties import apply_logit_bias, apply_penalties
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.engine.sequence import Sequence
 
@@ -87,3 +87,57 @@ def test_penalties_travel_in_sampling_params_only_when_set() -> None:
         "temperature", "top_p", "top_k", "seed", "max_tokens", "stop", "stop_token_ids",
         "ignore_eos", "include_stop_str_in_output",
     }  # fmt: skip
+
+
+def test_logit_bias_adds_to_the_named_tokens_of_its_row_only() -> None:
+    logits = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(1))
+    seqs = [make_seq([1], [], logit_bias={7: 2.5, 200: -100}), make_seq([1], [])]
+
+    out = apply_logit_bias(logits, seqs)
+
+    expected = logits[0].clone()
+    expected[7] += 2.5
+    expected[200] -= 100
+    assert torch.equal(out[0], expected) and torch.equal(out[1], logits[1])
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_greedy_with_a_logit_bias_equals_transformers_sequence_bias(
+    checkpoint, async_scheduling: bool
+) -> None:
+    folder, hf_model = checkpoint
+    prompts = make_prompts([6, 30], seed=43)
+    plain = make_engine(folder).generate(prompts, SamplingParams(temperature=0.0, max_tokens=8,
+                                                                 ignore_eos=True))  # fmt: skip
+    # push the first greedy token of each prompt far down, lift another a little
+    bias = {plain[0].token_ids[0]: -100.0, plain[1].token_ids[0]: -100.0, 3: 5.0}
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logit_bias=bias)
+
+    outs = make_engine(folder, async_scheduling=async_scheduling).generate(prompts, params)
+
+    sequence_bias = {(token,): value for token, value in bias.items()}
+    for prompt, out, unbiased in zip(prompts, outs, plain, strict=True):
+        ids = torch.tensor([prompt])
+        expected = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                     do_sample=False, pad_token_id=0,
+                                     sequence_bias=sequence_bias)  # fmt: skip
+        assert list(out.token_ids) == expected[0, len(prompt) :].tolist()
+        assert out.token_ids[0] != unbiased.token_ids[0]
+
+
+def test_logit_bias_is_checked_and_travels_in_sampling_params(checkpoint) -> None:
+    params = SamplingParams(logit_bias={9: 1, 4: -2.5})
+
+    assert params.logit_bias == ((4, -2.5), (9, 1.0))
+    assert SamplingParams.from_dict(params.to_dict()) == params
+    for bad, message in [
+        ({-1: 1.0}, "logit_bias keys must be token ids >= 0, got -1"),
+        ({3: 101}, r"logit_bias values must be in \[-100, 100\], got 101"),
+        ([(3, 1.0), (3, 2.0)], r"logit_bias names token ids more than once: \[3\]"),
+        (dict.fromkeys(range(301), 1.0), "logit_bias has 301 tokens, at most 300"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            SamplingParams(logit_bias=bad)
+    engine = make_engine(checkpoint[0])
+    with pytest.raises(ValueError, match=r"logit_bias has token ids outside \[0, 256\): \[256\]"):
+        engine.add_request([1, 2], SamplingParams(logit_bias={256: 1.0}))

@@ -278,8 +278,11 @@ async def test_unknown_model_is_404_model_not_found(client_a: httpx.AsyncClient)
          "-3.0"),
         (completion_body(repetition_penalty=0.0), "repetition_penalty must be a finite number "
          "> 0, got 0.0"),
-        (completion_body(logit_bias={"5": 1.0}), "logit_bias is not supported (only its default "
-         "is accepted)"),
+        (completion_body(logit_bias={"x": 1.0}), "logit_bias keys must be token ids, got 'x'"),
+        (completion_body(logit_bias={"5": 101.0}), "logit_bias values must be in [-100, 100], "
+         "got 101.0"),
+        (completion_body(logit_bias={"49152": 1.0}), "logit_bias has token ids outside "
+         "[0, 49152): [49152]"),
         (completion_body(temperatur=0), "temperatur: Extra inputs are not permitted"),
         (completion_body(max_tokens="8"), "max_tokens: Input should be a valid integer"),
         (completion_body(prompt=""), "prompt must not be empty"),
@@ -349,3 +352,15 @@ async def test_streamed_request_that_fails_validation_gets_a_status_not_a_stream
     assert "context is 8192" in error_of(response)["message"]
     after = await client_a.post("/v1/completions", json=completion_body())
     assert after.json()["choices"][0]["text"] == PROMPT_TEXT
+
+
+async def test_logit_bias_steers_the_reply(client_a: httpx.AsyncClient, core: ServeCore) -> None:
+    [rome] = core.tokenizer.encode(" Rome", add_special_tokens=False)
+    body = completion_body(max_tokens=3, logit_bias={str(rome): 100})
+    chat = chat_body(max_tokens=3, logit_bias={str(rome): 100})
+
+    completion = (await client_a.post("/v1/completions", json=body)).json()
+    reply = (await client_a.post("/v1/chat/completions", json=chat)).json()
+
+    assert completion["choices"][0]["text"] == " Rome Rome Rome"
+    assert reply["choices"][0]["message"]["content"] == " Rome Rome Rome"

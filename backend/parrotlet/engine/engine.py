@@ -433,6 +433,10 @@ class LLMEngine:
     def _check_fits(self, token_ids: list[int], params: SamplingParams, request_id: str) -> None:
         if not token_ids:
             raise ValueError(f"request {request_id!r}: prompt is empty")
+        vocab = self.model_config.vocab_size
+        outside = [t for t, _ in params.logit_bias if t >= vocab]
+        if outside:
+            raise ValueError(f"logit_bias has token ids outside [0, {vocab}): {outside[:5]}")
         total = len(token_ids) + params.max_tokens
         if len(token_ids) >= self.max_model_len:
             raise ValueError(

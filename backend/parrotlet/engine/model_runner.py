@@ -25,7 +25,7 @@ from parrotlet.engine.cuda_graphs import CudaGraphRunner, PaddedDecode
 from parrotlet.engine.guided_decoding import mask_logits
 from parrotlet.engine.logprobs import TokenLogprob, unpack
 from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM, load_fused_kernels
-from parrotlet.engine.penalties import apply_penalties
+from parrotlet.engine.penalties import apply_logit_bias, apply_penalties
 from parrotlet.engine.piecewise_graphs import PiecewiseGraphRunner
 from parrotlet.engine.sampler import Sampler, make_generator, to_device, token_logprobs
 from parrotlet.engine.scheduler import ScheduledBatch
@@ -161,6 +161,7 @@ class ModelRunner:
         seqs = [batch.seqs[i] for i in samplers]
         raw = logits
         logits = apply_penalties(logits, seqs)  # penalized sequences only
+        logits = apply_logit_bias(logits, seqs)  # sequences with a logit_bias only
         logits = mask_logits(logits, [s.matcher for s in seqs])  # guided sequences only
         tokens = self.sampler(logits, [s.params for s in seqs], [self._generator(s) for s in seqs])
         self._last = _Sampled(tokens, {s.request_id: row for row, s in enumerate(seqs)})

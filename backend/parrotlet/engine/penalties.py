@@ -1,7 +1,8 @@
-"""Presence, frequency and repetition penalties in the engine step: the runner applies them to
-a step's logits before guided decoding's mask and the sampler, from each penalized sequence's
-tokens (the engine reads a step with penalized sequences before launching the next, so that
-every token is known on the host).
+"""Presence, frequency and repetition penalties, and OpenAI's logit bias, in the engine step:
+the runner applies them to a step's logits before guided decoding's mask and the sampler. The
+penalties come from each penalized sequence's tokens (the engine reads a step with penalized
+sequences before launching the next, so that every token is known on the host); the bias is
+fixed per request.
 """
 
 from __future__ import annotations
@@ -47,3 +48,19 @@ def _penalize(row: torch.Tensor, seq: Seq) -> torch.Tensor:  # [V]
 def _ids(ids: list[int], device: torch.device) -> torch.Tensor:
     """Token ids as an int64 tensor on `device` (empty too), copied without a sync."""
     return torch.tensor(ids, dtype=torch.long).to(device, non_blocking=True)
+
+
+def apply_logit_bias(
+    logits: torch.Tensor,  # [B, V] float
+    seqs: Sequence[Seq],  # row i's sequence
+) -> torch.Tensor:
+    """`logits` with each row's `logit_bias` added to its tokens (rows without one unchanged)."""
+    rows = [i for i, s in enumerate(seqs) if s.params.logit_bias]
+    if not rows:
+        return logits
+    out = logits.clone()
+    for i in rows:
+        tokens, biases = zip(*seqs[i].params.logit_bias, strict=True)
+        values = torch.tensor(biases, dtype=logits.dtype).to(logits.device, non_blocking=True)
+        out[i, _ids(list(tokens), logits.device)] += values
+    return out

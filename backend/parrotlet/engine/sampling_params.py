@@ -16,9 +16,11 @@ _MAX_SEED = 2**64
 # sessions share: a request may not make that check arbitrarily long (OpenAI allows 4 strings).
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
-# Fields added after the wire format settled: left out of to_dict() at their defaults.
+# Fields added after the wire format settled: left out of to_dict() at their defaults (in
+# their wire form).
 _OMITTED_AT_DEFAULT = {"guide": None, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-                       "repetition_penalty": 1.0, "logprobs": None}  # fmt: skip
+                       "repetition_penalty": 1.0, "logprobs": None, "logit_bias": []}  # fmt: skip
+MAX_LOGIT_BIAS = 300  # tokens a request may bias (OpenAI's limit)
 
 
 def _is_int(value: object) -> bool:
@@ -39,7 +41,8 @@ class SamplingParams:
     ``0 <= seed < 2**64``, at most 16 stop strings of 1 to 256 chars, stop token ids ``>= 0``.
     ``stop`` and ``stop_token_ids`` are always tuples (a str or list is normalized); ``guide``
     is a Guide (its dict form is converted); presence and frequency penalties in [-2, 2], a
-    repetition penalty > 0 (1: off); ``logprobs`` None or in [0, 20].
+    repetition penalty > 0 (1: off); ``logprobs`` None or in [0, 20]; ``logit_bias`` at most
+    300 (token id >= 0, bias in [-100, 100]) pairs, sorted by token id (a dict is converted).
     """
 
     temperature: float = 1.0
@@ -58,6 +61,7 @@ class SamplingParams:
     # each generated token's log-probability and this many most likely tokens' (logprobs.py);
     # None: none. Guided tokens are then all sampled (no jump-forward), so each has its own.
     logprobs: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: added to these tokens' logits
 
     def __post_init__(self) -> None:
         if self.guide is not None:
@@ -65,6 +69,7 @@ class SamplingParams:
         self._normalize_sequences()
         self._validate_numbers()
         self._validate_penalties()
+        self._normalize_logit_bias()
         self._validate_stops()
         for name in ("ignore_eos", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
@@ -87,6 +92,27 @@ class SamplingParams:
         p = self.repetition_penalty
         if not _is_number(p) or not math.isfinite(p) or p <= 0:
             raise ValueError(f"repetition_penalty must be a finite number > 0, got {p!r}")
+
+    def _normalize_logit_bias(self) -> None:
+        bias = self.logit_bias
+        pairs = list(bias.items()) if isinstance(bias, dict) else bias
+        if not isinstance(pairs, (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs
+        ):
+            raise ValueError(f"logit_bias must map token ids to biases, got {bias!r}")
+        if len(pairs) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias has {len(pairs)} tokens, at most {MAX_LOGIT_BIAS}")
+        for token, value in pairs:
+            if not _is_int(token) or token < 0:
+                raise ValueError(f"logit_bias keys must be token ids >= 0, got {token!r}")
+            if not _is_number(value) or not -100 <= value <= 100:
+                raise ValueError(f"logit_bias values must be in [-100, 100], got {value!r}")
+        normalized = tuple(sorted((token, float(value)) for token, value in pairs))
+        tokens = [token for token, _ in normalized]
+        repeated = sorted({t for t in tokens if tokens.count(t) > 1})
+        if repeated:
+            raise ValueError(f"logit_bias names token ids more than once: {repeated}")
+        object.__setattr__(self, "logit_bias", normalized)
 
     def _validate_numbers(self) -> None:
         t = self.temperature
@@ -135,6 +161,7 @@ class SamplingParams:
         d = asdict(self)
         d["stop"] = list(self.stop)
         d["stop_token_ids"] = list(self.stop_token_ids)
+        d["logit_bias"] = [list(pair) for pair in self.logit_bias]
         for name, default in _OMITTED_AT_DEFAULT.items():
             if d[name] == default:
                 del d[name]  # the wire form of a call that does not use them is unchanged

@@ -49,7 +49,6 @@ _ROLE_FIELDS = {"assistant": {"tool_calls"}, "tool": {"tool_call_id"}}  # beside
 MAX_CHOICES = 16  # `n`: completions of one prompt (they share its prefix in the KV cache)
 # Known OpenAI parameters accepted only at their default (values that change nothing).
 _ONLY_DEFAULT: dict[str, tuple[Any, ...]] = {
-    "logit_bias": (None, {}),
     "echo": (None, False),
     "best_of": (None, 1),
     "suffix": (None,),
@@ -172,6 +171,7 @@ def _check_common(core: ServeCore, body: _CommonRequest) -> None:
     for name in sorted(body.model_fields_set & _ONLY_DEFAULT.keys()):
         if getattr(body, name) not in _ONLY_DEFAULT[name]:
             raise ValueError(f"{name} is not supported (only its default is accepted)")
+    _check_logit_bias(body.logit_bias, len(core.tokenizer))
 
 
 def _chat_logprobs(body: ChatRequest) -> int | None:
@@ -203,7 +203,23 @@ def _sampling(
         frequency_penalty=body.frequency_penalty or 0.0,
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
         logprobs=logprobs,
+        logit_bias=_logit_bias(body.logit_bias),
     )
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI's logit_bias (token ids as JSON keys, checked by _check_common) with int keys."""
+    return {int(key): value for key, value in (bias or {}).items()}
+
+
+def _check_logit_bias(bias: dict[str, float] | None, vocab_size: int) -> None:
+    keys = list(bias or {})
+    bad = [key for key in keys if not (key.isascii() and key.isdigit())]
+    if bad:
+        raise ValueError(f"logit_bias keys must be token ids, got {bad[0]!r}")
+    outside = [int(key) for key in keys if int(key) >= vocab_size]
+    if outside:
+        raise ValueError(f"logit_bias has token ids outside [0, {vocab_size}): {outside[:5]}")
 
 
 def _prompts(prompt: Any, vocab_size: int) -> list[str | list[int]]:

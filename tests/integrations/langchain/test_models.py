@@ -269,3 +269,14 @@ def test_logprobs_come_in_response_metadata_and_run_eagerly(
     assert [e["token"] for e in scoped.response_metadata["logprobs"]["content"]] == [
         e["token"] for e in content]  # fmt: skip
     assert "logprobs" not in replies[0].response_metadata
+
+
+def test_a_logit_bias_applies_on_both_routes(client: P.Client) -> None:
+    rome = 7268  # " Rome" in the default model's tokenizer
+    chat = make_chat(client, max_tokens=3, logit_bias={rome: 100})
+
+    eager = chat.invoke(PROMPTS[1])
+    with parrotlet_graph(chat):
+        graph = str(chat.invoke(PROMPTS[1]).content)
+
+    assert graph == eager.content == " Rome Rome Rome"
