@@ -48,6 +48,30 @@ def requests_delta(core, before: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
 
 
+def test_a_client_left_open_is_closed_at_exit_with_its_tasks_cancelled() -> None:
+    """A script that never closes its client: the portal's tasks (an in-process engine's loop)
+    are cancelled at exit instead of being destroyed while pending."""
+    code = """
+import asyncio
+from parrotlet.api.portal import Portal
+
+async def engine_loop():
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        print("cancelled", flush=True)
+        raise
+
+portal = Portal()
+portal.submit(engine_loop())
+portal.call(asyncio.sleep(0.01))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=60)  # fmt: skip
+
+    assert (result.stdout, result.stderr) == ("cancelled\n", "")
+
+
 # ---- import hygiene ------------------------------------------------------------------------
 def test_app_api_does_not_import_torch() -> None:
     code = """

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -28,6 +29,9 @@ class Portal:
             target=self.loop.run_forever, name="parrotlet-portal", daemon=True
         )
         self._thread.start()
+        # a client never closed (a script's last line) is closed at exit, its tasks cancelled,
+        # rather than torn down mid-task ("Task was destroyed but it is pending!")
+        self._finalizer = weakref.finalize(self, _stop, self.loop, self._thread)
 
     @property
     def closed(self) -> bool:
@@ -71,13 +75,17 @@ class Portal:
 
     def close(self) -> None:
         """Cancel what still runs on the loop, stop it and join the thread (idempotent)."""
-        if self.closed:
-            return
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(_cancel_others(), self.loop).result()
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join()
-        self.loop.close()
+        self._finalizer()
+
+
+def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    if loop.is_closed():
+        return
+    if thread.is_alive():
+        asyncio.run_coroutine_threadsafe(_cancel_others(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+    loop.close()
 
 
 async def _next(items: AsyncIterator[Any]) -> Any:
