@@ -100,6 +100,23 @@ def test_conversation_goes_through_the_chat_template(client: P.Client):
     assert "".join(r.delta for r in llm.stream_chat(messages)) == expected
 
 
+@pytest.mark.slow
+def test_logprobs_come_with_chat_responses_streamed_too(client: P.Client):
+    """As LlamaIndex's OpenAI LLM: per token, its most likely tokens (the chat route's)."""
+    llm = make_llm(client, logprobs=True, top_logprobs=2)
+    messages = [ChatMessage(role=MessageRole.USER, content=PROMPT)]
+
+    reply = llm.chat(messages)
+    streamed = [lp for r in llm.stream_chat(messages) for lp in r.logprobs or []]
+
+    assert reply.message.content == ANSWER  # the same text as without logprobs
+    assert [len(top) for top in reply.logprobs] == [2] * len(reply.logprobs)
+    assert "".join(top[0].token for top in reply.logprobs) == ANSWER + "<|im_end|>"  # greedy
+    assert all(top[0].logprob >= top[1].logprob for top in reply.logprobs)
+    assert [top[0].token for top in streamed] == [top[0].token for top in reply.logprobs]
+    assert make_llm(client).chat(messages).logprobs is None
+
+
 def make_raw_completion(prompt: str) -> P.SemanticVariable:
     """`prompt` completed as plain text (chat=False) in the current session, greedy."""
 

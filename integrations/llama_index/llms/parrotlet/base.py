@@ -21,6 +21,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
+    LogProb,
     MessageRole,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -73,6 +74,14 @@ class Parrotlet(FunctionCallingLLM):
     top_k: int = Field(default=-1, ge=-1, description="Top-k sampling; -1 or 0 turn it off.")
     seed: int | None = Field(default=None, ge=0, description="Sampling seed (None: random).")
     stop: list[str] = Field(default_factory=list, description="Stop strings (not in the text).")
+    logprobs: bool | None = Field(
+        default=None,
+        description="Chat responses carry each token's log-probabilities (`logprobs`, as "
+        "LlamaIndex's OpenAI LLM); such chats go to the chat route.",
+    )
+    top_logprobs: int = Field(
+        default=0, ge=0, le=20, description="With logprobs: most likely tokens listed per token."
+    )
 
     _client: Client = PrivateAttr()
     _owns_client: bool = PrivateAttr(default=False)
@@ -207,30 +216,32 @@ class Parrotlet(FunctionCallingLLM):
     # ---- chat: one user message is a Call; a conversation or tools go to the OpenAI route -
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        tools = _pop_tool_options(kwargs)
-        single = None if tools else _single_user_text(messages)
+        route_only = self._route_only_options(kwargs)
+        single = None if route_only else _single_user_text(messages)
         if single is not None:
             return _chat_response(_completion(self._generate(single, kwargs)))
-        body = openai_routes.chat(self._client, self._chat_body(messages, kwargs, tools))
+        body = openai_routes.chat(self._client, self._chat_body(messages, kwargs, route_only))
         return _route_response(body)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        tools = _pop_tool_options(kwargs)
-        single = None if tools else _single_user_text(messages)
+        route_only = self._route_only_options(kwargs)
+        single = None if route_only else _single_user_text(messages)
         if single is not None:
             return _chat_response(_completion(await self._agenerate(single, kwargs)))
-        body = await openai_routes.achat(self._client, self._chat_body(messages, kwargs, tools))
+        body = await openai_routes.achat(
+            self._client, self._chat_body(messages, kwargs, route_only)
+        )
         return _route_response(body)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        tools = _pop_tool_options(kwargs)
-        single = None if tools else _single_user_text(messages)
+        route_only = self._route_only_options(kwargs)
+        single = None if route_only else _single_user_text(messages)
         if single is not None:
             deltas = (ChatDelta(text) for text in self._stream(single, kwargs))
         else:
-            body = self._chat_body(messages, kwargs, tools)
+            body = self._chat_body(messages, kwargs, route_only)
             deltas = openai_routes.stream_chat(self._client, body)
         return _chat_stream(deltas)
 
@@ -238,14 +249,23 @@ class Parrotlet(FunctionCallingLLM):
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
-        tools = _pop_tool_options(kwargs)
-        single = None if tools else _single_user_text(messages)
+        route_only = self._route_only_options(kwargs)
+        single = None if route_only else _single_user_text(messages)
         if single is not None:
             deltas = (ChatDelta(text) async for text in self._astream(single, kwargs))
         else:
-            body = self._chat_body(messages, kwargs, tools)
+            body = self._chat_body(messages, kwargs, route_only)
             deltas = openai_routes.astream_chat(self._client, body)
         return _achat_stream(deltas)
+
+    def _route_only_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The options a graph Call cannot carry, taken out of a chat's `kwargs`: tools and
+        logprobs. A chat with any goes to the chat route."""
+        options = _pop_tool_options(kwargs)
+        if kwargs.pop("logprobs", self.logprobs):
+            options["logprobs"] = True
+            options["top_logprobs"] = kwargs.pop("top_logprobs", self.top_logprobs)
+        return options
 
     def _chat_body(
         self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any], tools: dict[str, Any]
@@ -345,9 +365,20 @@ def _chat_response(completion: CompletionResponse) -> ChatResponse:
 
 
 def _route_response(body: dict[str, Any]) -> ChatResponse:
-    message = body["choices"][0]["message"]
+    choice = body["choices"][0]
+    message, logprobs = choice["message"], (choice.get("logprobs") or {}).get("content")
     calls = tuple(message.get("tool_calls") or ())
-    return ChatResponse(message=_assistant(message["content"] or "", calls), raw=body)
+    return ChatResponse(message=_assistant(message["content"] or "", calls), raw=body,
+                        logprobs=_logprobs(logprobs))  # fmt: skip
+
+
+def _logprobs(entries: Sequence[dict[str, Any]] | None) -> list[list[LogProb]] | None:
+    """OpenAI's logprobs content as LlamaIndex's: per token, its most likely tokens (the
+    token itself when none were asked for)."""
+    if not entries:
+        return None
+    return [[LogProb(token=t["token"], logprob=t["logprob"], bytes=t["bytes"])
+             for t in entry["top_logprobs"] or [entry]] for entry in entries]  # fmt: skip
 
 
 def _assistant(text: str, tool_calls: Sequence[dict[str, Any]]) -> ChatMessage:
@@ -370,15 +401,17 @@ async def _acumulative(deltas: AsyncIterator[str]) -> AsyncIterator[CompletionRe
 
 
 def _chat_stream(deltas: Iterator[ChatDelta]) -> Iterator[ChatResponse]:
-    """Cumulative chat responses: the text and the tool calls so far."""
+    """Cumulative chat responses: the text and the tool calls so far (logprobs: the delta's)."""
     text, calls = "", []
     for delta in deltas:
         text, calls = text + delta.text, calls + list(delta.tool_calls)
-        yield ChatResponse(message=_assistant(text, calls), delta=delta.text)
+        yield ChatResponse(message=_assistant(text, calls), delta=delta.text,
+                           logprobs=_logprobs(delta.logprobs))  # fmt: skip
 
 
 async def _achat_stream(deltas: AsyncIterator[ChatDelta]) -> AsyncIterator[ChatResponse]:
     text, calls = "", []
     async for delta in deltas:
         text, calls = text + delta.text, calls + list(delta.tool_calls)
-        yield ChatResponse(message=_assistant(text, calls), delta=delta.text)
+        yield ChatResponse(message=_assistant(text, calls), delta=delta.text,
+                           logprobs=_logprobs(delta.logprobs))  # fmt: skip

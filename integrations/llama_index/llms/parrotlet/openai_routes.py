@@ -34,6 +34,7 @@ class ChatDelta:
 
     text: str
     tool_calls: tuple[dict[str, Any], ...] = ()
+    logprobs: tuple[dict[str, Any], ...] = ()  # OpenAI's `logprobs.content` entries
 
 
 def stream_chat(client: Client, body: dict[str, Any]) -> Iterator[ChatDelta]:
@@ -58,9 +59,11 @@ def model_card(client: Client) -> dict[str, Any]:
 
 def _deltas(event: dict[str, Any]) -> Iterable[ChatDelta]:
     return [
-        ChatDelta(delta.get("content") or "", tuple(delta.get("tool_calls") or ()))
-        for delta in (choice.get("delta", {}) for choice in event.get("choices", []))
-    ]
+        ChatDelta(choice.get("delta", {}).get("content") or "",
+                  tuple(choice.get("delta", {}).get("tool_calls") or ()),
+                  tuple((choice.get("logprobs") or {}).get("content") or ()))
+        for choice in event.get("choices", [])
+    ]  # fmt: skip
 
 
 def openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
