@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from parrotlet.engine.penalties import apply_logit_bias, apply_penalties
+from parrotlet.engine.penalties import TokenCounts, apply_logit_bias
 from parrotlet.engine.sampling_params import SamplingParams
 from parrotlet.engine.sequence import Sequence
 
@@ -33,7 +33,7 @@ def test_penalties_equal_the_reference() -> None:
         make_seq(prompt, output),  # unpenalized: unchanged
     ]
 
-    out = apply_penalties(logits, seqs)
+    out = TokenCounts(VOCAB, torch.device("cpu")).penalize(logits, seqs)
 
     repetition = transformers.RepetitionPenaltyLogitsProcessor(1.3)
     expected0 = repetition(torch.tensor([prompt + output]), logits[:1].clone())[0]
@@ -46,6 +46,47 @@ def test_penalties_equal_the_reference() -> None:
     assert torch.allclose(out[1], expected1, rtol=0, atol=1e-6)
     assert torch.equal(out[2], logits[2])
     assert out[1][5] == logits[1][5]  # presence and frequency look at the output only
+
+
+def test_counts_follow_sampled_and_appended_tokens_on_the_device() -> None:
+    """After the first penalty the counts live on the device: a sampled token is counted by
+    `record` before the host reads it, a forced one by `add`; the penalties then equal those
+    of the host's whole output."""
+    logits = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(2)) * 4
+    seq = make_seq([5, 9], [9, 17], presence_penalty=0.5, frequency_penalty=0.75,
+                   repetition_penalty=1.3)  # fmt: skip
+    counts = TokenCounts(VOCAB, torch.device("cpu"))
+    counts.penalize(logits, [seq])
+
+    counts.record([seq], torch.tensor([17]))  # sampled (the host appends it later)
+    counts.add(seq, [42, 42])  # forced by a guide
+    seq.token_ids.extend([17, 42, 42])
+
+    expected = TokenCounts(VOCAB, torch.device("cpu")).penalize(logits, [seq])
+    assert torch.equal(counts.penalize(logits, [seq]), expected)
+    assert not seq.needs_known_tokens  # penalized steps overlap under async scheduling
+    counts.release(seq.request_id)
+    assert torch.equal(counts.penalize(logits, [seq]), expected)  # rebuilt from the host
+
+
+@pytest.mark.parametrize("penalties", [dict(presence_penalty=1.5, frequency_penalty=1.0),
+                                       dict(repetition_penalty=1.6)])  # fmt: skip
+def test_sampled_penalized_outputs_equal_with_async_scheduling(checkpoint, penalties) -> None:
+    """Under async scheduling a step launches before the previous step's tokens are read; the
+    device-side counts must already hold them, or the outputs would differ."""
+    folder, _ = checkpoint
+    prompts = make_prompts([6, 30, 11], seed=47)
+    params = [SamplingParams(temperature=1.0, seed=s, max_tokens=24, ignore_eos=True,
+                             **penalties) for s in range(3)]  # fmt: skip
+
+    unpenalized = [SamplingParams(temperature=1.0, seed=s, max_tokens=24, ignore_eos=True)
+                   for s in range(3)]  # fmt: skip
+
+    runs = [make_engine(folder, async_scheduling=a).generate(prompts, params) for a in (0, 1)]
+    plain = make_engine(folder).generate(prompts, unpenalized)
+
+    assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]]
+    assert [o.token_ids for o in runs[0]] != [o.token_ids for o in plain]
 
 
 @pytest.fixture(scope="module")

@@ -255,7 +255,7 @@ class LLMEngine:
     # ---- internals -----------------------------------------------------------------------
     def _complete_host_dependent(self) -> list[RequestOutput]:
         """With async scheduling, postprocess the step in flight now when one of its sequences
-        `needs_known_tokens` (guided, penalized): such steps are not overlapped."""
+        `needs_known_tokens` (guided): such steps are not overlapped."""
         if self._in_flight is None or not any(
             s.needs_known_tokens for s in self._in_flight[0].seqs
         ):
@@ -341,6 +341,8 @@ class LLMEngine:
             delta += text
             if reason is not None:
                 break
+        if forced:
+            self.runner.counts.add(seq, forced)  # penalties count them like sampled ones
         if reason is None and seq.matcher.is_stopped():
             reason = FinishReason.STOP
         return tuple(forced), delta, reason

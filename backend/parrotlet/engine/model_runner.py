@@ -25,7 +25,7 @@ from parrotlet.engine.cuda_graphs import CudaGraphRunner, PaddedDecode
 from parrotlet.engine.guided_decoding import mask_logits
 from parrotlet.engine.logprobs import TokenLogprob, unpack
 from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM, load_fused_kernels
-from parrotlet.engine.penalties import apply_logit_bias, apply_penalties
+from parrotlet.engine.penalties import TokenCounts, apply_logit_bias
 from parrotlet.engine.piecewise_graphs import PiecewiseGraphRunner
 from parrotlet.engine.sampler import Sampler, make_generator, to_device, token_logprobs
 from parrotlet.engine.scheduler import ScheduledBatch
@@ -122,6 +122,7 @@ class ModelRunner:
         self.min_shared_blocks = max(1, -(-min_shared_prefix_tokens // self.block_size))
         self.sampler = Sampler()
         self._generators: dict[str, torch.Generator | None] = {}
+        self.counts = TokenCounts(model.config.vocab_size, self.device)  # penalties' state
         self._last: _Sampled | None = None
         spec = attention.spec
         self.kernels: FusedKernels | None = None
@@ -160,10 +161,11 @@ class ModelRunner:
             return LaunchedStep(caught_up, (), None, None)
         seqs = [batch.seqs[i] for i in samplers]
         raw = logits
-        logits = apply_penalties(logits, seqs)  # penalized sequences only
+        logits = self.counts.penalize(logits, seqs)  # penalized sequences only
         logits = apply_logit_bias(logits, seqs)  # sequences with a logit_bias only
         logits = mask_logits(logits, [s.matcher for s in seqs])  # guided sequences only
         tokens = self.sampler(logits, [s.params for s in seqs], [self._generator(s) for s in seqs])
+        self.counts.record(seqs, tokens)  # on the device: the next step's penalties see them
         self._last = _Sampled(tokens, {s.request_id: row for row, s in enumerate(seqs)})
         nums = tuple(s.params.logprobs for s in seqs)
         if all(k is None for k in nums):
@@ -250,8 +252,10 @@ class ModelRunner:
         return self.graphs.prepare(batch.seqs, groups)
 
     def release(self, seq: Sequence) -> None:
-        """Forget per-request state (the seeded generator) of a finished sequence."""
+        """Forget per-request state (the seeded generator, penalties' counts) of a finished
+        sequence."""
         self._generators.pop(seq.request_id, None)
+        self.counts.release(seq.request_id)
 
     def prepare(
         self, batch: ScheduledBatch

@@ -112,9 +112,10 @@ class Sequence:
 
     @property
     def needs_known_tokens(self) -> bool:
-        """Its next logits depend on its tokens so far (a guide's matcher, penalties): the step
-        that samples one must be read before the next step launches."""
-        return self.matcher is not None or self.params.penalized
+        """Its next logits depend on its tokens so far as the host knows them (a guide's
+        matcher): the step that samples one must be read before the next step launches.
+        Penalties need not: their counts are kept on the device (penalties.TokenCounts)."""
+        return self.matcher is not None
 
     @property
     def num_uncomputed_tokens(self) -> int:
