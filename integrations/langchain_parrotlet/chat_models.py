@@ -70,8 +70,8 @@ class ChatParrotlet(ParrotletParams, BaseChatModel):
       call with `chat=True` (Role segments per message) inside a graph scope or a batch, else
       one `/v1/chat/completions` request; both render the same chat template on the server;
     - tool messages, tool calls or non-text blocks, and calls with tools bound
-      (`bind_tools`): `/v1/chat/completions`, one request per prompt, with references resolved
-      first.
+      (`bind_tools`) or `logprobs`: `/v1/chat/completions`, one request per prompt, with
+      references resolved first.
     """
 
     logprobs: bool | None = None

@@ -244,9 +244,9 @@ def auto_guide(request: ToolRequest, fmt: ToolFormat) -> Guide | None:
     and after them), whose arguments match the schema of each strict tool (any object for the
     others). Llama 3: a bare JSON call, or text that does not open with "{". None for Mistral,
     whose `[TOOL_CALLS]` is a control token that text patterns cannot match."""
-    call = json_rule(_any_call_schema(request, sorted(request.names), fmt.args_key, True))
     if fmt.in_list:
         return None
+    call = json_rule(_any_call_schema(request, sorted(request.names), fmt.args_key, True))
     if not fmt.opening:
         text = r"TEXT: /(?s:\s*([^\s{].*)?)/"  # what is left: text not opening with "{"
         return Guide("grammar", f"start: call | TEXT\n{text}\ncall: {call}")
