@@ -127,3 +127,35 @@ async def test_bad_logprobs_requests_are_400(
 
     assert response.status_code == 400
     assert error_of(response)["message"] == message
+
+
+async def test_logprobs_of_tool_calls_and_of_each_choice(client_a: httpx.AsyncClient) -> None:
+    """A reply whose text is held as a possible tool call streams its logprobs when the text
+    goes out (here: with the call at the finish); each of `n` choices has its own."""
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    body = chat_body(tools=[weather], tool_choice="required", logprobs=True, max_tokens=24)
+    whole = (await client_a.post("/v1/chat/completions", json=body)).json()["choices"][0]
+    streamed = await client_a.post("/v1/chat/completions", json={**body, "stream": True})
+    several = completion_body(n=2, temperature=1.0, seed=3, logprobs=0)
+    choices = (await client_a.post("/v1/completions", json=several)).json()["choices"]
+
+    [call] = whole["message"]["tool_calls"]
+    tokens = "".join(e["token"] for e in whole["logprobs"]["content"])
+    assert tokens == '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    assert call["function"]["arguments"] == '{"city": "Paris"}'
+    chunks = [e["choices"][0] for e in parse_sse(streamed.text)[:-1]]
+    sent = [x["token"] for c in chunks if c["logprobs"] for x in c["logprobs"]["content"]]
+    assert "".join(sent) == tokens and chunks[-1]["finish_reason"] == "tool_calls"
+    for choice in choices:
+        assert "".join(choice["logprobs"]["tokens"]) == choice["text"]
+    assert choices[0]["text"] != choices[1]["text"]  # seeds 3 and 4
