@@ -127,3 +127,39 @@ def test_bfloat16_flashinfer_run_completes(checkpoint):
     assert [len(o.token_ids) for o in outputs] == [32] * len(prompts)
     assert all(o.finish_reason is FinishReason.LENGTH for o in outputs)
     assert all(0 <= t < ARCH["vocab_size"] for o in outputs for t in o.token_ids)
+
+
+def generate_with_logprobs(
+    engine: LLMEngine, prompts: list[list[int]], params: list[SamplingParams]
+) -> list[tuple[list[int], list[float]]]:
+    """Each request's output tokens and the logprobs of its tokens, collected step by step."""
+    ids = [engine.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
+    tokens: dict[str, list[int]] = {i: [] for i in ids}
+    logprobs: dict[str, list[float]] = {i: [] for i in ids}
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens[out.request_id] = list(out.token_ids)
+            logprobs[out.request_id] += [lp.logprob for lp in out.new_logprobs]
+    return [(tokens[i], logprobs[i]) for i in ids]
+
+
+def test_cuda_logprobs_and_penalties_match_cpu(checkpoint):
+    """Under CUDA's defaults (decode CUDA graphs, async scheduling) the logprobs copied with
+    the tokens and the penalties counted on the device give the CPU engine's float32 results."""
+    folder, _ = checkpoint
+    prompts = workload_prompts()[:4]
+    asking = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=3)
+    penalized = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True,
+                               repetition_penalty=1.5, frequency_penalty=0.5)  # fmt: skip
+    params = [asking, penalized, asking, penalized]
+
+    expected = generate_with_logprobs(make_engine(folder, "cpu", "float32", "reference"),
+                                      prompts, params)  # fmt: skip
+    engine = make_engine(folder, "cuda", "float32", "auto")
+    found = generate_with_logprobs(engine, prompts, params)
+
+    assert engine.async_scheduling and engine.stats().num_graph_steps > 0
+    assert [t for t, _ in found] == [t for t, _ in expected]
+    for (_, got), (_, want), p in zip(found, expected, params, strict=True):
+        assert len(got) == (16 if p.logprobs is not None else 0)
+        assert got == pytest.approx(want, abs=1e-4)
