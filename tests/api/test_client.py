@@ -437,3 +437,35 @@ def test_structured_extraction_example_is_one_submit(local: P.Client, capsys) ->
         *(json.dumps(r) for r in records),
         f"headline: {title}",
     ]
+
+
+@pytest.mark.slow
+def test_an_output_asking_for_logprobs_gets_them_with_its_value(remote, local: P.Client) -> None:
+    """`logprobs=k` on a semantic function: the fetched result lists each generated token's
+    logprob and its k likeliest (greedy: the token itself first), in process and over HTTP."""
+
+    @P.semantic_function(temperature=0, max_tokens=8, logprobs=2)
+    def answer(question, reply):
+        """{{input:question}} {{output:reply}}"""
+
+    @P.semantic_function(temperature=0, max_tokens=8)
+    def plain(question, reply):
+        """{{input:question}} {{output:reply}}"""
+
+    question = "What is the capital of France?"
+    results = []
+    for client in (local, remote[0]):
+        with client.session():
+            results.append(answer(question).get_result())
+            assert plain(question).get_result().logprobs == ()
+    tokenizer = local.core.tokenizer
+
+    in_process, over_http = results
+    tokens = [lp.token_id for lp in in_process.logprobs]
+    assert len(tokens) == in_process.completion_tokens
+    assert tokenizer.decode(tokens, skip_special_tokens=True) == in_process.value
+    for lp in in_process.logprobs:
+        assert len(lp.top) == 2 and lp.top[0] == (lp.token_id, lp.logprob)
+    assert [lp.token_id for lp in over_http.logprobs] == tokens
+    assert [lp.logprob for lp in over_http.logprobs] == pytest.approx(
+        [lp.logprob for lp in in_process.logprobs], abs=1e-4)  # fmt: skip

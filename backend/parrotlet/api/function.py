@@ -20,7 +20,8 @@ from parrotlet.graph import ir
 __all__ = ["Output", "SemanticFunction", "parse_template", "semantic_function"]
 
 SAMPLING_FIELDS = (
-    "temperature", "top_p", "top_k", "seed", "max_tokens", "stop", "ignore_eos", "guide"
+    "temperature", "top_p", "top_k", "seed", "max_tokens", "stop", "ignore_eos", "guide",
+    "logprobs",
 )  # fmt: skip
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SPEC = re.compile(r"\s*(input|output)\s*:\s*([A-Za-z_][A-Za-z0-9_]*)\s*")
@@ -44,6 +45,7 @@ class Output:
     stop: str | Sequence[str] | None = None
     ignore_eos: bool | None = None
     guide: Guide | None = None  # structured output, e.g. Guide.json(schema)
+    logprobs: int | None = None  # each token's logprob and k likeliest: VariableResult.logprobs
 
     def __post_init__(self) -> None:
         SamplingParams(**self.overrides())
@@ -161,6 +163,7 @@ def semantic_function(
     stop: str | Sequence[str] | None = None,
     ignore_eos: bool | None = None,
     guide: Guide | None = None,
+    logprobs: int | None = None,
     chat: bool = True,
 ) -> Callable[[Callable[..., Any]], SemanticFunction]: ...
 def semantic_function(
@@ -175,6 +178,7 @@ def semantic_function(
     stop: str | Sequence[str] | None = None,
     ignore_eos: bool | None = None,
     guide: Guide | None = None,
+    logprobs: int | None = None,
     chat: bool = True,
 ) -> SemanticFunction | Callable[[Callable[..., Any]], SemanticFunction]:
     """Decorate a function whose docstring is a prompt template (bare or with arguments).
@@ -183,7 +187,7 @@ def semantic_function(
     an output parameter's `Output(...)` default overrides them field by field.
     """
     defaults = Output(
-        temperature, top_p, top_k, seed, max_tokens, stop, ignore_eos, guide
+        temperature, top_p, top_k, seed, max_tokens, stop, ignore_eos, guide, logprobs
     ).overrides()
 
     def decorate(f: Callable[..., Any]) -> SemanticFunction:

@@ -6,7 +6,6 @@ handler (`wire.error_payload`), so a bad request gets a 4xx and the server keeps
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -156,7 +155,7 @@ async def get_variable(
     info = await _core(request).get_variable(
         tenant, session_id, name, criterion=criterion, timeout=timeout
     )
-    return dataclasses.asdict(info)
+    return info.to_dict()
 
 
 @router.get("/v1/sessions/{session_id}/variables/{name}/stream")

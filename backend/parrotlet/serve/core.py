@@ -427,9 +427,8 @@ def _info(state: VarState) -> VariableResult:
     if state.error is not None:
         raise GraphError(f"variable {state.name!r} could not be produced: {state.error}")
     assert state.value is not None
-    return VariableResult(
-        state.name, state.value, state.finish_reason, state.prompt_tokens, state.completion_tokens
-    )
+    return VariableResult(state.name, state.value, state.finish_reason, state.prompt_tokens,
+                          state.completion_tokens, tuple(state.logprobs))  # fmt: skip
 
 
 async def _stream(state: VarState) -> AsyncIterator[str]:

@@ -6,6 +6,7 @@ share one definition.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,8 @@ class VariableResult:
     """The value of a fetched Semantic Variable, with how it was produced.
 
     `finish_reason` is None for values set by the client or by a transform; the token counts are
-    those of the call that generated it (0 otherwise).
+    those of the call that generated it (0 otherwise); `logprobs` those of its tokens when its
+    output asked for them (`Output(logprobs=k)`).
     """
 
     name: str
@@ -26,6 +28,13 @@ class VariableResult:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (`from_dict`'s input); logprobs as TokenLogprob.to_list."""
+        data = dataclasses.asdict(self)
+        data["logprobs"] = [logprob.to_list() for logprob in self.logprobs]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VariableResult:
@@ -35,6 +44,7 @@ class VariableResult:
             finish_reason=data.get("finish_reason"),
             prompt_tokens=int(data.get("prompt_tokens", 0)),
             completion_tokens=int(data.get("completion_tokens", 0)),
+            logprobs=tuple(TokenLogprob.from_list(x) for x in data.get("logprobs", ())),
         )
 
 
