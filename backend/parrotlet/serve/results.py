@@ -31,9 +31,12 @@ class VariableResult:
     logprobs: tuple[TokenLogprob, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (`from_dict`'s input); logprobs as TokenLogprob.to_list."""
+        """The JSON form (`from_dict`'s input): logprobs as TokenLogprob.to_list, left out when
+        there are none (the form of an ordinary value is unchanged)."""
         data = dataclasses.asdict(self)
-        data["logprobs"] = [logprob.to_list() for logprob in self.logprobs]
+        del data["logprobs"]
+        if self.logprobs:
+            data["logprobs"] = [logprob.to_list() for logprob in self.logprobs]
         return data
 
     @classmethod
