@@ -182,3 +182,31 @@ def test_logit_bias_is_checked_and_travels_in_sampling_params(checkpoint) -> Non
     engine = make_engine(checkpoint[0])
     with pytest.raises(ValueError, match=r"logit_bias has token ids outside \[0, 256\): \[256\]"):
         engine.add_request([1, 2], SamplingParams(logit_bias={256: 1.0}))
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_min_tokens_equals_transformers_min_new_tokens(checkpoint, async_scheduling) -> None:
+    """A stop token that greedy decoding picks early is masked until min_tokens tokens are out,
+    then may end the output: transformers' min_new_tokens with that token as EOS."""
+    folder, hf_model = checkpoint
+    prompts = make_prompts([6, 30], seed=53)
+    free = make_engine(folder).generate(prompts, SamplingParams(temperature=0.0, max_tokens=16,
+                                                                ignore_eos=True))  # fmt: skip
+    engine = make_engine(folder, async_scheduling=async_scheduling)
+
+    for prompt, unbounded in zip(prompts, free, strict=True):
+        stop = unbounded.token_ids[1]  # would end the output at its second token
+        params = SamplingParams(temperature=0.0, max_tokens=16, stop_token_ids=[stop],
+                                min_tokens=6)  # fmt: skip
+        [out] = engine.generate([prompt], params)
+        ids = torch.tensor([prompt])
+        expected = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                     max_new_tokens=16, min_new_tokens=6, eos_token_id=stop,
+                                     pad_token_id=0)[0, len(prompt) :].tolist()  # fmt: skip
+        assert list(out.token_ids) == expected
+        assert len(out.token_ids) > 6 and stop not in out.token_ids[:6]
+
+
+def test_min_tokens_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"min_tokens must be an int in \[0, max_tokens=4\]"):
+        SamplingParams(max_tokens=4, min_tokens=5)

@@ -364,3 +364,16 @@ async def test_logit_bias_steers_the_reply(client_a: httpx.AsyncClient, core: Se
 
     assert completion["choices"][0]["text"] == " Rome Rome Rome"
     assert reply["choices"][0]["message"]["content"] == " Rome Rome Rome"
+
+
+async def test_min_tokens_holds_off_stop_strings(client_a: httpx.AsyncClient) -> None:
+    """vLLM's min_tokens: a stop string inside the first min_tokens tokens does not stop."""
+    stopped = await client_a.post("/v1/completions", json=completion_body(stop=["."]))
+    held = await client_a.post("/v1/completions", json=completion_body(stop=["."], min_tokens=4))
+    bad = await client_a.post("/v1/completions", json=completion_body(min_tokens=9))
+
+    assert stopped.json()["choices"][0]["text"] == " Paris"
+    assert held.json()["choices"][0]["text"] == PROMPT_TEXT  # no "." after the fourth token
+    assert held.json()["choices"][0]["finish_reason"] == "length"
+    assert bad.status_code == 400
+    assert error_of(bad)["message"] == "min_tokens must be an int in [0, max_tokens=8], got 9"

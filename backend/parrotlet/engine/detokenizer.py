@@ -1,5 +1,6 @@
 """Engine postprocess, per sequence: turns each sampled token into a streamable text delta and
-decides whether the sequence stopped (stop string, stop token id, EOS). max_tokens is the engine's.
+decides whether the sequence stopped (stop string, stop token id, EOS; none of them before
+`min_tokens` tokens). max_tokens is the engine's.
 """
 
 from __future__ import annotations
@@ -87,12 +88,13 @@ class IncrementalDetokenizer:
         if self.finished:
             raise RuntimeError(f"step() after the sequence finished ({self.finish_reason})")
         self.output_token_ids.append(new_token_id)
-        if new_token_id in self._stop_ids or new_token_id in self._eos_ids:
+        may_stop = len(self.output_token_ids) > self.params.min_tokens
+        if may_stop and (new_token_id in self._stop_ids or new_token_id in self._eos_ids):
             return self._end("stop", new_token_id)
         self._ids.append(new_token_id)
         old_len = len(self.text)
         self.text += self._decode_new()
-        match = self._find_stop(old_len)
+        match = self._find_stop(old_len) if may_stop else None
         if match is not None:
             return self._stop_at(*match)
         return DetokenizerStep(delta=self._release(len(self.text) - self._held_back()))

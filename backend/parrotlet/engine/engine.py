@@ -363,7 +363,8 @@ class LLMEngine:
             delta = step.delta
         else:
             delta = ""
-            if token in seq.params.stop_token_ids or token in self._eos_ids(seq.params):
+            stops = token in seq.params.stop_token_ids or token in self._eos_ids(seq.params)
+            if stops and seq.num_output_tokens > seq.params.min_tokens:
                 return delta, FinishReason.STOP
         if seq.max_len is not None and seq.num_known_tokens >= seq.max_len:
             return delta, FinishReason.LENGTH

@@ -25,7 +25,7 @@ from parrotlet.engine.cuda_graphs import CudaGraphRunner, PaddedDecode
 from parrotlet.engine.guided_decoding import mask_logits
 from parrotlet.engine.logprobs import TokenLogprob, unpack
 from parrotlet.engine.models.llama import FusedKernels, LlamaForCausalLM, load_fused_kernels
-from parrotlet.engine.penalties import TokenCounts, apply_logit_bias
+from parrotlet.engine.penalties import TokenCounts, apply_logit_bias, apply_min_tokens
 from parrotlet.engine.piecewise_graphs import PiecewiseGraphRunner
 from parrotlet.engine.sampler import Sampler, make_generator, to_device, token_logprobs
 from parrotlet.engine.scheduler import ScheduledBatch
@@ -123,6 +123,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self._generators: dict[str, torch.Generator | None] = {}
         self.counts = TokenCounts(model.config.vocab_size, self.device)  # penalties' state
+        self.eos_token_ids = model.config.eos_token_ids  # min_tokens masks them
         self._last: _Sampled | None = None
         spec = attention.spec
         self.kernels: FusedKernels | None = None
@@ -163,6 +164,7 @@ class ModelRunner:
         raw = logits
         logits = self.counts.penalize(logits, seqs)  # penalized sequences only
         logits = apply_logit_bias(logits, seqs)  # sequences with a logit_bias only
+        logits = apply_min_tokens(logits, seqs, self.eos_token_ids)  # short of min_tokens only
         logits = mask_logits(logits, [s.matcher for s in seqs])  # guided sequences only
         tokens = self.sampler(logits, [s.params for s in seqs], [self._generator(s) for s in seqs])
         self.counts.record(seqs, tokens)  # on the device: the next step's penalties see them

@@ -1,5 +1,6 @@
-"""Presence, frequency and repetition penalties, and OpenAI's logit bias, in the engine step:
-the runner applies them to a step's logits before guided decoding's mask and the sampler.
+"""Presence, frequency and repetition penalties, OpenAI's logit bias and vLLM's min_tokens in
+the engine step: the runner applies them to a step's logits before guided decoding's mask and
+the sampler.
 
 The penalties read how often each token is in a sequence's output, which TokenCounts keeps on
 the logits' device: each sampled token is counted there by the step that samples it, so the
@@ -109,4 +110,24 @@ def apply_logit_bias(
         values = torch.tensor(biases, dtype=logits.dtype).to(logits.device, non_blocking=True)
         ids = torch.tensor(tokens, dtype=torch.long).to(logits.device, non_blocking=True)
         out[i, ids] += values
+    return out
+
+
+def apply_min_tokens(
+    logits: torch.Tensor,  # [B, V] float
+    seqs: Sequence[Seq],  # row i's sequence
+    eos_token_ids: Sequence[int],
+) -> torch.Tensor:
+    """`logits` with -inf at the stop token ids and EOS (unless ignored) of each row that has
+    fewer than `min_tokens` output tokens (pending ones counted: the row samples the next)."""
+    rows = [i for i, s in enumerate(seqs)
+            if s.num_tokens - s.num_prompt_tokens < s.params.min_tokens]  # fmt: skip
+    if not rows:
+        return logits
+    out = logits.clone()
+    for i in rows:
+        params = seqs[i].params
+        banned = {*params.stop_token_ids, *(() if params.ignore_eos else eos_token_ids)}
+        ids = torch.tensor(sorted(banned), dtype=torch.long).to(logits.device, non_blocking=True)
+        out[i, ids] = float("-inf")
     return out

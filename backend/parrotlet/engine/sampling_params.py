@@ -19,7 +19,8 @@ MAX_STOP_CHARS = 256
 # Fields added after the wire format settled: left out of to_dict() at their defaults (in
 # their wire form).
 _OMITTED_AT_DEFAULT = {"guide": None, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-                       "repetition_penalty": 1.0, "logprobs": None, "logit_bias": []}  # fmt: skip
+                       "repetition_penalty": 1.0, "logprobs": None, "logit_bias": [],
+                       "min_tokens": 0}  # fmt: skip
 MAX_LOGIT_BIAS = 300  # tokens a request may bias (OpenAI's limit)
 
 
@@ -41,7 +42,8 @@ class SamplingParams:
     ``0 <= seed < 2**64``, at most 16 stop strings of 1 to 256 chars, stop token ids ``>= 0``.
     ``stop`` and ``stop_token_ids`` are always tuples (a str or list is normalized); ``guide``
     is a Guide (its dict form is converted); presence and frequency penalties in [-2, 2], a
-    repetition penalty > 0 (1: off); ``logprobs`` None or in [0, 20]; ``logit_bias`` at most
+    repetition penalty > 0 (1: off); ``0 <= min_tokens <= max_tokens``; ``logprobs`` None or
+    in [0, 20]; ``logit_bias`` at most
     300 (token id >= 0, bias in [-100, 100]) pairs, sorted by token id (a dict is converted).
     """
 
@@ -62,6 +64,7 @@ class SamplingParams:
     # None: none. Guided tokens are then all sampled (no jump-forward), so each has its own.
     logprobs: int | None = None
     logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: added to these tokens' logits
+    min_tokens: int = 0  # vLLM's: no EOS, stop token id or stop string ends fewer tokens
 
     def __post_init__(self) -> None:
         if self.guide is not None:
@@ -126,6 +129,9 @@ class SamplingParams:
             raise ValueError(f"max_tokens must be an int >= 0, got {self.max_tokens!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < _MAX_SEED):
             raise ValueError(f"seed must be None or an int in [0, 2**64), got {self.seed!r}")
+        if not _is_int(self.min_tokens) or not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens must be an int in [0, max_tokens={self.max_tokens}], "
+                             f"got {self.min_tokens!r}")  # fmt: skip
         k = self.logprobs
         if k is not None and (not _is_int(k) or not 0 <= k <= MAX_LOGPROBS):
             raise ValueError(f"logprobs must be None or an int in [0, {MAX_LOGPROBS}], got {k!r}")

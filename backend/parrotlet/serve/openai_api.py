@@ -87,6 +87,7 @@ class _CommonRequest(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None  # vLLM extension
+    min_tokens: int | None = None  # vLLM extension
     logit_bias: dict[str, float] | None = None
     response_format: Any = None  # checked by structured_output.request_guide
     structured_outputs: Any = None  # vLLM extension
@@ -204,6 +205,7 @@ def _sampling(
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
         logprobs=logprobs,
         logit_bias=_logit_bias(body.logit_bias),
+        min_tokens=body.min_tokens or 0,
     )
 
 
