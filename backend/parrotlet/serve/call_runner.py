@@ -109,7 +109,7 @@ class CallRunner:
             )
         params = segment.sampling
         if params.max_tokens > room:
-            params = replace(params, max_tokens=room)
+            params = replace(params, max_tokens=room, min_tokens=min(params.min_tokens, room))
         priority, group = 0, None
         if self.app_scheduling:
             priority = engine_priority(plan, session.ordinal)
