@@ -79,6 +79,20 @@ def test_output_sampling_overrides_function_defaults_field_by_field() -> None:
     ]
 
 
+def test_penalties_logit_bias_and_logprobs_reach_each_outputs_sampling() -> None:
+    @P.semantic_function(temperature=0, max_tokens=8, repetition_penalty=1.3, logprobs=2)
+    def judge(x, verdict=P.Output(logit_bias={5: -100, 9: 2.5}, presence_penalty=0.5)):
+        """{{input:x}} {{output:verdict}}"""
+
+    [output] = [s for s in judge.template if isinstance(s, Output)]
+    assert output == Output("verdict", SamplingParams(
+        temperature=0, max_tokens=8, repetition_penalty=1.3, logprobs=2,
+        logit_bias={5: -100.0, 9: 2.5}, presence_penalty=0.5))  # fmt: skip
+    assert output.sampling.logit_bias == ((5, -100.0), (9, 2.5))
+    with pytest.raises(ValueError, match=r"logit_bias values must be in \[-100, 100\]"):
+        P.Output(logit_bias={5: -101})
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [

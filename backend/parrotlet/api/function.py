@@ -21,7 +21,7 @@ __all__ = ["Output", "SemanticFunction", "parse_template", "semantic_function"]
 
 SAMPLING_FIELDS = (
     "temperature", "top_p", "top_k", "seed", "max_tokens", "stop", "ignore_eos", "guide",
-    "logprobs",
+    "logprobs", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias",
 )  # fmt: skip
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SPEC = re.compile(r"\s*(input|output)\s*:\s*([A-Za-z_][A-Za-z0-9_]*)\s*")
@@ -46,6 +46,10 @@ class Output:
     ignore_eos: bool | None = None
     guide: Guide | None = None  # structured output, e.g. Guide.json(schema)
     logprobs: int | None = None  # each token's logprob and k likeliest: VariableResult.logprobs
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: Mapping[int, float] | None = None  # token id -> bias added to its logit
 
     def __post_init__(self) -> None:
         SamplingParams(**self.overrides())
@@ -164,6 +168,10 @@ def semantic_function(
     ignore_eos: bool | None = None,
     guide: Guide | None = None,
     logprobs: int | None = None,
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    repetition_penalty: float | None = None,
+    logit_bias: Mapping[int, float] | None = None,
     chat: bool = True,
 ) -> Callable[[Callable[..., Any]], SemanticFunction]: ...
 def semantic_function(
@@ -179,6 +187,10 @@ def semantic_function(
     ignore_eos: bool | None = None,
     guide: Guide | None = None,
     logprobs: int | None = None,
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    repetition_penalty: float | None = None,
+    logit_bias: Mapping[int, float] | None = None,
     chat: bool = True,
 ) -> SemanticFunction | Callable[[Callable[..., Any]], SemanticFunction]:
     """Decorate a function whose docstring is a prompt template (bare or with arguments).
@@ -187,8 +199,9 @@ def semantic_function(
     an output parameter's `Output(...)` default overrides them field by field.
     """
     defaults = Output(
-        temperature, top_p, top_k, seed, max_tokens, stop, ignore_eos, guide, logprobs
-    ).overrides()
+        temperature, top_p, top_k, seed, max_tokens, stop, ignore_eos, guide, logprobs,
+        presence_penalty, frequency_penalty, repetition_penalty, logit_bias,
+    ).overrides()  # fmt: skip
 
     def decorate(f: Callable[..., Any]) -> SemanticFunction:
         return SemanticFunction(f, defaults, chat)
