@@ -8,7 +8,7 @@ import functools
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, overload
 
 from parrotlet.api.session import resolve_session
@@ -19,10 +19,6 @@ from parrotlet.graph import ir
 
 __all__ = ["Output", "SemanticFunction", "parse_template", "semantic_function"]
 
-SAMPLING_FIELDS = (
-    "temperature", "top_p", "top_k", "seed", "max_tokens", "stop", "ignore_eos", "guide",
-    "logprobs", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias",
-)  # fmt: skip
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SPEC = re.compile(r"\s*(input|output)\s*:\s*([A-Za-z_][A-Za-z0-9_]*)\s*")
 _EMPTY = inspect.Parameter.empty
@@ -56,7 +52,7 @@ class Output:
 
     def overrides(self) -> dict[str, Any]:
         """The fields that are set, as SamplingParams keyword arguments."""
-        values = {name: getattr(self, name) for name in SAMPLING_FIELDS}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
         return {name: value for name, value in values.items() if value is not None}
 
 
@@ -156,52 +152,18 @@ class SemanticFunction:
 def semantic_function(fn: Callable[..., Any], /) -> SemanticFunction: ...
 @overload
 def semantic_function(
-    fn: None = None,
-    /,
-    *,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    seed: int | None = None,
-    max_tokens: int | None = None,
-    stop: str | Sequence[str] | None = None,
-    ignore_eos: bool | None = None,
-    guide: Guide | None = None,
-    logprobs: int | None = None,
-    presence_penalty: float | None = None,
-    frequency_penalty: float | None = None,
-    repetition_penalty: float | None = None,
-    logit_bias: Mapping[int, float] | None = None,
-    chat: bool = True,
+    fn: None = None, /, *, chat: bool = True, **sampling: Any
 ) -> Callable[[Callable[..., Any]], SemanticFunction]: ...
 def semantic_function(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    seed: int | None = None,
-    max_tokens: int | None = None,
-    stop: str | Sequence[str] | None = None,
-    ignore_eos: bool | None = None,
-    guide: Guide | None = None,
-    logprobs: int | None = None,
-    presence_penalty: float | None = None,
-    frequency_penalty: float | None = None,
-    repetition_penalty: float | None = None,
-    logit_bias: Mapping[int, float] | None = None,
-    chat: bool = True,
+    fn: Callable[..., Any] | None = None, /, *, chat: bool = True, **sampling: Any
 ) -> SemanticFunction | Callable[[Callable[..., Any]], SemanticFunction]:
     """Decorate a function whose docstring is a prompt template (bare or with arguments).
 
-    The sampling arguments are the defaults of every output (None: SamplingParams' default);
+    `sampling` takes Output's fields (temperature, max_tokens, stop, guide, logprobs, the
+    penalties, logit_bias, ...): the defaults of every output (None: SamplingParams' default);
     an output parameter's `Output(...)` default overrides them field by field.
     """
-    defaults = Output(
-        temperature, top_p, top_k, seed, max_tokens, stop, ignore_eos, guide, logprobs,
-        presence_penalty, frequency_penalty, repetition_penalty, logit_bias,
-    ).overrides()  # fmt: skip
+    defaults = Output(**sampling).overrides()
 
     def decorate(f: Callable[..., Any]) -> SemanticFunction:
         return SemanticFunction(f, defaults, chat)

@@ -69,8 +69,8 @@ class LaunchedStep:
             return out
         values, ids, nums = self.logprobs
         rows = [r for r, k in enumerate(nums) if k is not None]
-        found = unpack([values[r].tolist() for r in rows], [ids[r].tolist() for r in rows],
-                       self.sampled[rows].tolist(), [nums[r] for r in rows])  # fmt: skip
+        found = unpack(values[rows].tolist(), ids[rows].tolist(), self.sampled[rows].tolist(),
+                       [nums[r] for r in rows])  # fmt: skip
         for r, logprob in zip(rows, found, strict=True):
             out[self.samplers[r]] = logprob
         return out

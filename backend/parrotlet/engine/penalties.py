@@ -10,6 +10,7 @@ with it and no host sync is needed. The bias is fixed per request.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,9 +108,8 @@ def apply_logit_bias(
     out = logits.clone()
     for i in rows:
         tokens, biases = zip(*seqs[i].params.logit_bias, strict=True)
-        values = torch.tensor(biases, dtype=logits.dtype).to(logits.device, non_blocking=True)
-        ids = torch.tensor(tokens, dtype=torch.long).to(logits.device, non_blocking=True)
-        out[i, ids] += values
+        ids = _on_device(tokens, torch.long, logits.device)
+        out[i, ids] += _on_device(biases, logits.dtype, logits.device)
     return out
 
 
@@ -128,6 +128,12 @@ def apply_min_tokens(
     for i in rows:
         params = seqs[i].params
         banned = {*params.stop_token_ids, *(() if params.ignore_eos else eos_token_ids)}
-        ids = torch.tensor(sorted(banned), dtype=torch.long).to(logits.device, non_blocking=True)
-        out[i, ids] = float("-inf")
+        out[i, _on_device(tuple(sorted(banned)), torch.long, logits.device)] = float("-inf")
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _on_device(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`values` as a tensor on `device`, built once: a request's bias and stop ids are the same
+    at every step, so its steps need not copy them again."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)

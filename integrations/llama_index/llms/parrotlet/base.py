@@ -268,7 +268,10 @@ class Parrotlet(FunctionCallingLLM):
         return options
 
     def _chat_body(
-        self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any], tools: dict[str, Any]
+        self,
+        messages: Sequence[ChatMessage],
+        kwargs: Mapping[str, Any],
+        route_only: dict[str, Any],
     ) -> dict:
         s = self.sampling(kwargs)
         body: dict[str, Any] = {
@@ -278,7 +281,7 @@ class Parrotlet(FunctionCallingLLM):
             "top_p": s.top_p,
             "top_k": s.top_k,
             "stop": list(s.stop),
-            **tools,
+            **route_only,
         }
         return body if s.seed is None else {**body, "seed": s.seed}
 

@@ -58,12 +58,13 @@ def model_card(client: Client) -> dict[str, Any]:
 
 
 def _deltas(event: dict[str, Any]) -> Iterable[ChatDelta]:
-    return [
-        ChatDelta(choice.get("delta", {}).get("content") or "",
-                  tuple(choice.get("delta", {}).get("tool_calls") or ()),
-                  tuple((choice.get("logprobs") or {}).get("content") or ()))
-        for choice in event.get("choices", [])
-    ]  # fmt: skip
+    return [_delta(choice) for choice in event.get("choices", [])]
+
+
+def _delta(choice: dict[str, Any]) -> ChatDelta:
+    delta, logprobs = choice.get("delta", {}), choice.get("logprobs") or {}
+    return ChatDelta(delta.get("content") or "", tuple(delta.get("tool_calls") or ()),
+                     tuple(logprobs.get("content") or ()))  # fmt: skip
 
 
 def openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
